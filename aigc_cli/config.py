@@ -102,6 +102,7 @@ class TrainConfig(Section):
     eval_every: int = Field(250, ge=1, description="Steps between validation-loss estimates.")
     eval_batches: int = Field(200, ge=1, description="Random validation batches per estimate.")
     save_every: int = Field(1000, ge=0, description="Steps between checkpoints (0: only the final one).")
+    keep_checkpoints: int = Field(3, ge=0, description="Keep only the newest N checkpoints (0: keep all).")
     log_every: int = Field(10, ge=1, description="Steps between metrics.jsonl lines.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast or fp32; auto: bf16 on CUDA GPUs that support it, fp32 on CPU.")

@@ -3,6 +3,7 @@
 # Exit codes are part of the contract that CI jobs and cron scripts rely on (README: "Exit codes").
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad usage, config, input data or checkpoint
+EXIT_DIVERGED = 3  # training produced a non-finite loss
 EXIT_INTERNAL = 70  # a bug in aigc: rerun with --debug and report the traceback
 
 

@@ -1,0 +1,85 @@
+"""`gpt`: a Hugging Face transformers causal LM (GPT-2 or Llama architecture), random init.
+
+The checkpoint is the model's own `save_pretrained` directory, so `AutoModelForCausalLM`
+loads it unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+PARTS = ("model",)
+
+
+def _quiet_transformers() -> None:
+    # Its per-shard progress bars and info logs would interleave with ours.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def build(model_cfg: Any, vocab_size: int, eos_id: int) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    _quiet_transformers()
+    if model_cfg.architecture == "gpt2":
+        config = GPT2Config(
+            vocab_size=vocab_size, n_positions=model_cfg.block_size, n_embd=model_cfg.n_embd,
+            n_layer=model_cfg.n_layer, n_head=model_cfg.n_head, n_inner=model_cfg.intermediate_size,
+            resid_pdrop=model_cfg.dropout, embd_pdrop=model_cfg.dropout, attn_pdrop=model_cfg.dropout,
+            bos_token_id=eos_id, eos_token_id=eos_id,
+        )
+    else:
+        # SwiGLU's usual width: 8/3 × hidden, rounded up to a multiple of 64 (Llama's convention).
+        inner = model_cfg.intermediate_size or -(-int(8 * model_cfg.n_embd / 3) // 64) * 64
+        config = LlamaConfig(
+            vocab_size=vocab_size, hidden_size=model_cfg.n_embd, intermediate_size=inner,
+            num_hidden_layers=model_cfg.n_layer, num_attention_heads=model_cfg.n_head,
+            num_key_value_heads=model_cfg.n_kv_head or model_cfg.n_head,
+            max_position_embeddings=model_cfg.block_size, attention_dropout=model_cfg.dropout,
+            tie_word_embeddings=True, bos_token_id=eos_id, eos_token_id=eos_id,
+        )
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+
+
+def parameters(model: torch.nn.Module, part: str):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def loss(model: torch.nn.Module, batch, part: str) -> torch.Tensor:
+    inputs, targets = batch
+    logits = model(input_ids=inputs, use_cache=False).logits
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+
+
+def save(model: torch.nn.Module, directory: Path) -> None:
+    model.save_pretrained(directory)
+
+
+def load(directory: Path, device: str) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    _quiet_transformers()
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    return model.to(device)
+
+
+def context_length(model: torch.nn.Module) -> int | None:
+    config = model.config
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def next_token_logits(model: torch.nn.Module, ids: torch.Tensor, state: Any):
+    """Incremental decoding with the key/value cache; past the context window, re-encode its tail."""
+    limit = context_length(model)
+    if state is not None and (limit is None or ids.size(1) <= limit):
+        out = model(input_ids=ids[:, -1:], past_key_values=state, use_cache=True)
+    else:
+        window = ids if limit is None else ids[:, -limit:]
+        out = model(input_ids=window, use_cache=True)
+    return out.logits[:, -1, :].float(), out.past_key_values

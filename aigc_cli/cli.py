@@ -1,0 +1,183 @@
+"""The `aigc` command line: one short function per verb.
+
+Each verb parses its options, loads and validates the config, imports its engine (torch and
+friends load only here, so `--help` and config errors stay instant), calls one function and
+prints a summary — or, with --json, exactly one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from aigc_cli import __version__
+from aigc_cli.config import ExperimentConfig, dump_config, load_config
+from aigc_cli.errors import EXIT_INTERNAL, AigcError
+
+app = typer.Typer(
+    name="aigc",
+    help="Prepare data for, train, generate with and evaluate generative models. "
+         "Every verb takes an experiment YAML plus section.key=value overrides.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+ConfigArg = Annotated[str, typer.Argument(help="Experiment YAML file (see configs/).", show_default=False)]
+OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="Overrides such as train.max_steps=200 model.n_layer=2.", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs go to stderr).")]
+PrintConfigOpt = Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+CheckpointOpt = Annotated[Optional[str], typer.Option("--checkpoint", help="Checkpoint directory, or a run directory (its latest checkpoint). Default: train.out_dir.")]
+
+
+def _log(quiet: bool) -> Callable[[str], None]:
+    return (lambda _: None) if quiet else (lambda text: print(text, file=sys.stderr, flush=True))
+
+
+def _run(config: str, overrides: list[str] | None, print_config: bool, as_json: bool, debug: bool,
+         work: Callable[[ExperimentConfig], tuple[dict, list[str]]]) -> None:
+    """Load the config, run the verb's work, report. Errors become one line and an exit code."""
+    try:
+        cfg = load_config(config, overrides or [])
+        if print_config:
+            sys.stdout.write(dump_config(cfg))
+            return
+        result, summary = work(cfg)
+    except AigcError as exc:
+        if debug:
+            raise
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        print("interrupted: finished files are intact; `aigc train ... --resume` continues from the last checkpoint", file=sys.stderr)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 — a bug: one line, and the way to see more
+        if debug:
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc} — rerun with --debug for the traceback and report it", file=sys.stderr)
+        raise typer.Exit(EXIT_INTERNAL) from None
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        for line in summary:
+            print(line)
+
+
+@app.command()
+def prep(config: ConfigArg, overrides: OverridesArg = None,
+         force: Annotated[bool, typer.Option("--force", help="Replace data.prepared_dir when it holds other data.")] = False,
+         as_json: JsonOpt = False, print_config: PrintConfigOpt = False, debug: DebugOpt = False, quiet: QuietOpt = False) -> None:
+    """Clean and tokenize data.source into data.prepared_dir (tokenizer, train.bin, val.bin, meta.json)."""
+
+    def work(cfg: ExperimentConfig):
+        from aigc_cli.data.prepare import prepare_text_corpus
+
+        result = prepare_text_corpus(cfg, force=force, log=_log(quiet))
+        meta = result.meta
+        summary = [f"prepared data: {result.data_dir}" + (" (unchanged, reused)" if result.reused else ""),
+                   f"  vocabulary {meta['vocab_size']:,} ({meta['tokenizer']}), train {meta['train_tokens']:,} tokens, val {meta['val_tokens']:,} tokens"]
+        return {"data_dir": str(result.data_dir), "vocab_size": meta["vocab_size"], "train_tokens": meta["train_tokens"],
+                "val_tokens": meta["val_tokens"], "reused": result.reused}, summary
+
+    _run(config, overrides, print_config, as_json, debug, work)
+
+
+@app.command()
+def train(config: ConfigArg, overrides: OverridesArg = None,
+          resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in train.out_dir.")] = False,
+          as_json: JsonOpt = False, print_config: PrintConfigOpt = False, debug: DebugOpt = False, quiet: QuietOpt = False) -> None:
+    """Train model.* on the prepared data; checkpoints and metrics go to train.out_dir."""
+
+    def work(cfg: ExperimentConfig):
+        from aigc_cli.training import train_model
+
+        result = train_model(cfg, resume=resume, quiet=quiet)
+        summary = [f"run directory: {result.run_dir}  (config.yaml, metrics.jsonl, loss.png)",
+                   f"final checkpoint: {result.checkpoint}",
+                   f"validation loss: {result.val_loss:.4f} after {result.steps} steps"]
+        return {"run_dir": str(result.run_dir), "checkpoint": str(result.checkpoint), "val_loss": result.val_loss,
+                "steps": result.steps, "tokens_per_s": result.tokens_per_s}, summary
+
+    _run(config, overrides, print_config, as_json, debug, work)
+
+
+@app.command()
+def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: CheckpointOpt = None,
+             prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="A prompt (repeatable).")] = None,
+             prompts_file: Annotated[Optional[str], typer.Option("--prompts-file", help="One prompt per line, or JSONL with a 'prompt' field.")] = None,
+             out: Annotated[Optional[str], typer.Option("--out", help="JSONL output file (default generate.out, else <train.out_dir>/generations.jsonl).")] = None,
+             stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they are generated.")] = False,
+             as_json: JsonOpt = False, print_config: PrintConfigOpt = False, debug: DebugOpt = False, quiet: QuietOpt = False) -> None:
+    """Sample completions from a checkpoint; writes JSONL (prompt, completion, parameters)."""
+
+    def work(cfg: ExperimentConfig):
+        from aigc_cli.generation import generate_text, read_prompts_file
+
+        if prompt and prompts_file:
+            raise AigcError("--prompt and --prompts-file both given", "use one of them")
+        prompts = read_prompts_file(prompts_file) if prompts_file else list(prompt or [])
+        path, count = generate_text(cfg, checkpoint, prompts, out, stream=stream,
+                                    stream_to=sys.stderr if as_json else sys.stdout, log=_log(quiet))
+        summary = [f"generations: {path} ({count} completions)"]
+        if not stream:
+            summary += _preview(path)
+        return {"outputs": str(path), "count": count}, summary
+
+    _run(config, overrides, print_config, as_json, debug, work)
+
+
+@app.command("eval")
+def evaluate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: CheckpointOpt = None,
+             as_json: JsonOpt = False, print_config: PrintConfigOpt = False, debug: DebugOpt = False, quiet: QuietOpt = False) -> None:
+    """Score a checkpoint on a prepared split: loss and perplexity, as a JSON report and a table."""
+
+    def work(cfg: ExperimentConfig):
+        from aigc_cli.evaluation import evaluate_language_model
+
+        result = evaluate_language_model(cfg, checkpoint)
+        if not quiet and not as_json:
+            _print_metrics_table(result.metrics, cfg.eval.split)
+        return {"report": str(result.report), "metrics": result.metrics}, [f"eval report: {result.report}"]
+
+    _run(config, overrides, print_config, as_json, debug, work)
+
+
+def _preview(path, limit: int = 3) -> list[str]:
+    lines = []
+    for row in [json.loads(line) for line in open(path, encoding="utf-8")][:limit]:
+        text = (row["prompt"] + row["completion"]).replace("\n", " ⏎ ")
+        lines.append(f"  {text[:160]}")
+    return lines
+
+
+def _print_metrics_table(metrics: dict[str, float], split: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"eval on the {split} split")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    Console().print(table)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"aigc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False) -> None:
+    """Prepare data for, train, generate with and evaluate generative models."""
+
+
+def main() -> None:
+    app()

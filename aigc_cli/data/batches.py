@@ -1,0 +1,52 @@
+"""Training batches: random windows of the memory-mapped token arrays written by `aigc prep`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aigc_cli.errors import AigcError
+
+
+class TokenArray:
+    """One prepared split (train.bin or val.bin) opened as a read-only memory map."""
+
+    def __init__(self, data_dir: str | Path, split: str):
+        data_dir = Path(data_dir)
+        meta_path = data_dir / "meta.json"
+        if not meta_path.is_file():
+            raise AigcError(f"no prepared data in {data_dir}", "run `aigc prep CONFIG` first (it writes data.prepared_dir)")
+        self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        self.tokens = np.memmap(data_dir / f"{split}.bin", dtype=np.dtype(self.meta["dtype"]), mode="r")
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def check_fits(self, block_size: int) -> None:
+        if len(self.tokens) < block_size + 1:
+            raise AigcError(f"the {self.split} split has {len(self.tokens)} tokens, fewer than block_size+1={block_size + 1}",
+                            "add more text, raise data.val_fraction, or lower model.block_size")
+
+    def random_batch(self, batch_size: int, block_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets), each batch_size × block_size int64; targets are inputs shifted by one."""
+        starts = torch.randint(len(self.tokens) - block_size, (batch_size,), generator=generator).numpy()
+        windows = np.stack([self.tokens[s:s + block_size + 1] for s in starts]).astype(np.int64)
+        windows = torch.from_numpy(windows)
+        return windows[:, :-1], windows[:, 1:]
+
+    def sequential_batches(self, batch_size: int, block_size: int, max_batches: int | None = None):
+        """Non-overlapping windows covering the split in order: a deterministic score for `aigc eval`."""
+        n_windows = (len(self.tokens) - 1) // block_size
+        emitted = 0
+        for first in range(0, n_windows, batch_size):
+            if max_batches is not None and emitted >= max_batches:
+                return
+            idx = range(first, min(first + batch_size, n_windows))
+            windows = np.stack([self.tokens[i * block_size:i * block_size + block_size + 1] for i in idx]).astype(np.int64)
+            windows = torch.from_numpy(windows)
+            emitted += 1
+            yield windows[:, :-1], windows[:, 1:]

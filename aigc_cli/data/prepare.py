@@ -1,0 +1,206 @@
+"""`aigc prep` for text: source → tokenizer → train.bin / val.bin / meta.json, in two streaming passes.
+
+Pass 1 reads the source to build the tokenizer (char set, or BPE merges) and to count
+characters; pass 2 reads it again, encodes ~1 MB at a time and appends the ids to flat binary
+files. Memory stays flat however large the corpus is: nothing holds more than one batch of text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from aigc_cli.atomic_files import staging_dir, write_json_atomic
+from aigc_cli.config import DataConfig, ExperimentConfig
+from aigc_cli.data.text_sources import Chunk, SourceStats, iter_chunks
+from aigc_cli.data import tokenization
+from aigc_cli.errors import AigcError
+from aigc_cli.provenance import software_versions, write_provenance
+
+META_FORMAT = "aigc-prepared-text-v1"
+ENCODE_BATCH_CHARS = 1 << 20
+
+
+@dataclass
+class PrepResult:
+    data_dir: Path
+    meta: dict
+    reused: bool
+
+
+def prepare_text_corpus(cfg: ExperimentConfig, force: bool = False, log: Callable[[str], None] = print) -> PrepResult:
+    data = cfg.data
+    out = Path(data.prepared_dir)
+    existing = _read_meta(out)
+
+    log(f"pass 1/2: reading {data.source} to build the {data.tokenizer.kind} tokenizer")
+    stats = SourceStats()
+    tok, total_chars = _build_tokenizer(data, stats)
+    if total_chars == 0:
+        raise AigcError(f"data.source {data.source} holds no text after cleaning", "point data.source at a non-empty corpus")
+    fingerprint = _fingerprint(data, stats.inputs)
+    if existing is not None:
+        if existing.get("fingerprint") == fingerprint:
+            log(f"{out} is already prepared from the same inputs and settings; reusing it")
+            return PrepResult(out, existing, reused=True)
+        if not force:
+            raise AigcError(f"{out} holds data prepared from other inputs or settings",
+                            "pass --force to replace it, or set data.prepared_dir to a new directory")
+    elif out.exists() and any(out.iterdir()) and not force:
+        raise AigcError(f"{out} exists and is not a prepared-data directory", "set data.prepared_dir to a new directory or pass --force")
+
+    vocab_size = tok.get_vocab_size()
+    dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
+    log(f"pass 2/2: encoding {total_chars:,} characters with a {vocab_size:,}-token vocabulary")
+    with staging_dir(out, replace=True) as tmp:
+        counts = _encode_splits(data, tok, total_chars, tmp, dtype)
+        for split in ("train", "val"):
+            if counts[split] == 0:
+                raise AigcError(f"the {split} split is empty", "add more text or change data.val_fraction")
+        tokenization.save_tokenizer(tok, tmp)
+        meta = {
+            "format": META_FORMAT,
+            "tokenizer": data.tokenizer.kind,
+            "vocab_size": vocab_size,
+            "eos_id": tokenization.eos_id(tok),
+            "dtype": np.dtype(dtype).name,
+            "train_tokens": counts["train"],
+            "val_tokens": counts["val"],
+            "characters": total_chars,
+            "documents": stats.documents,
+            "lines": stats.lines,
+            "duplicate_lines_dropped": stats.duplicate_lines_dropped,
+            "split": {"method": data.split, "val_fraction": data.val_fraction, "seed": data.seed},
+            "inputs": stats.inputs,
+            "fingerprint": fingerprint,
+            "versions": software_versions(),
+        }
+        write_json_atomic(tmp / "meta.json", meta)
+        write_provenance(tmp, cfg, stats.inputs)
+    return PrepResult(out, meta, reused=False)
+
+
+def _read_meta(out: Path) -> dict | None:
+    try:
+        meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+    return meta if meta.get("format") == META_FORMAT else None
+
+
+def _fingerprint(data: DataConfig, inputs: list[dict]) -> str:
+    settings = data.model_dump(mode="json", exclude={"prepared_dir"})
+    blob = json.dumps({"format": META_FORMAT, "settings": settings, "inputs": [i["sha256"] for i in inputs]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _build_tokenizer(data: DataConfig, stats: SourceStats):
+    kind = data.tokenizer.kind
+    total = 0
+    if kind == "pretrained":
+        if not data.tokenizer.path:
+            raise AigcError("data.tokenizer.kind=pretrained needs data.tokenizer.path", "set it to a directory holding tokenizer.json")
+        tok = tokenization.load_tokenizer(data.tokenizer.path)
+        for chunk in iter_chunks(data, stats):
+            total += len(chunk.text)
+        return tok, total
+    if kind == "char":
+        chars: set[str] = set()
+        for chunk in iter_chunks(data, stats):
+            chars.update(chunk.text)
+            total += len(chunk.text)
+        return tokenization.build_char_tokenizer(chars), total
+
+    budget = data.tokenizer.max_train_bytes
+
+    def training_texts() -> Iterator[str]:
+        nonlocal total
+        used = 0
+        for chunk in iter_chunks(data, stats):
+            total += len(chunk.text)
+            if used < budget:
+                used += len(chunk.text.encode("utf-8"))
+                yield chunk.text
+
+    if data.tokenizer.vocab_size < tokenization.MIN_BPE_VOCAB:
+        tokenization.train_bpe_tokenizer([], data.tokenizer.vocab_size)  # raises the clear error before reading
+    tok = tokenization.train_bpe_tokenizer(training_texts(), data.tokenizer.vocab_size)
+    return tok, total
+
+
+def _split_chunks(data: DataConfig, total_chars: int) -> Iterator[tuple[str, Chunk]]:
+    """(split, chunk) in source order. random: whole chunks by a seeded coin; tail: the last
+    val_fraction of the characters, cut inside a chunk when the boundary falls there."""
+    stats = SourceStats()
+    if data.split == "tail":
+        boundary = int(total_chars * (1 - data.val_fraction))
+        seen = 0
+        for chunk in iter_chunks(data, stats):
+            start, seen = seen, seen + len(chunk.text)
+            if seen <= boundary:
+                yield "train", chunk
+            elif start >= boundary:
+                yield "val", chunk
+            else:
+                cut = boundary - start
+                yield "train", Chunk(chunk.text[:cut], ends_document=False)
+                yield "val", Chunk(chunk.text[cut:], ends_document=chunk.ends_document)
+        return
+    rng = random.Random(data.seed)
+    held: Chunk | None = None  # one chunk of look-ahead, so a tiny corpus still gets a val split
+    val_seen = False
+    for chunk in iter_chunks(data, stats):
+        if held is not None:
+            split = "val" if rng.random() < data.val_fraction else "train"
+            val_seen |= split == "val"
+            yield split, held
+        held = chunk
+    if held is None:
+        return
+    if rng.random() < data.val_fraction or not val_seen:
+        if val_seen:
+            yield "val", held
+            return
+        cut = int(len(held.text) * (1 - data.val_fraction))
+        yield "train", Chunk(held.text[:cut], ends_document=False)
+        yield "val", Chunk(held.text[cut:], ends_document=held.ends_document)
+    else:
+        yield "train", held
+
+
+def _encode_splits(data: DataConfig, tok, total_chars: int, out: Path, dtype) -> dict[str, int]:
+    eos = tokenization.eos_id(tok)
+    counts = {"train": 0, "val": 0}
+    pending: dict[str, list[Chunk]] = {"train": [], "val": []}
+    pending_chars = {"train": 0, "val": 0}
+    with open(out / "train.bin", "wb") as train_f, open(out / "val.bin", "wb") as val_f:
+        files = {"train": train_f, "val": val_f}
+
+        def flush(split: str) -> None:
+            chunks = pending[split]
+            if not chunks:
+                return
+            encodings = tok.encode_batch_fast([c.text for c in chunks], add_special_tokens=False)
+            ids: list[int] = []
+            for chunk, enc in zip(chunks, encodings):
+                ids.extend(enc.ids)
+                if chunk.ends_document:
+                    ids.append(eos)
+            np.asarray(ids, dtype=dtype).tofile(files[split])
+            counts[split] += len(ids)
+            pending[split], pending_chars[split] = [], 0
+
+        for split, chunk in _split_chunks(data, total_chars):
+            pending[split].append(chunk)
+            pending_chars[split] += len(chunk.text)
+            if pending_chars[split] >= ENCODE_BATCH_CHARS:
+                flush(split)
+        flush("train")
+        flush("val")
+    return counts

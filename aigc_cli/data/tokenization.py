@@ -1,0 +1,82 @@
+"""Tokenizers: built once by `aigc prep`, saved as a Hugging Face tokenizer directory.
+
+Both kinds we train are `tokenizers` objects, so a checkpoint directory loads with
+`AutoTokenizer.from_pretrained` unchanged and round-trips any Unicode text:
+- char: one token per character seen in the corpus; any other character falls back to its
+  UTF-8 bytes (`<0x..>` tokens), so decode(encode(x)) == x even for unseen text.
+- bpe: byte-level BPE (GPT-2 style) trained on the corpus with `tokenizers.BpeTrainer`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from aigc_cli.errors import AigcError
+
+EOS_TOKEN = "<|endoftext|>"
+BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
+MIN_BPE_VOCAB = 257  # 256 byte symbols + end-of-text
+
+
+def build_char_tokenizer(chars: Iterable[str]) -> Tokenizer:
+    """EOS, the 256 byte-fallback tokens, then the corpus characters in code-point order."""
+    vocab = {EOS_TOKEN: 0}
+    for token in BYTE_TOKENS:
+        vocab[token] = len(vocab)
+    for ch in sorted(set(chars)):
+        if ch not in vocab:
+            vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=True, unk_token=None))
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    tok.add_special_tokens([EOS_TOKEN])
+    return tok
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    if vocab_size < MIN_BPE_VOCAB:
+        raise AigcError(f"data.tokenizer.vocab_size={vocab_size} is too small for byte-level BPE",
+                        f"use at least {MIN_BPE_VOCAB} (256 bytes + end-of-text); 4000-32000 is typical")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    path = Path(directory) / "tokenizer.json"
+    if not path.is_file():
+        raise AigcError(f"no tokenizer.json in {directory}", "point at a prepared-data or checkpoint directory (run `aigc prep` first)")
+    return Tokenizer.from_file(str(path))
+
+
+def eos_id(tok: Tokenizer) -> int:
+    """The end-of-text id: ours, or the usual names in a pretrained tokenizer."""
+    for name in (EOS_TOKEN, "</s>", "<eos>", "<|im_end|>"):
+        token_id = tok.token_to_id(name)
+        if token_id is not None:
+            return token_id
+    raise AigcError("the tokenizer has no end-of-text token", "use a tokenizer with <|endoftext|> or </s>")
+
+
+def save_tokenizer(tok: Tokenizer, directory: str | Path, model_max_length: int | None = None) -> None:
+    """tokenizer.json + tokenizer_config.json: what AutoTokenizer needs, and nothing else."""
+    directory = Path(directory)
+    tok.save(str(directory / "tokenizer.json"))
+    eos = tok.id_to_token(eos_id(tok))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "bos_token": eos,
+              "clean_up_tokenization_spaces": False}
+    if model_max_length:
+        config["model_max_length"] = model_max_length
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+def copy_tokenizer_files(src: str | Path, dst: str | Path, model_max_length: int | None = None) -> None:
+    """Put a prepared tokenizer next to a checkpoint, with the model's context length recorded."""
+    save_tokenizer(load_tokenizer(src), dst, model_max_length)

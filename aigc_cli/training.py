@@ -1,0 +1,239 @@
+"""The one training loop, for every backend (and, later, for fine-tuning).
+
+Read it top to bottom: setup, then per step in nanoGPT's order — evaluate, checkpoint, step,
+log. A backend with several parts (a GAN) is several optimizers here, never a special case.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from aigc_cli.backends import get_backend
+from aigc_cli.checkpoints import latest_checkpoint, read_training_state, write_checkpoint
+from aigc_cli.config import ExperimentConfig, TrainConfig
+from aigc_cli.data.batches import TokenArray
+from aigc_cli.errors import EXIT_DIVERGED, AigcError
+from aigc_cli.progress import StepProgress
+from aigc_cli.provenance import write_provenance
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    val_loss: float
+    steps: int
+    tokens_per_s: float
+
+
+def pick_device(requested: str) -> str:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise AigcError("train.device=cuda but no CUDA GPU is visible", "use train.device=auto or cpu")
+    return "cuda" if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def pick_precision(requested: str, device: str) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. fp16 is never chosen: on CPU it is ~100× slower."""
+    if requested == "fp32":
+        return None
+    supported = torch.cuda.is_bf16_supported() if device == "cuda" else torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if requested == "bf16":
+        if not supported:
+            raise AigcError(f"train.precision=bf16 but this {device} has no native bfloat16 support", "use train.precision=fp32 (or auto)")
+        return torch.bfloat16
+    return torch.bfloat16 if device == "cuda" and supported else None
+
+
+def lr_at(step: int, tc: TrainConfig) -> float:
+    """Linear warm-up to learning_rate, then cosine decay to min_lr at lr_decay_steps (nanoGPT's)."""
+    decay_steps = tc.lr_decay_steps or tc.max_steps
+    if step < tc.warmup_steps:
+        return tc.learning_rate * (step + 1) / (tc.warmup_steps + 1)
+    if step >= decay_steps:
+        return tc.min_lr
+    progress = (step - tc.warmup_steps) / max(1, decay_steps - tc.warmup_steps)
+    return tc.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (tc.learning_rate - tc.min_lr)
+
+
+def make_optimizer(params, tc: TrainConfig, device: str) -> torch.optim.AdamW:
+    # Matrices get weight decay; biases, norms and other vectors do not (GPT-2 / nanoGPT practice).
+    params = list(params)
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": tc.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), fused=device == "cuda")
+
+
+@torch.no_grad()
+def estimate_loss(backend, model, data: TokenArray, batch_size: int, block_size: int, batches: int,
+                  seed: int, device: str, autocast) -> float:
+    """Mean loss over `batches` random windows; a fixed generator makes every estimate comparable."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for _ in range(batches):
+        inputs, targets = data.random_batch(batch_size, block_size, generator)
+        with autocast():
+            total += backend.loss(model, (inputs.to(device), targets.to(device)), backend.PARTS[0]).item()
+    model.train()
+    return total / batches
+
+
+def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> TrainResult:
+    tc, mc = cfg.train, cfg.model
+    run_dir = Path(tc.out_dir)
+    data_dir = Path(cfg.data.prepared_dir)
+    train_data, val_data = TokenArray(data_dir, "train"), TokenArray(data_dir, "val")
+    train_data.check_fits(mc.block_size)
+    val_data.check_fits(mc.block_size)
+    meta = train_data.meta
+
+    device = pick_device(tc.device)
+    amp_dtype = pick_precision(tc.precision, device)
+    autocast = (lambda: torch.autocast(device, dtype=amp_dtype)) if amp_dtype else nullcontext
+    backend = get_backend(mc.backend)
+
+    previous = latest_checkpoint(run_dir)
+    if previous is not None and not resume:
+        raise AigcError(f"{run_dir} already holds checkpoints (latest: {previous.name})",
+                        "pass --resume to continue that run, or set train.out_dir to a new directory")
+    if resume and previous is None:
+        raise AigcError(f"--resume: no checkpoint in {run_dir}/checkpoints", "start without --resume, or point train.out_dir at an earlier run")
+
+    torch.manual_seed(tc.seed)
+    batch_generator = torch.Generator().manual_seed(tc.seed)
+    if previous is not None:
+        model = backend.load(previous, device)
+        state = read_training_state(previous)
+    else:
+        model = backend.build(mc, meta["vocab_size"], meta["eos_id"]).to(device)
+        state = None
+    model.train()
+    optimizers = {part: make_optimizer(backend.parameters(model, part), tc, device) for part in backend.PARTS}
+    start_step = 0
+    if state is not None:
+        for part, opt in optimizers.items():
+            opt.load_state_dict(state["optimizers"][part])
+        start_step = state["step"]
+        torch.set_rng_state(state["rng"])
+        if device == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        batch_generator.set_state(state["batch_generator"])
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_provenance(run_dir, cfg, meta["inputs"], prepared_data=str(data_dir), device=device,
+                     precision=str(amp_dtype or "fp32"))
+    metrics_path = run_dir / "metrics.jsonl"
+    _truncate_metrics(metrics_path, start_step)
+
+    def checkpoint(step: int) -> Path:
+        training_state = {"optimizers": {p: o.state_dict() for p, o in optimizers.items()}, "step": step,
+                          "rng": torch.get_rng_state(), "batch_generator": batch_generator.get_state()}
+        if device == "cuda":
+            training_state["cuda_rng"] = torch.cuda.get_rng_state()
+        return write_checkpoint(run_dir, step, mc.backend, backend, model, training_state, data_dir, tc.keep_checkpoints)
+
+    tokens_per_step = tc.batch_size * tc.grad_accum_steps * mc.block_size
+    val_loss, final, tokens_per_s = float("nan"), previous, 0.0
+    window_start, window_tokens, train_loss = time.perf_counter(), 0, float("nan")
+    with open(metrics_path, "a", encoding="utf-8") as metrics, \
+            StepProgress(tc.max_steps, start_step, "train", quiet, tc.log_every) as progress:
+
+        def record(row: dict) -> None:
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
+
+        progress.message(f"training {mc.backend} ({sum(p.numel() for p in model.parameters()):,} parameters) "
+                         f"on {device}, {str(amp_dtype or 'fp32').replace('torch.', '')}, run dir {run_dir}")
+        for step in range(start_step, tc.max_steps + 1):
+            lr = lr_at(step, tc)
+            for opt in optimizers.values():
+                for group in opt.param_groups:
+                    group["lr"] = lr
+
+            # 1. evaluate
+            if step % tc.eval_every == 0 or step == tc.max_steps:
+                val_loss = estimate_loss(backend, model, val_data, tc.batch_size, mc.block_size, tc.eval_batches,
+                                         tc.seed + 1, device, autocast)
+                record({"step": step, "val_loss": val_loss})
+                progress.message(f"step {step}: val loss {val_loss:.4f}")
+                window_start = time.perf_counter()  # evaluation time is not training throughput
+
+            # 2. checkpoint
+            if step == tc.max_steps or (tc.save_every and step % tc.save_every == 0 and step > start_step):
+                final = checkpoint(step)
+            if step == tc.max_steps:
+                break
+
+            # 3. step: the same micro-batches feed every part (a GAN's D and G see the same data)
+            batches = [train_data.random_batch(tc.batch_size, mc.block_size, batch_generator) for _ in range(tc.grad_accum_steps)]
+            for part, opt in optimizers.items():
+                opt.zero_grad(set_to_none=True)
+                part_loss = 0.0
+                for inputs, targets in batches:
+                    with autocast():
+                        loss = backend.loss(model, (inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)), part)
+                    (loss / tc.grad_accum_steps).backward()
+                    part_loss += loss.detach()
+                if tc.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(backend.parameters(model, part), tc.grad_clip)
+                opt.step()
+            window_tokens += tokens_per_step
+
+            # 4. log
+            done = step + 1
+            if done % tc.log_every == 0 or done == tc.max_steps:
+                train_loss = float(part_loss) / tc.grad_accum_steps
+                if not math.isfinite(train_loss):
+                    raise AigcError(f"training diverged at step {done} (loss {train_loss})", "lower train.learning_rate or enable train.grad_clip", exit_code=EXIT_DIVERGED)
+                elapsed = time.perf_counter() - window_start
+                tokens_per_s = window_tokens / elapsed if elapsed > 0 else 0.0
+                record({"step": done, "train_loss": train_loss, "lr": lr, "tokens_per_s": round(tokens_per_s, 1)})
+                window_start, window_tokens = time.perf_counter(), 0
+            progress.update(done, loss=train_loss, lr=lr, **{"tok/s": tokens_per_s})
+
+    _plot_metrics(metrics_path, run_dir / "loss.png")
+    return TrainResult(run_dir, final, val_loss, tc.max_steps, tokens_per_s)
+
+
+def _truncate_metrics(path: Path, keep_through_step: int) -> None:
+    """On resume, drop lines logged after the checkpoint so the log reads as one run."""
+    if not path.is_file():
+        return
+    from aigc_cli.atomic_files import write_text_atomic
+
+    rows = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [line for line in rows if json.loads(line).get("step", 0) < keep_through_step or
+            (json.loads(line).get("step") == keep_through_step and "train_loss" in json.loads(line))]
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def _plot_metrics(metrics_path: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if train:
+        ax.plot(*zip(*train), label="train", linewidth=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out)
