@@ -180,6 +180,8 @@ def apply_override(raw: dict, item: str) -> None:
 
 
 def validate_config(raw: dict, source: str = "config") -> ExperimentConfig:
+    if isinstance(raw.get("model"), dict) and "backend" not in raw["model"]:
+        raw = {**raw, "model": {"backend": "gpt", **raw["model"]}}  # the documented default backend
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:

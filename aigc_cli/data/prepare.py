@@ -38,6 +38,10 @@ def prepare_text_corpus(cfg: ExperimentConfig, force: bool = False, log: Callabl
     data = cfg.data
     out = Path(data.prepared_dir)
     existing = _read_meta(out)
+    if data.tokenizer.kind == "pretrained" and not data.tokenizer.path:
+        raise AigcError("data.tokenizer.kind=pretrained needs data.tokenizer.path", "set it to a directory holding tokenizer.json")
+    if data.tokenizer.kind == "bpe" and data.tokenizer.vocab_size < tokenization.MIN_BPE_VOCAB:
+        tokenization.train_bpe_tokenizer([], data.tokenizer.vocab_size)  # raises the clear error before any reading
 
     log(f"pass 1/2: reading {data.source} to build the {data.tokenizer.kind} tokenizer")
     stats = SourceStats()
@@ -104,8 +108,6 @@ def _build_tokenizer(data: DataConfig, stats: SourceStats):
     kind = data.tokenizer.kind
     total = 0
     if kind == "pretrained":
-        if not data.tokenizer.path:
-            raise AigcError("data.tokenizer.kind=pretrained needs data.tokenizer.path", "set it to a directory holding tokenizer.json")
         tok = tokenization.load_tokenizer(data.tokenizer.path)
         for chunk in iter_chunks(data, stats):
             total += len(chunk.text)
@@ -128,8 +130,6 @@ def _build_tokenizer(data: DataConfig, stats: SourceStats):
                 used += len(chunk.text.encode("utf-8"))
                 yield chunk.text
 
-    if data.tokenizer.vocab_size < tokenization.MIN_BPE_VOCAB:
-        tokenization.train_bpe_tokenizer([], data.tokenizer.vocab_size)  # raises the clear error before reading
     tok = tokenization.train_bpe_tokenizer(training_texts(), data.tokenizer.vocab_size)
     return tok, total
 
