@@ -52,7 +52,7 @@ class DataConfig(Section):
 
 # ----------------------------------------------------------------------------- model
 class GPTModelConfig(Section):
-    backend: Literal["gpt"] = "gpt"
+    backend: Literal["gpt"] = Field("gpt", description="Model family (the default when the key is left out).")
     architecture: Literal["gpt2", "llama"] = Field("gpt2", description="Transformers architecture to instantiate with random weights.")
     n_layer: int = Field(4, ge=1, description="Transformer blocks.")
     n_head: int = Field(4, ge=1, description="Attention heads (n_embd must divide by it).")
@@ -60,7 +60,7 @@ class GPTModelConfig(Section):
     n_embd: int = Field(128, ge=1, description="Hidden size.")
     intermediate_size: Optional[int] = Field(None, ge=1, description="MLP width (default 4×n_embd for gpt2, 8/3×n_embd rounded for llama).")
     block_size: int = Field(64, ge=2, description="Context length in tokens.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, attention and residuals.")
 
     @model_validator(mode="after")
     def _heads_divide(self):
@@ -72,13 +72,13 @@ class GPTModelConfig(Section):
 
 
 class RNNModelConfig(Section):
-    backend: Literal["rnn"] = "rnn"
+    backend: Literal["rnn"] = Field("rnn", description="Model family.")
     cell: Literal["lstm", "gru", "rnn"] = Field("lstm", description="Recurrent cell.")
-    n_layer: int = Field(2, ge=1)
+    n_layer: int = Field(2, ge=1, description="Stacked recurrent layers.")
     n_embd: int = Field(128, ge=1, description="Embedding size.")
-    hidden_size: int = Field(256, ge=1)
+    hidden_size: int = Field(256, ge=1, description="Recurrent state size.")
     block_size: int = Field(64, ge=2, description="Training sequence length (truncated backpropagation through time).")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, between layers and before the output.")
 
 
 ModelConfig = Annotated[Union[GPTModelConfig, RNNModelConfig], Field(discriminator="backend")]
@@ -91,13 +91,13 @@ class TrainConfig(Section):
     max_steps: int = Field(1000, ge=1, description="Optimizer steps.")
     batch_size: int = Field(12, ge=1, description="Sequences per micro-batch.")
     grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    learning_rate: float = Field(1e-3, gt=0.0)
+    learning_rate: float = Field(1e-3, gt=0.0, description="Peak AdamW learning rate.")
     min_lr: float = Field(1e-4, ge=0.0, description="Learning rate at the end of the cosine decay.")
     warmup_steps: int = Field(100, ge=0, description="Linear warm-up from 0 to learning_rate.")
     lr_decay_steps: Optional[int] = Field(None, ge=1, description="Step at which the cosine decay reaches min_lr (default max_steps).")
-    weight_decay: float = Field(0.1, ge=0.0)
-    beta1: float = Field(0.9, gt=0.0, lt=1.0)
-    beta2: float = Field(0.99, gt=0.0, lt=1.0)
+    weight_decay: float = Field(0.1, ge=0.0, description="AdamW decoupled weight decay, on weight matrices only.")
+    beta1: float = Field(0.9, gt=0.0, lt=1.0, description="AdamW beta1.")
+    beta2: float = Field(0.99, gt=0.0, lt=1.0, description="AdamW beta2.")
     grad_clip: float = Field(1.0, ge=0.0, description="Max gradient norm; 0 disables clipping.")
     eval_every: int = Field(250, ge=1, description="Steps between validation-loss estimates.")
     eval_batches: int = Field(200, ge=1, description="Random validation batches per estimate.")
@@ -111,7 +111,7 @@ class TrainConfig(Section):
 # ----------------------------------------------------------------------------- generate / eval
 class GenerateConfig(Section):
     prompts: list[str] = Field(default_factory=lambda: [""], description="Prompts used when none are given on the command line ('' starts from end-of-text).")
-    max_new_tokens: int = Field(200, ge=1)
+    max_new_tokens: int = Field(200, ge=1, description="Stop after this many new tokens (or at end-of-text).")
     temperature: float = Field(0.8, ge=0.0, description="0 means greedy decoding.")
     top_k: Optional[int] = Field(200, ge=1, description="Keep the k most likely tokens (null: off).")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (1.0: off).")
@@ -123,7 +123,7 @@ class GenerateConfig(Section):
 
 class EvalConfig(Section):
     split: Literal["val", "train"] = Field("val", description="Prepared split to score.")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="Windows scored per forward pass.")
     max_batches: Optional[int] = Field(None, ge=1, description="Score at most this many batches of block_size windows (null: the whole split).")
     out: Optional[str] = Field(None, description="JSON report path (default <train.out_dir>/eval/report.json).")
 
