@@ -57,7 +57,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     latest = latest_checkpoint(path)
     if latest is not None:
         return latest
-    if (path / "config.json").is_file():
+    if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
         return path
     raise AigcError(f"{path} is not a checkpoint or run directory (no config.json, no checkpoints/latest)",
                     "pass a directory under <train.out_dir>/checkpoints/")

@@ -108,6 +108,32 @@ def train(config: ConfigArg, overrides: OverridesArg = None,
 
 
 @app.command()
+def finetune(config: ConfigArg, overrides: OverridesArg = None,
+             merge: Annotated[bool, typer.Option("--merge", help="After LoRA training, also write a standalone model with the adapters merged in.")] = False,
+             resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in train.out_dir.")] = False,
+             as_json: JsonOpt = False, print_config: PrintConfigOpt = False, debug: DebugOpt = False, quiet: QuietOpt = False) -> None:
+    """Fine-tune finetune.base on prompt/response pairs (full or LoRA); the loss covers responses only."""
+
+    def work(cfg: ExperimentConfig):
+        from aigc_cli.finetuning import finetune_model
+
+        result = finetune_model(cfg, resume=resume, merge=merge, quiet=quiet)
+        share = result.trainable_params / max(1, result.total_params)
+        summary = [f"run directory: {result.run_dir}",
+                   f"checkpoint ({cfg.finetune.method}): {result.checkpoint}",
+                   f"trainable parameters: {result.trainable_params:,} of {result.total_params:,} ({share:.2%})",
+                   f"validation loss: {result.val_loss:.4f}"]
+        out = {"run_dir": str(result.run_dir), "checkpoint": str(result.checkpoint), "val_loss": result.val_loss,
+               "trainable_params": result.trainable_params, "total_params": result.total_params, "truncated": result.truncated}
+        if result.merged is not None:
+            out["merged"] = str(result.merged)
+            summary.append(f"merged model: {result.merged}")
+        return out, summary
+
+    _run(config, overrides, print_config, as_json, debug, work)
+
+
+@app.command()
 def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: CheckpointOpt = None,
              prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="A prompt (repeatable).")] = None,
              prompts_file: Annotated[Optional[str], typer.Option("--prompts-file", help="One prompt per line, or JSONL with a 'prompt' field.")] = None,
@@ -121,7 +147,7 @@ def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
 
         if prompt and prompts_file:
             raise AigcError("--prompt and --prompts-file both given", "use one of them")
-        prompts = read_prompts_file(prompts_file) if prompts_file else list(prompt or [])
+        prompts = read_prompts_file(prompts_file) if prompts_file else [{"source": p} for p in prompt or []]
         path, count = generate_text(cfg, checkpoint, prompts, out, stream=stream,
                                     stream_to=sys.stderr if as_json else sys.stdout, log=_log(quiet))
         summary = [f"generations: {path} ({count} completions)"]
@@ -135,12 +161,12 @@ def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
 @app.command("eval")
 def evaluate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: CheckpointOpt = None,
              as_json: JsonOpt = False, print_config: PrintConfigOpt = False, debug: DebugOpt = False, quiet: QuietOpt = False) -> None:
-    """Score a checkpoint on a prepared split: loss and perplexity, as a JSON report and a table."""
+    """Score a checkpoint (loss, perplexity) and/or generations (BLEU, chrF, ROUGE-L): a JSON report and a table."""
 
     def work(cfg: ExperimentConfig):
-        from aigc_cli.evaluation import evaluate_language_model
+        from aigc_cli.evaluation import evaluate
 
-        result = evaluate_language_model(cfg, checkpoint)
+        result = evaluate(cfg, checkpoint)
         if not quiet and not as_json:
             _print_metrics_table(result.metrics, cfg.eval.split)
         return {"report": str(result.report), "metrics": result.metrics}, [f"eval report: {result.report}"]

@@ -108,7 +108,46 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast or fp32; auto: bf16 on CUDA GPUs that support it, fp32 on CPU.")
 
 
+# ----------------------------------------------------------------------------- finetune
+class LoraConfig(Section):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: float = Field(32.0, gt=0.0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: Optional[list[str]] = Field(None, description="Module names to adapt (null: every attention and MLP projection of the architecture, e.g. c_attn/c_proj/c_fc for GPT-2, q/k/v/o/gate/up/down_proj for Llama).")
+
+
+class FinetuneConfig(Section):
+    base: Optional[str] = Field(None, description="Base model: a local Hugging Face causal-LM directory (e.g. a checkpoint of `aigc train`) or a hub id when online. Required by `aigc finetune`.")
+    method: Literal["full", "lora"] = Field("lora", description="full: update every weight (minus frozen layers); lora: train low-rank adapters with peft.")
+    trust_remote_code: bool = Field(False, description="Allow a hub model's own Python code to run. Off unless you trust the source.")
+    freeze_layers: int = Field(0, ge=0, description="full only: freeze the bottom N transformer blocks.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train_file: Optional[str] = Field(None, description="Training pairs as JSONL (fields named by prompt_field/response_field and the template).")
+    source_file: Optional[str] = Field(None, description="Or: a text file of sources, one per line (.gz allowed)...")
+    target_file: Optional[str] = Field(None, description="...with the line-aligned responses (.gz allowed).")
+    val_file: Optional[str] = Field(None, description="Validation pairs as JSONL (default: val_fraction of the training pairs).")
+    val_source_file: Optional[str] = Field(None, description="Or validation sources, one per line.")
+    val_target_file: Optional[str] = Field(None, description="...and their line-aligned responses.")
+    val_fraction: float = Field(0.05, gt=0.0, lt=0.5, description="Share of training pairs held out when no validation files are given.")
+    prompt_field: str = Field("source", description="JSONL field with the input ({source} in the template for line files).")
+    response_field: str = Field("target", description="JSONL field with the response; the loss is computed on it (and end-of-text) only.")
+    template: str = Field("{source}\n", description="Prompt template filled with the record's fields, e.g. 'German: {source}\\nEnglish: '.")
+    max_length: Optional[int] = Field(None, ge=8, description="Truncate prompt+response to this many tokens (default: the base model's context).")
+    packing: bool = Field(False, description="Concatenate examples into full max_length rows (faster; examples may attend to the previous one).")
+    seed: int = Field(1337, description="Seed of the validation hold-out.")
+
+
 # ----------------------------------------------------------------------------- generate / eval
+class FewShotConfig(Section):
+    k: int = Field(0, ge=0, description="Examples put before each input (0: off).")
+    examples_file: Optional[str] = Field(None, description="JSONL examples (fields as in the template plus response_field).")
+    source_file: Optional[str] = Field(None, description="Or line-aligned source/target text files (.gz allowed).")
+    target_file: Optional[str] = None
+    response_field: str = Field("target", description="Field holding an example's answer.")
+    separator: str = Field("\n", description="Text between examples.")
+    seed: int = Field(1337, description="Seed for drawing the examples (per input).")
+
+
 class GenerateConfig(Section):
     prompts: list[str] = Field(default_factory=lambda: [""], description="Prompts used when none are given on the command line ('' starts from end-of-text).")
     max_new_tokens: int = Field(200, ge=1, description="Stop after this many new tokens (or at end-of-text).")
@@ -118,6 +157,9 @@ class GenerateConfig(Section):
     repetition_penalty: float = Field(1.0, gt=0.0, description="CTRL-style penalty on tokens already present (1.0: off).")
     num_samples: int = Field(1, ge=1, description="Completions per prompt.")
     seed: int = Field(1337, description="Same seed, same text.")
+    template: Optional[str] = Field(None, description="Fill each prompt into this template ({source} is the prompt line; JSONL prompts fill fields by name), e.g. the fine-tuning template.")
+    few_shot: FewShotConfig = Field(default_factory=FewShotConfig)
+    stop: list[str] = Field(default_factory=list, description="Cut the completion at the first of these strings and stop.")
     out: Optional[str] = Field(None, description="JSONL output file (default <train.out_dir>/generations.jsonl).")
 
 
@@ -125,6 +167,9 @@ class EvalConfig(Section):
     split: Literal["val", "train"] = Field("val", description="Prepared split to score.")
     batch_size: int = Field(16, ge=1, description="Windows scored per forward pass.")
     max_batches: Optional[int] = Field(None, ge=1, description="Score at most this many batches of block_size windows (null: the whole split).")
+    metrics: list[Literal["loss", "bleu", "chrf", "rougeL"]] = Field(default_factory=lambda: ["loss"], description="loss: loss and perplexity of a checkpoint on a prepared split; bleu/chrf (sacrebleu) and rougeL (rouge-score): generated text against references.")
+    generations: Optional[str] = Field(None, description="For text metrics: the JSONL written by `aigc generate` (its `completion` field).")
+    references: Optional[str] = Field(None, description="For text metrics: line-aligned reference texts (.gz allowed) or JSONL with a `reference` field.")
     out: Optional[str] = Field(None, description="JSON report path (default <train.out_dir>/eval/report.json).")
 
 
@@ -132,6 +177,7 @@ class ExperimentConfig(Section):
     data: DataConfig
     model: ModelConfig = Field(default_factory=GPTModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
@@ -167,6 +213,8 @@ def apply_override(raw: dict, item: str) -> None:
         parsed = yaml.safe_load(value) if value.strip() else value
     except yaml.YAMLError:
         parsed = value  # not YAML: keep the literal string
+    if isinstance(parsed, dict) and not value.lstrip().startswith("{"):
+        parsed = value  # "German: {source}" is a template string, not a YAML mapping
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:

@@ -1,6 +1,7 @@
-"""`aigc eval` for language models: loss and perplexity of a checkpoint on a prepared split.
+"""`aigc eval`: loss and perplexity of a checkpoint on a prepared split, and text metrics
+(BLEU, chrF from sacrebleu; ROUGE-L from rouge-score) of generated text against references.
 
-The score is deterministic: the split is cut into consecutive non-overlapping windows of the
+The loss is deterministic: the split is cut into consecutive non-overlapping windows of the
 model's context length and every token is counted once (no random batches).
 """
 
@@ -27,8 +28,74 @@ class EvalResult:
     metrics: dict[str, float]
 
 
+TEXT_METRICS = ("bleu", "chrf", "rougeL")
+
+
+def evaluate(cfg: ExperimentConfig, checkpoint: str | Path | None) -> EvalResult:
+    """Every metric in eval.metrics, one report."""
+    ec = cfg.eval
+    metrics: dict[str, float] = {}
+    details: dict = {}
+    if "loss" in ec.metrics:
+        lm_metrics, lm_details = evaluate_language_model(cfg, checkpoint)
+        metrics.update(lm_metrics)
+        details.update(lm_details)
+    if any(m in TEXT_METRICS for m in ec.metrics):
+        text_metrics, text_details = score_generations(ec.generations, ec.references, [m for m in ec.metrics if m in TEXT_METRICS])
+        metrics.update(text_metrics)
+        details.update(text_details)
+    out = Path(ec.out or Path(cfg.train.out_dir) / "eval" / "report.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out, {**details, "metrics": metrics})
+    write_provenance(out.parent, cfg, details.get("inputs"), checkpoint=details.get("checkpoint"))
+    return EvalResult(out, metrics)
+
+
+def score_generations(generations: str | None, references: str | None, names: list[str]) -> tuple[dict, dict]:
+    import json
+
+    from aigc_cli.data.pairs import read_lines
+
+    if not generations or not references:
+        raise AigcError(f"eval.metrics {names} need eval.generations and eval.references",
+                        "set eval.generations to the JSONL of `aigc generate` and eval.references to the reference texts")
+    if not Path(generations).is_file():
+        raise AigcError(f"eval.generations not found: {generations}", "run `aigc generate` first or fix the path")
+    hypotheses = []
+    for number, line in enumerate(read_lines(generations), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise AigcError(f"{generations}:{number}: malformed JSON ({exc.msg})", "pass the JSONL written by `aigc generate`") from None
+        if row.get("sample", 0) == 0:
+            hypotheses.append(row["completion"].strip())
+    ref_lines = read_lines(references)
+    if references.removesuffix(".gz").endswith(".jsonl"):
+        ref_lines = [json.loads(line)["reference"] for line in ref_lines if line.strip()]
+    if len(ref_lines) != len(hypotheses):
+        raise AigcError(f"{generations} has {len(hypotheses)} completions but {references} has {len(ref_lines)} references",
+                        "generate from the inputs that belong to these references, one completion per input")
+    metrics: dict[str, float] = {}
+    if "bleu" in names or "chrf" in names:
+        import sacrebleu
+
+        if "bleu" in names:
+            metrics["bleu"] = sacrebleu.corpus_bleu(hypotheses, [ref_lines]).score
+        if "chrf" in names:
+            metrics["chrf"] = sacrebleu.corpus_chrf(hypotheses, [ref_lines]).score
+    if "rougeL" in names:
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+        scores = [scorer.score(ref, hyp)["rougeL"].fmeasure for ref, hyp in zip(ref_lines, hypotheses)]
+        metrics["rougeL"] = 100.0 * sum(scores) / len(scores)
+    return metrics, {"generations": str(generations), "references": str(references), "segments": len(hypotheses)}
+
+
 @torch.no_grad()
-def evaluate_language_model(cfg: ExperimentConfig, checkpoint: str | Path | None) -> EvalResult:
+def evaluate_language_model(cfg: ExperimentConfig, checkpoint: str | Path | None) -> tuple[dict, dict]:
     ec = cfg.eval
     loaded = load_checkpoint_for_inference(checkpoint or cfg.train.out_dir)
     data = TokenArray(cfg.data.prepared_dir, ec.split)
@@ -45,10 +112,6 @@ def evaluate_language_model(cfg: ExperimentConfig, checkpoint: str | Path | None
         total_tokens += n
     loss = total_loss / total_tokens
     metrics = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bits_per_token": loss / math.log(2)}
-    out = Path(ec.out or Path(cfg.train.out_dir) / "eval" / "report.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out, {"checkpoint": str(loaded.checkpoint), "backend": loaded.backend_name, "split": ec.split,
-                            "prepared_data": cfg.data.prepared_dir, "tokens": total_tokens, "context": block,
-                            "metrics": metrics})
-    write_provenance(out.parent, cfg, data.meta.get("inputs"), checkpoint=str(loaded.checkpoint))
-    return EvalResult(out, metrics)
+    return metrics, {"checkpoint": str(loaded.checkpoint), "backend": loaded.backend_name, "split": ec.split,
+                     "prepared_data": cfg.data.prepared_dir, "tokens": total_tokens, "context": block,
+                     "inputs": data.meta.get("inputs")}

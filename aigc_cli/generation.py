@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from aigc_cli.atomic_files import write_json_atomic, write_text_atomic
 from aigc_cli.backends import backend_of_checkpoint, get_backend
 from aigc_cli.checkpoints import resolve_checkpoint
 from aigc_cli.config import ExperimentConfig, GenerateConfig
+from aigc_cli.data.pairs import PairRecord, fill_template, read_lines, read_pair_records
 from aigc_cli.data.tokenization import eos_id, load_tokenizer
 from aigc_cli.errors import AigcError
 from aigc_cli.provenance import software_versions
@@ -43,19 +45,32 @@ def load_checkpoint_for_inference(path: str | Path, device: str = "auto") -> Loa
     tokenizer = load_tokenizer(checkpoint)
     model = backend.load(checkpoint, device)
     model.eval()
-    return LoadedModel(checkpoint, name, backend, model, tokenizer, eos_id(tokenizer), device)
+    return LoadedModel(checkpoint, name, backend, model, tokenizer, _eos_of(checkpoint, tokenizer), device)
 
 
-def read_prompts_file(path: str | Path) -> list[str]:
-    """One prompt per line, or JSONL records with a `prompt` field (or bare JSON strings)."""
+def _eos_of(checkpoint: Path, tokenizer) -> int:
+    """The end-of-text id named in tokenizer_config.json, else the usual names."""
+    try:
+        token = json.loads((checkpoint / "tokenizer_config.json").read_text(encoding="utf-8")).get("eos_token")
+    except (OSError, json.JSONDecodeError):
+        token = None
+    token = token.get("content") if isinstance(token, dict) else token
+    token_id = tokenizer.token_to_id(token) if isinstance(token, str) else None
+    return token_id if token_id is not None else eos_id(tokenizer)
+
+
+def read_prompts_file(path: str | Path) -> list[dict]:
+    """Prompt records: one per line ({"source": line}, .gz allowed), or JSONL objects whose fields fill
+    generate.template (a `prompt` field is used as it is when there is no template)."""
     path = Path(path)
     if not path.is_file():
         raise AigcError(f"prompts file not found: {path}", "pass an existing file to --prompts-file")
-    prompts = []
-    jsonl = path.suffix.lower() in (".jsonl", ".json")
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    lines = read_lines(path)
+    prompts: list[dict] = []
+    jsonl = path.name.lower().removesuffix(".gz").endswith((".jsonl", ".json"))
+    for number, line in enumerate(lines, start=1):
         if not jsonl:
-            prompts.append(line)
+            prompts.append({"source": line, "_where": f"{path}:{number}"})
             continue
         if not line.strip():
             continue
@@ -63,15 +78,44 @@ def read_prompts_file(path: str | Path) -> list[str]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise AigcError(f"{path}:{number}: malformed JSON ({exc.msg})", "each line must be a JSON object with a 'prompt' field") from None
-        if isinstance(record, dict) and isinstance(record.get("prompt"), str):
-            prompts.append(record["prompt"])
-        elif isinstance(record, str):
-            prompts.append(record)
-        else:
-            raise AigcError(f"{path}:{number}: no string 'prompt' field", "each line must look like {\"prompt\": \"...\"}")
+        if isinstance(record, str):
+            record = {"prompt": record}
+        if not isinstance(record, dict):
+            raise AigcError(f"{path}:{number}: expected a JSON object", "each line must look like {\"prompt\": \"...\"}")
+        prompts.append({**{k: str(v) for k, v in record.items()}, "_where": f"{path}:{number}"})
     if not prompts:
         raise AigcError(f"{path} holds no prompts", "put one prompt per line")
     return prompts
+
+
+def build_prompts(gc: GenerateConfig, records: list[dict]) -> list[tuple[str, str]]:
+    """(input, full prompt text) per record: the template filled in, after k seeded few-shot examples."""
+    fs = gc.few_shot
+    examples: list[PairRecord] = []
+    if fs.k:
+        if not gc.template:
+            raise AigcError("generate.few_shot.k > 0 needs generate.template", "set the template the examples and inputs are written in")
+        examples = read_pair_records(fs.examples_file, fs.source_file, fs.target_file, "source", fs.response_field, "generate.few_shot.examples")
+        if len(examples) < fs.k:
+            raise AigcError(f"generate.few_shot.k={fs.k} but only {len(examples)} examples", "lower k or add examples")
+    out = []
+    for record in records:
+        where = record.get("_where", "--prompt")
+        fields = {k: v for k, v in record.items() if k != "_where"}
+        shown = fields.get("prompt", fields.get("source", ""))
+        if not gc.template:
+            out.append((shown, shown))
+            continue
+        if "source" not in fields and "prompt" in fields:
+            fields["source"] = fields["prompt"]
+        text = fill_template(gc.template, PairRecord(fields, where), "generate.template")
+        if fs.k:
+            rng = random.Random(completion_seed(fs.seed, text, 0))
+            shots = rng.sample(examples, fs.k)
+            text = "".join(fill_template(gc.template, ex, "generate.template") + ex.fields[fs.response_field] + fs.separator
+                           for ex in shots) + text
+        out.append((shown, text))
+    return out
 
 
 def completion_seed(seed: int, prompt: str, sample: int) -> int:
@@ -120,37 +164,41 @@ def sample_completion(loaded: LoadedModel, prompt: str, gc: GenerateConfig, seed
             break
         new.append(next_id.item())
         ids = torch.cat([ids, next_id], dim=1)
-        if on_text is not None:
-            text = tok.decode(new)
-            if not text.endswith("\ufffd"):  # wait until a multi-byte character is complete
-                on_text(text[len(shown):])
-                shown = text
+        text = tok.decode(new) if on_text is not None or gc.stop else ""
+        cut = min((text.find(s) for s in gc.stop if s and s in text), default=-1)
+        if cut >= 0:
+            text, finish = text[:cut], "stop"
+        if on_text is not None and not text.endswith("\ufffd"):  # wait until a multi-byte character is complete
+            on_text(text[len(shown):])
+            shown = text
+        if finish == "stop":
+            return text, len(new), finish
     return tok.decode(new), len(new), finish
 
 
-def generate_text(cfg: ExperimentConfig, checkpoint: str | Path | None, prompts: list[str] | None = None,
+def generate_text(cfg: ExperimentConfig, checkpoint: str | Path | None, prompts: list[dict] | None = None,
                   out: str | Path | None = None, stream: bool = False, stream_to=sys.stdout,
                   log: Callable[[str], None] = lambda _: None) -> tuple[Path, int]:
     gc = cfg.generate
     loaded = load_checkpoint_for_inference(checkpoint or cfg.train.out_dir)
-    prompts = prompts if prompts else gc.prompts
+    prompts = build_prompts(gc, prompts if prompts else [{"source": p} for p in gc.prompts])
     out = Path(out or gc.out or Path(cfg.train.out_dir) / "generations.jsonl")
     log(f"generating {len(prompts)} prompt(s) × {gc.num_samples} sample(s) with {loaded.checkpoint}")
     processors = _logits_processors(gc)
     params = gc.model_dump(mode="json", exclude={"prompts", "out"})
     rows = []
-    for prompt in prompts:
+    for shown, prompt in prompts:
         for sample in range(gc.num_samples):
             seed = completion_seed(gc.seed, prompt, sample)
             on_text = None
             if stream:
-                stream_to.write(f"\n--- prompt {prompt!r} sample {sample}\n{prompt}")
+                stream_to.write(f"\n--- prompt {shown!r} sample {sample}\n{prompt}")
                 on_text = lambda piece: (stream_to.write(piece), stream_to.flush())
             completion, n_tokens, finish = sample_completion(loaded, prompt, gc, seed, processors, on_text)
             if stream:
                 stream_to.write("\n")
                 stream_to.flush()
-            rows.append({"prompt": prompt, "completion": completion, "sample": sample, "seed": seed,
+            rows.append({"input": shown, "prompt": prompt, "completion": completion, "sample": sample, "seed": seed,
                          "new_tokens": n_tokens, "finish_reason": finish, "params": params,
                          "checkpoint": str(loaded.checkpoint)})
     write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

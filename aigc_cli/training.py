@@ -10,8 +10,9 @@ import json
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -85,19 +86,49 @@ def estimate_loss(backend, model, data: TokenArray, batch_size: int, block_size:
     return total / batches
 
 
+@dataclass
+class TrainingJob:
+    """What differs between `aigc train` and `aigc finetune`; the loop below is shared."""
+
+    backend_name: str
+    backend: object
+    make_model: Callable[[Path | None, str], torch.nn.Module]  # (checkpoint to resume or None, device) → model
+    train_data: object  # anything with random_batch(batch_size, block_size, generator) → (inputs, targets)
+    val_data: object
+    block_size: int
+    tokenizer_dir: Path
+    inputs: list[dict] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+
+
 def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> TrainResult:
-    tc, mc = cfg.train, cfg.model
-    run_dir = Path(tc.out_dir)
+    """`aigc train`: a fresh model of model.* on the prepared token arrays."""
+    mc = cfg.model
     data_dir = Path(cfg.data.prepared_dir)
     train_data, val_data = TokenArray(data_dir, "train"), TokenArray(data_dir, "val")
     train_data.check_fits(mc.block_size)
     val_data.check_fits(mc.block_size)
     meta = train_data.meta
+    backend = get_backend(mc.backend)
 
+    def make_model(previous: Path | None, device: str) -> torch.nn.Module:
+        if previous is not None:
+            return backend.load(previous, device)
+        return backend.build(mc, meta["vocab_size"], meta["eos_id"]).to(device)
+
+    job = TrainingJob(mc.backend, backend, make_model, train_data, val_data, mc.block_size, data_dir,
+                      meta["inputs"], {"prepared_data": str(data_dir)})
+    return run_training(cfg, job, resume, quiet)
+
+
+def run_training(cfg: ExperimentConfig, job: TrainingJob, resume: bool = False, quiet: bool = False) -> TrainResult:
+    tc = cfg.train
+    backend, block_size = job.backend, job.block_size
+    train_data, val_data = job.train_data, job.val_data
+    run_dir = Path(tc.out_dir)
     device = pick_device(tc.device)
     amp_dtype = pick_precision(tc.precision, device)
     autocast = (lambda: torch.autocast(device, dtype=amp_dtype)) if amp_dtype else nullcontext
-    backend = get_backend(mc.backend)
 
     previous = latest_checkpoint(run_dir)
     if previous is not None and not resume:
@@ -108,12 +139,8 @@ def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False
 
     torch.manual_seed(tc.seed)
     batch_generator = torch.Generator().manual_seed(tc.seed)
-    if previous is not None:
-        model = backend.load(previous, device)
-        state = read_training_state(previous)
-    else:
-        model = backend.build(mc, meta["vocab_size"], meta["eos_id"]).to(device)
-        state = None
+    state = read_training_state(previous) if previous is not None else None
+    model = job.make_model(previous, device)
     model.train()
     optimizers = {part: make_optimizer(backend.parameters(model, part), tc, device) for part in backend.PARTS}
     start_step = 0
@@ -127,8 +154,7 @@ def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False
         batch_generator.set_state(state["batch_generator"])
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_provenance(run_dir, cfg, meta["inputs"], prepared_data=str(data_dir), device=device,
-                     precision=str(amp_dtype or "fp32"))
+    write_provenance(run_dir, cfg, job.inputs, device=device, precision=str(amp_dtype or "fp32"), **job.provenance)
     metrics_path = run_dir / "metrics.jsonl"
     _truncate_metrics(metrics_path, start_step)
 
@@ -137,9 +163,8 @@ def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False
                           "rng": torch.get_rng_state(), "batch_generator": batch_generator.get_state()}
         if device == "cuda":
             training_state["cuda_rng"] = torch.cuda.get_rng_state()
-        return write_checkpoint(run_dir, step, mc.backend, backend, model, training_state, data_dir, tc.keep_checkpoints)
+        return write_checkpoint(run_dir, step, job.backend_name, backend, model, training_state, job.tokenizer_dir, tc.keep_checkpoints)
 
-    tokens_per_step = tc.batch_size * tc.grad_accum_steps * mc.block_size
     val_loss, final, tokens_per_s = float("nan"), previous, 0.0
     window_start, window_tokens, train_loss = time.perf_counter(), 0, float("nan")
     with open(metrics_path, "a", encoding="utf-8") as metrics, \
@@ -149,7 +174,8 @@ def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
 
-        progress.message(f"training {mc.backend} ({sum(p.numel() for p in model.parameters()):,} parameters) "
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        progress.message(f"training {job.backend_name} ({trainable:,} trainable of {sum(p.numel() for p in model.parameters()):,} parameters) "
                          f"on {device}, {str(amp_dtype or 'fp32').replace('torch.', '')}, run dir {run_dir}")
         for step in range(start_step, tc.max_steps + 1):
             lr = lr_at(step, tc)
@@ -159,7 +185,7 @@ def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False
 
             # 1. evaluate
             if step % tc.eval_every == 0 or step == tc.max_steps:
-                val_loss = estimate_loss(backend, model, val_data, tc.batch_size, mc.block_size, tc.eval_batches,
+                val_loss = estimate_loss(backend, model, val_data, tc.batch_size, block_size, tc.eval_batches,
                                          tc.seed + 1, device, autocast)
                 record({"step": step, "val_loss": val_loss})
                 progress.message(f"step {step}: val loss {val_loss:.4f}")
@@ -172,7 +198,7 @@ def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False
                 break
 
             # 3. step: the same micro-batches feed every part (a GAN's D and G see the same data)
-            batches = [train_data.random_batch(tc.batch_size, mc.block_size, batch_generator) for _ in range(tc.grad_accum_steps)]
+            batches = [train_data.random_batch(tc.batch_size, block_size, batch_generator) for _ in range(tc.grad_accum_steps)]
             for part, opt in optimizers.items():
                 opt.zero_grad(set_to_none=True)
                 part_loss = 0.0
@@ -184,7 +210,7 @@ def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False
                 if tc.grad_clip:
                     torch.nn.utils.clip_grad_norm_(backend.parameters(model, part), tc.grad_clip)
                 opt.step()
-            window_tokens += tokens_per_step
+            window_tokens += sum(inputs.numel() for inputs, _ in batches)
 
             # 4. log
             done = step + 1

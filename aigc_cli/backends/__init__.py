@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 BACKENDS: dict[str, str] = {
     "gpt": "aigc_cli.backends.gpt",
     "rnn": "aigc_cli.backends.rnn",
+    "lora": "aigc_cli.backends.lora",  # made by `aigc finetune`, not by `aigc train`
 }
 
 
@@ -62,6 +63,8 @@ def backend_of_checkpoint(directory: str | Path) -> str:
     record = directory / "aigc.json"
     if record.is_file():
         return json.loads(record.read_text(encoding="utf-8"))["backend"]
+    if (directory / "adapter_config.json").is_file():
+        return "lora"
     if (directory / "config.json").is_file():
         return "gpt"
     raise AigcError(f"{directory} is not a checkpoint directory (no aigc.json or config.json)",

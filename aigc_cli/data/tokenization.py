@@ -10,6 +10,7 @@ Both kinds we train are `tokenizers` objects, so a checkpoint directory loads wi
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Iterable
 
@@ -77,6 +78,20 @@ def save_tokenizer(tok: Tokenizer, directory: str | Path, model_max_length: int 
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "vocab.json", "merges.txt", "tokenizer.model")
+
+
 def copy_tokenizer_files(src: str | Path, dst: str | Path, model_max_length: int | None = None) -> None:
-    """Put a prepared tokenizer next to a checkpoint, with the model's context length recorded."""
-    save_tokenizer(load_tokenizer(src), dst, model_max_length)
+    """Put the tokenizer next to a checkpoint (files copied as they are), recording the context length."""
+    src, dst = Path(src), Path(dst)
+    if not (src / "tokenizer.json").is_file():
+        raise AigcError(f"no tokenizer.json in {src}", "point at a prepared-data or checkpoint directory (run `aigc prep` first)")
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+    config_path = dst / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {"tokenizer_class": "PreTrainedTokenizerFast"}
+    if model_max_length:
+        config["model_max_length"] = model_max_length
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -1,0 +1,83 @@
+"""`lora`: low-rank adapters (peft) on a Hugging Face causal LM, made by `aigc finetune`.
+
+A checkpoint is peft's adapter directory (adapter_config.json + adapter_model.safetensors);
+adapter_config.json names the base model, so the directory alone rebuilds base + adapter.
+Everything but building and saving is the `gpt` backend's, since a PeftModel is called the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aigc_cli.backends import gpt
+from aigc_cli.errors import AigcError
+
+PARTS = ("model",)
+loss = gpt.loss
+next_token_logits = gpt.next_token_logits
+
+# Every attention and MLP projection: adapting all of them is what makes LoRA match full
+# fine-tuning (QLoRA paper, §4); peft's own defaults adapt attention only.
+DEFAULT_TARGETS = {
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+
+
+def build(model_cfg: Any, vocab_size: int, eos_id: int):
+    raise AigcError("lora adapts an existing model and cannot be trained from scratch", "use `aigc finetune` with finetune.method=lora")
+
+
+def add_adapters(model: torch.nn.Module, lora_cfg) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora_cfg.target_modules or DEFAULT_TARGETS.get(model.config.model_type)  # None: peft's default for the architecture
+    config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout, target_modules=targets,
+                        task_type="CAUSAL_LM", fan_in_fan_out=model.config.model_type == "gpt2")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise AigcError(f"cannot add LoRA adapters: {exc}", "set finetune.lora.target_modules to module names of this model") from None
+
+
+def parameters(model: torch.nn.Module, part: str):
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def save(model: torch.nn.Module, directory: Path) -> None:
+    model.save_pretrained(directory)
+
+
+def base_of(directory: Path) -> str:
+    try:
+        return json.loads((Path(directory) / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+    except (OSError, KeyError, json.JSONDecodeError) as exc:
+        raise AigcError(f"{directory} is not a LoRA adapter directory ({exc})", "pass a checkpoint written by `aigc finetune`") from None
+
+
+def load(directory: Path, device: str, trainable: bool = False) -> torch.nn.Module:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    gpt._quiet_transformers()
+    base_ref = base_of(directory)
+    if not Path(base_ref).exists():
+        raise AigcError(f"the adapter in {directory} needs its base model {base_ref}, which is not there",
+                        "restore the base model directory (adapter_config.json: base_model_name_or_path)")
+    base = AutoModelForCausalLM.from_pretrained(base_ref, dtype=torch.float32)
+    return PeftModel.from_pretrained(base, directory, is_trainable=trainable).to(device)
+
+
+def context_length(model: torch.nn.Module) -> int | None:
+    return gpt.context_length(model)
+
+
+def merge(model: torch.nn.Module) -> torch.nn.Module:
+    """A plain transformers model with the adapters folded into its weights."""
+    return model.merge_and_unload()

@@ -1,0 +1,149 @@
+"""Prompt/response pairs for fine-tuning and few-shot prompting.
+
+Pairs come from JSONL (any field names) or two line-aligned text files (.gz allowed). A prompt
+is the config's template filled with the record's fields; the loss covers the response and the
+end-of-text token only (prompt positions get the label -100, which cross-entropy ignores).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from aigc_cli.errors import AigcError
+
+IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default ignore_index
+
+
+@dataclass
+class PairRecord:
+    fields: dict[str, str]
+    where: str  # "path:line" for error messages
+
+
+def open_text(path: str | Path):
+    path = Path(path)
+    if not path.is_file():
+        raise AigcError(f"file not found: {path}", "check the path in the config")
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def read_lines(path: str | Path) -> list[str]:
+    try:
+        with open_text(path) as handle:
+            return [line.rstrip("\r\n") for line in handle]
+    except UnicodeDecodeError:
+        raise AigcError(f"{path} is not UTF-8 text", "convert it to UTF-8") from None
+    except (OSError, EOFError) as exc:
+        raise AigcError(f"cannot read {path}: {exc}", "check that the file is intact") from None
+
+
+def read_pair_records(jsonl: str | None, source_file: str | None, target_file: str | None,
+                      prompt_field: str, response_field: str, what: str) -> list[PairRecord]:
+    """Records from JSONL, or from line-aligned source/target files (fields prompt_field/response_field)."""
+    if jsonl:
+        records = _read_jsonl(jsonl, response_field)
+    elif source_file and target_file:
+        sources, targets = read_lines(source_file), read_lines(target_file)
+        if len(sources) != len(targets):
+            raise AigcError(f"{source_file} has {len(sources)} lines but {target_file} has {len(targets)}",
+                            "the two files must be line-aligned (line i of one translates line i of the other)")
+        records = [PairRecord({prompt_field: s, response_field: t}, f"{source_file}:{i}")
+                   for i, (s, t) in enumerate(zip(sources, targets), start=1) if s.strip() or t.strip()]
+        source = source_file
+    else:
+        raise AigcError(f"no {what} data", f"set {what}_file (JSONL) or {what.rsplit('.', 1)[0]}.source_file and target_file")
+    if not records:
+        raise AigcError(f"{jsonl or source_file} holds no examples", "put prompt/response pairs in it")
+    return records
+
+
+def _read_jsonl(path: str, response_field: str) -> list[PairRecord]:
+    records = []
+    try:
+        with open_text(path) as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise AigcError(f"{path}:{number}: malformed JSON ({exc.msg})", "fix that line; each line must be one JSON object") from None
+                if not isinstance(record, dict):
+                    raise AigcError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}", "each line must be one JSON object")
+                if response_field not in record:
+                    raise AigcError(f"{path}:{number}: no field '{response_field}' (the response)", "set finetune.response_field to the field that holds the answer")
+                records.append(PairRecord({k: str(v) for k, v in record.items()}, f"{path}:{number}"))
+    except UnicodeDecodeError:
+        raise AigcError(f"{path} is not UTF-8 text", "convert it to UTF-8") from None
+    return records
+
+
+def check_template(template: str, setting: str) -> list[str]:
+    """The field names a template uses; a malformed template is a config error."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise AigcError(f"{setting} is not a valid template ({exc})", "write fields as {name}; double literal braces: {{ }}") from None
+    if any(not name.isidentifier() for name in names):
+        raise AigcError(f"{setting} has an empty or odd placeholder", "write fields as {name}, e.g. 'German: {source}\\nEnglish: '")
+    return names
+
+
+def fill_template(template: str, record: PairRecord, setting: str) -> str:
+    for name in check_template(template, setting):
+        if name not in record.fields:
+            raise AigcError(f"{record.where}: {setting} names {{{name}}} but this record has no field '{name}'",
+                            f"add '{name}' to the data or change {setting}")
+    return template.format_map(record.fields)
+
+
+class PairExamples:
+    """Tokenized examples; `random_batch` pads a random draw into (inputs, targets) for the loop."""
+
+    def __init__(self, records: list[PairRecord], tokenizer, template: str, response_field: str,
+                 max_length: int, eos_id: int, packing: bool = False):
+        prompts = [fill_template(template, r, "finetune.template") for r in records]
+        responses = [r.fields[response_field] for r in records]
+        prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+        self.pad_id = eos_id
+        self.truncated = 0
+        rows: list[tuple[list[int], list[int]]] = []
+        for p, r in zip(prompt_ids, response_ids):
+            ids = p + r + [eos_id]
+            labels = [IGNORE_INDEX] * len(p) + r + [eos_id]
+            if len(ids) > max_length + 1:  # one extra: inputs and targets are the row shifted by one
+                self.truncated += 1
+                ids, labels = ids[:max_length + 1], labels[:max_length + 1]
+            rows.append((ids, labels))
+        if packing:
+            flat_ids = [t for ids, _ in rows for t in ids]
+            flat_labels = [t for _, labels in rows for t in labels]
+            step = max_length + 1
+            rows = [(flat_ids[i:i + step], flat_labels[i:i + step]) for i in range(0, len(flat_ids) - 1, step)]
+        self.rows = [row for row in rows if any(t != IGNORE_INDEX for t in row[1][1:])]
+        if not self.rows:
+            raise AigcError("no example has a response token left after truncation", "raise finetune.max_length or shorten the prompts")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self.rows[i] for i in indices]
+        width = max(len(ids) for ids, _ in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        for i, (row_ids, row_labels) in enumerate(rows):
+            ids[i, :len(row_ids)] = torch.tensor(row_ids)
+            labels[i, :len(row_labels)] = torch.tensor(row_labels)
+        # Right padding needs no attention mask in a causal model: real tokens never see the pads.
+        return ids[:, :-1], labels[:, 1:]
+
+    def random_batch(self, batch_size: int, block_size: int, generator: torch.Generator):
+        return self.batch(torch.randint(len(self.rows), (batch_size,), generator=generator).tolist())

@@ -1,0 +1,161 @@
+"""`aigc finetune`: full or LoRA fine-tuning of a causal LM on prompt/response pairs.
+
+A recipe, not a second loop: load the base model and its tokenizer, turn the pairs into
+examples whose loss covers the response only, optionally add LoRA adapters or freeze blocks,
+then hand everything to `training.run_training`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from aigc_cli.atomic_files import staging_dir
+from aigc_cli.backends import get_backend
+from aigc_cli.checkpoints import latest_checkpoint
+from aigc_cli.config import ExperimentConfig, FinetuneConfig
+from aigc_cli.data.pairs import PairExamples, read_pair_records
+from aigc_cli.data.tokenization import copy_tokenizer_files
+from aigc_cli.errors import AigcError
+from aigc_cli.training import TrainingJob, run_training
+
+
+@dataclass
+class FinetuneResult:
+    run_dir: Path
+    checkpoint: Path
+    val_loss: float
+    trainable_params: int
+    total_params: int
+    truncated: int
+    merged: Path | None = None
+
+
+def resolve_base(base: str | None) -> str:
+    """A local model directory (as an absolute path) or a hub id; offline, a hub id fails fast."""
+    if not base:
+        raise AigcError("finetune.base is not set", "set finetune.base to a model directory (e.g. runs/x/checkpoints/step-001000) or a hub id")
+    path = Path(base).expanduser()
+    if path.exists():
+        path = latest_checkpoint(path) or path  # a run directory means its latest checkpoint
+        if not (path / "config.json").is_file():
+            raise AigcError(f"finetune.base {base} is not a model directory (no config.json)",
+                            "point it at a Hugging Face model directory, e.g. a checkpoint of `aigc train`")
+        return str(path.resolve())
+    looks_like_path = base.startswith((".", "/", "~")) or base.count("/") > 1 or os.sep != "/" and os.sep in base
+    if looks_like_path:
+        raise AigcError(f"finetune.base not found: {base}", "check the path")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise AigcError(f"finetune.base '{base}' is a hub id, but HF_HUB_OFFLINE is set so nothing can be downloaded",
+                        "pass a local model directory instead (or unset HF_HUB_OFFLINE when online)")
+    return base
+
+
+def load_base_model(fc: FinetuneConfig, device: str):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from aigc_cli.backends.gpt import _quiet_transformers
+
+    _quiet_transformers()
+    ref = resolve_base(fc.base)
+    try:
+        config = AutoConfig.from_pretrained(ref, trust_remote_code=fc.trust_remote_code)
+        if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not fc.trust_remote_code:
+            raise AigcError(f"finetune.base {ref} is a '{config.model_type}' model, not a causal language model",
+                            "fine-tune a decoder-only model (GPT-2, Llama, Qwen, ... or a checkpoint of `aigc train` with backend gpt)")
+        model = AutoModelForCausalLM.from_pretrained(ref, dtype=torch.float32, trust_remote_code=fc.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=fc.trust_remote_code)
+    except AigcError:
+        raise
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = "check the directory" if Path(ref).exists() else "check the hub id and your connection, or pass a local model directory"
+        raise AigcError(f"cannot load finetune.base {ref}: {first}", hint) from None
+    if tokenizer.eos_token_id is None:
+        raise AigcError(f"the tokenizer of {ref} has no end-of-text token", "use a base model whose tokenizer defines eos_token")
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise AigcError(f"tokenizer/model mismatch in {ref}: the tokenizer has {len(tokenizer)} tokens but the model only {rows} embeddings",
+                        "use the tokenizer that was saved with this model")
+    return ref, model.to(device), tokenizer
+
+
+def freeze_bottom_layers(model: torch.nn.Module, n: int) -> None:
+    if n == 0:
+        return
+    blocks = next((m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == model.config.num_hidden_layers), None)
+    if blocks is None:
+        raise AigcError("finetune.freeze_layers: cannot find this model's stack of blocks", "set finetune.freeze_layers=0")
+    if n >= len(blocks):
+        raise AigcError(f"finetune.freeze_layers={n} but the model has {len(blocks)} blocks", f"use at most {len(blocks) - 1}")
+    for block in blocks[:n]:
+        block.requires_grad_(False)
+
+
+def _examples(fc: FinetuneConfig, tokenizer, max_length: int):
+    train = read_pair_records(fc.train_file, fc.source_file, fc.target_file, fc.prompt_field, fc.response_field, "finetune.train")
+    if fc.val_file or (fc.val_source_file and fc.val_target_file):
+        val = read_pair_records(fc.val_file, fc.val_source_file, fc.val_target_file, fc.prompt_field, fc.response_field, "finetune.val")
+    else:
+        order = list(range(len(train)))
+        random.Random(fc.seed).shuffle(order)
+        n_val = max(1, int(len(train) * fc.val_fraction))
+        if len(train) - n_val < 1:
+            raise AigcError(f"only {len(train)} training pair(s): nothing left after holding out validation", "add pairs or give finetune.val_file")
+        val = [train[i] for i in sorted(order[:n_val])]
+        train = [train[i] for i in sorted(order[n_val:])]
+    make = lambda records: PairExamples(records, tokenizer, fc.template, fc.response_field, max_length, tokenizer.eos_token_id, fc.packing)
+    return make(train), make(val)
+
+
+def finetune_model(cfg: ExperimentConfig, resume: bool = False, merge: bool = False, quiet: bool = False) -> FinetuneResult:
+    fc, tc = cfg.finetune, cfg.train
+    device = "cuda" if tc.device != "cpu" and torch.cuda.is_available() else "cpu"
+    base_ref, base_model, tokenizer = load_base_model(fc, device)
+    context = getattr(base_model.config, "n_positions", None) or getattr(base_model.config, "max_position_embeddings", None) or 1024
+    max_length = min(fc.max_length or context, context)
+    train_examples, val_examples = _examples(fc, tokenizer, max_length)
+    if not quiet:
+        print(f"fine-tuning {base_ref} ({fc.method}) on {len(train_examples):,} examples, {len(val_examples):,} for validation; "
+              f"{train_examples.truncated + val_examples.truncated} truncated to {max_length} tokens", flush=True,
+              file=__import__("sys").stderr)
+
+    run_dir = Path(tc.out_dir)
+    tokenizer_dir = run_dir / "tokenizer"  # the base tokenizer, saved once, copied into every checkpoint
+    if not (tokenizer_dir / "tokenizer.json").is_file():
+        with staging_dir(tokenizer_dir, replace=True) as tmp:
+            tokenizer.save_pretrained(tmp)
+    backend_name = "lora" if fc.method == "lora" else "gpt"
+    backend = get_backend(backend_name)
+
+    def make_model(previous: Path | None, device: str) -> torch.nn.Module:
+        if backend_name == "lora":
+            return backend.load(previous, device, trainable=True) if previous else backend.add_adapters(base_model, fc.lora)
+        model = backend.load(previous, device) if previous else base_model
+        freeze_bottom_layers(model, fc.freeze_layers)
+        return model
+
+    job = TrainingJob(backend_name, backend, make_model, train_examples, val_examples, max_length, tokenizer_dir,
+                      provenance={"base_model": base_ref, "method": fc.method})
+    result = run_training(cfg, job, resume=resume, quiet=quiet)
+
+    final = backend.load(result.checkpoint, "cpu", trainable=True) if backend_name == "lora" else backend.load(result.checkpoint, "cpu")
+    if backend_name == "gpt":
+        freeze_bottom_layers(final, fc.freeze_layers)
+    trainable = sum(p.numel() for p in final.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in final.parameters())
+    merged = None
+    if merge:
+        if backend_name != "lora":
+            raise AigcError("--merge applies to LoRA adapters; a full fine-tune is already a standalone model", f"use {result.checkpoint}")
+        merged = run_dir / "merged"
+        with staging_dir(merged, replace=True) as tmp:
+            backend.merge(final.eval()).save_pretrained(tmp)
+            copy_tokenizer_files(tokenizer_dir, tmp, max_length)
+    return FinetuneResult(result.run_dir, result.checkpoint, result.val_loss, trainable, total,
+                          train_examples.truncated + val_examples.truncated, merged)
