@@ -174,7 +174,7 @@ class EvalConfig(Section):
 
 
 class ExperimentConfig(Section):
-    data: DataConfig
+    data: Optional[DataConfig] = Field(None, description="Needed by prep, train and eval's loss; a fine-tuning experiment may leave it out.")
     model: ModelConfig = Field(default_factory=GPTModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
@@ -283,6 +283,12 @@ def _flatten(annotation: Any) -> list[Any]:
     if not args:
         return [annotation]
     return [x for a in args for x in _flatten(a)]
+
+
+def require_data(cfg: ExperimentConfig) -> DataConfig:
+    if cfg.data is None:
+        raise AigcError("missing required key 'data.source'", "add a data section naming the corpus (see configs/quickstart.yaml)")
+    return cfg.data
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

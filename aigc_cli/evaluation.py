@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from aigc_cli.atomic_files import write_json_atomic
-from aigc_cli.config import ExperimentConfig
+from aigc_cli.config import ExperimentConfig, require_data
 from aigc_cli.data.batches import TokenArray
 from aigc_cli.data.tokenization import load_tokenizer
 from aigc_cli.errors import AigcError
@@ -97,6 +97,7 @@ def score_generations(generations: str | None, references: str | None, names: li
 @torch.no_grad()
 def evaluate_language_model(cfg: ExperimentConfig, checkpoint: str | Path | None) -> tuple[dict, dict]:
     ec = cfg.eval
+    require_data(cfg)
     loaded = load_checkpoint_for_inference(checkpoint or cfg.train.out_dir)
     data = TokenArray(cfg.data.prepared_dir, ec.split)
     if load_tokenizer(cfg.data.prepared_dir).get_vocab() != loaded.tokenizer.get_vocab():

@@ -18,7 +18,7 @@ import torch
 
 from aigc_cli.backends import get_backend
 from aigc_cli.checkpoints import latest_checkpoint, read_training_state, write_checkpoint
-from aigc_cli.config import ExperimentConfig, TrainConfig
+from aigc_cli.config import ExperimentConfig, TrainConfig, require_data
 from aigc_cli.data.batches import TokenArray
 from aigc_cli.errors import EXIT_DIVERGED, AigcError
 from aigc_cli.progress import StepProgress
@@ -104,7 +104,7 @@ class TrainingJob:
 def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> TrainResult:
     """`aigc train`: a fresh model of model.* on the prepared token arrays."""
     mc = cfg.model
-    data_dir = Path(cfg.data.prepared_dir)
+    data_dir = Path(require_data(cfg).prepared_dir)
     train_data, val_data = TokenArray(data_dir, "train"), TokenArray(data_dir, "val")
     train_data.check_fits(mc.block_size)
     val_data.check_fits(mc.block_size)

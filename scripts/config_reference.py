@@ -18,7 +18,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
 SECTIONS = [("data", schema.DataConfig), ("data.cleaning", schema.CleaningConfig), ("data.tokenizer", schema.TokenizerConfig),
             ("model (backend: gpt)", schema.GPTModelConfig), ("model (backend: rnn)", schema.RNNModelConfig),
-            ("train", schema.TrainConfig), ("generate", schema.GenerateConfig), ("eval", schema.EvalConfig)]
+            ("train", schema.TrainConfig), ("finetune", schema.FinetuneConfig), ("finetune.lora", schema.LoraConfig),
+            ("generate", schema.GenerateConfig), ("generate.few_shot", schema.FewShotConfig), ("eval", schema.EvalConfig)]
 
 
 def _type_name(annotation) -> str:

@@ -23,7 +23,8 @@ MODEL_CONFIGS = {
 
 
 def test_every_registered_backend_is_covered():
-    assert {backend for backend, _ in MODEL_CONFIGS.values()} == set(BACKENDS)
+    # lora cannot be built from scratch (it adapts a base model): tests/test_finetune.py covers it.
+    assert {backend for backend, _ in MODEL_CONFIGS.values()} == set(BACKENDS) - {"lora"}
 
 
 def _batch(seed=0):

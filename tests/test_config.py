@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_validates(path):
     cfg = load_config(path)
-    assert cfg.data.source and cfg.train.max_steps >= 1
+    assert (cfg.data is not None or cfg.finetune.base) and cfg.train.max_steps >= 1
 
 
 def _write(tmp_path, raw) -> Path:
@@ -48,13 +48,18 @@ def test_backend_override_switches_the_model_schema(tmp_path):
     ({"data": {"source": "x"}}, ["train.max_steps=many"], r"'train.max_steps'.*integer.*'many'"),
     ({"data": {"source": "x"}}, ["model.n_embd=30", "model.n_head=4"], r"not divisible by n_head=4"),
     ({"data": {"source": "x"}}, ["model.backend=transformer"], r"'model.backend' must be one of"),
-    ({"train": {}}, [], r"missing required key 'data'"),
+    ({"data": {"seed": 1}}, [], r"missing required key 'data.source'"),
     ({"data": {"source": "x"}}, ["train.max_steps"], r"bad override 'train.max_steps'"),
 ])
 def test_config_mistakes_name_the_key(tmp_path, raw, overrides, expected):
     with pytest.raises(AigcError, match=expected) as info:
         load_config(_write(tmp_path, raw), overrides)
     assert "\n" not in info.value.one_line()
+
+
+def test_verbs_that_read_data_require_it(cli, tmp_path):
+    result = cli("prep", _write(tmp_path, {"train": {"max_steps": 3}}))
+    assert result.exit_code == 2 and "missing required key 'data.source'" in result.stderr
 
 
 def test_invalid_yaml_names_the_line(tmp_path):

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from aigc_cli.atomic_files import staging_dir, write_json_atomic
-from aigc_cli.config import DataConfig, ExperimentConfig
+from aigc_cli.config import DataConfig, ExperimentConfig, require_data
 from aigc_cli.data.text_sources import Chunk, SourceStats, iter_chunks
 from aigc_cli.data import tokenization
 from aigc_cli.errors import AigcError
@@ -35,7 +35,7 @@ class PrepResult:
 
 
 def prepare_text_corpus(cfg: ExperimentConfig, force: bool = False, log: Callable[[str], None] = print) -> PrepResult:
-    data = cfg.data
+    data = require_data(cfg)
     out = Path(data.prepared_dir)
     existing = _read_meta(out)
     if data.tokenizer.kind == "pretrained" and not data.tokenizer.path:
