@@ -35,7 +35,7 @@ class TokenizerConfig(Section):
     kind: Literal["char", "bpe", "pretrained"] = Field("char", description="char: one token per character (byte fallback for unseen ones); bpe: byte-level BPE trained on the corpus; pretrained: the tokenizer of an existing directory.")
     vocab_size: int = Field(8000, ge=1, description="Vocabulary size for `bpe` (at least 257: 256 bytes + end-of-text).")
     path: Optional[str] = Field(None, description="For `pretrained`: a directory holding tokenizer.json (a checkpoint or prepared-data directory).")
-    max_train_bytes: int = Field(100_000_000, ge=1, description="Train the BPE merges on at most this many bytes of the corpus (the whole corpus is still encoded).")
+    max_train_bytes: int = Field(16_000_000, ge=1, description="Train the BPE merges on at most this many bytes of the corpus (the whole corpus is still encoded). BPE training holds about 10-12x this in memory (16 MB: ~320 MB peak).")
 
 
 class DataConfig(Section):
@@ -160,6 +160,7 @@ class GenerateConfig(Section):
     template: Optional[str] = Field(None, description="Fill each prompt into this template ({source} is the prompt line; JSONL prompts fill fields by name), e.g. the fine-tuning template.")
     few_shot: FewShotConfig = Field(default_factory=FewShotConfig)
     stop: list[str] = Field(default_factory=list, description="Cut the completion at the first of these strings and stop.")
+    rstrip_prompt: bool = Field(False, description="Strip trailing spaces from the final prompt: a base model rarely saw a word-less space token, so 'English: ' invites a newline (the completion then starts with the space). Leave off for models fine-tuned on the template.")
     out: Optional[str] = Field(None, description="JSONL output file (default <train.out_dir>/generations.jsonl).")
 
 

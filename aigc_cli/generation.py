@@ -114,7 +114,7 @@ def build_prompts(gc: GenerateConfig, records: list[dict]) -> list[tuple[str, st
             shots = rng.sample(examples, fs.k)
             text = "".join(fill_template(gc.template, ex, "generate.template") + ex.fields[fs.response_field] + fs.separator
                            for ex in shots) + text
-        out.append((shown, text))
+        out.append((shown, text.rstrip(" ") if gc.rstrip_prompt else text))
     return out
 
 

@@ -35,8 +35,12 @@ def build(model_cfg: Any, vocab_size: int, eos_id: int):
 
 
 def add_adapters(model: torch.nn.Module, lora_cfg) -> torch.nn.Module:
+    import warnings
+
     from peft import LoraConfig, get_peft_model
 
+    # peft 0.21 still asks transformers 5 for a renamed attribute; the warning is theirs, not the user's.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     targets = lora_cfg.target_modules or DEFAULT_TARGETS.get(model.config.model_type)  # None: peft's default for the architecture
     config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout, target_modules=targets,
                         task_type="CAUSAL_LM", fan_in_fan_out=model.config.model_type == "gpt2")

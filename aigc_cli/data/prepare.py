@@ -2,7 +2,8 @@
 
 Pass 1 reads the source to build the tokenizer (char set, or BPE merges) and to count
 characters; pass 2 reads it again, encodes ~1 MB at a time and appends the ids to flat binary
-files. Memory stays flat however large the corpus is: nothing holds more than one batch of text.
+files. Memory stays flat however large the corpus is: nothing holds more than one batch of text,
+except BPE training, which sees at most `tokenizer.max_train_bytes` (and holds ~10-12x that).
 """
 
 from __future__ import annotations
