@@ -23,12 +23,13 @@ TRAINING_STATE = "training_state.pt"
 
 
 def write_checkpoint(run_dir: Path, step: int, backend_name: str, backend, model, training_state: dict,
-                     tokenizer_dir: Path, keep: int = 0) -> Path:
+                     tokenizer_dir: Path | None, keep: int = 0) -> Path:
     root = Path(run_dir) / CHECKPOINTS
     final = root / f"step-{step:06d}"
     with staging_dir(final, replace=True) as tmp:
         backend.save(model, tmp)
-        copy_tokenizer_files(tokenizer_dir, tmp, backend.context_length(model))
+        if tokenizer_dir is not None:
+            copy_tokenizer_files(tokenizer_dir, tmp, backend.context_length(model))
         torch.save(training_state, tmp / TRAINING_STATE)
         write_json_atomic(tmp / "aigc.json", {"backend": backend_name, "step": step})
         for name in ("config.yaml", "provenance.json"):
@@ -57,7 +58,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     latest = latest_checkpoint(path)
     if latest is not None:
         return latest
-    if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+    if any((path / name).is_file() for name in ("config.json", "adapter_config.json", "model_index.json", "aigc.json")):
         return path
     raise AigcError(f"{path} is not a checkpoint or run directory (no config.json, no checkpoints/latest)",
                     "pass a directory under <train.out_dir>/checkpoints/")

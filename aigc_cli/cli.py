@@ -14,7 +14,7 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from aigc_cli import __version__
-from aigc_cli.config import ExperimentConfig, dump_config, load_config
+from aigc_cli.config import IMAGE_BACKENDS, ExperimentConfig, dump_config, load_config
 from aigc_cli.errors import EXIT_INTERNAL, AigcError
 
 app = typer.Typer(
@@ -76,6 +76,17 @@ def prep(config: ConfigArg, overrides: OverridesArg = None,
     """Clean and tokenize data.source into data.prepared_dir (tokenizer, train.bin, val.bin, meta.json)."""
 
     def work(cfg: ExperimentConfig):
+        if cfg.model.backend in IMAGE_BACKENDS:
+            from aigc_cli.data.images import prepare_images
+
+            result = prepare_images(cfg, force=force, log=_log(quiet))
+            meta = result.meta
+            classes = f", {len(meta['classes'])} classes" if meta["classes"] else ""
+            summary = [f"prepared images: {result.data_dir}" + (" (unchanged, reused)" if result.reused else ""),
+                       f"  {meta['channels']}×{meta['size']}×{meta['size']}, train {meta['train_images']:,}, val {meta['val_images']:,}{classes}"
+                       + (f", {meta['skipped']} unreadable skipped" if meta["skipped"] else "")]
+            return {"data_dir": str(result.data_dir), "train_images": meta["train_images"], "val_images": meta["val_images"],
+                    "classes": meta["classes"], "skipped": meta["skipped"], "reused": result.reused}, summary
         from aigc_cli.data.prepare import prepare_text_corpus
 
         result = prepare_text_corpus(cfg, force=force, log=_log(quiet))
@@ -102,7 +113,7 @@ def train(config: ConfigArg, overrides: OverridesArg = None,
                    f"final checkpoint: {result.checkpoint}",
                    f"validation loss: {result.val_loss:.4f} after {result.steps} steps"]
         return {"run_dir": str(result.run_dir), "checkpoint": str(result.checkpoint), "val_loss": result.val_loss,
-                "steps": result.steps, "tokens_per_s": result.tokens_per_s}, summary
+                "steps": result.steps, f"{result.unit}_per_s": result.tokens_per_s}, summary
 
     _run(config, overrides, print_config, as_json, debug, work)
 
@@ -137,14 +148,33 @@ def finetune(config: ConfigArg, overrides: OverridesArg = None,
 def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: CheckpointOpt = None,
              prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="A prompt (repeatable).")] = None,
              prompts_file: Annotated[Optional[str], typer.Option("--prompts-file", help="One prompt per line, or JSONL with a 'prompt' field.")] = None,
-             out: Annotated[Optional[str], typer.Option("--out", help="JSONL output file (default generate.out, else <train.out_dir>/generations.jsonl).")] = None,
+             out: Annotated[Optional[str], typer.Option("--out", help="Text: JSONL output file (default generate.out, else <train.out_dir>/generations.jsonl). Images: output folder (default <train.out_dir>/samples).")] = None,
+             num: Annotated[Optional[int], typer.Option("--num", min=1, help="Images to sample (generate.images.num_images); for text, completions per prompt.")] = None,
+             seed: Annotated[Optional[int], typer.Option("--seed", help="Sampling seed (generate.seed); the same seed gives the same output.")] = None,
              stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they are generated.")] = False,
              as_json: JsonOpt = False, print_config: PrintConfigOpt = False, debug: DebugOpt = False, quiet: QuietOpt = False) -> None:
-    """Sample completions from a checkpoint; writes JSONL (prompt, completion, parameters)."""
+    """Sample from a checkpoint: text completions (JSONL) or images (PNG files, grid.png, samples.json)."""
 
     def work(cfg: ExperimentConfig):
+        if seed is not None:
+            cfg.generate.seed = seed
+        if cfg.model.backend in IMAGE_BACKENDS:
+            if prompt or prompts_file or stream:
+                raise AigcError("--prompt, --prompts-file and --stream are for text models", f"model.backend={cfg.model.backend} samples images; use --num and --seed")
+            from aigc_cli.image_generation import generate_images
+
+            result = generate_images(cfg, checkpoint, num, None, out, log=_log(quiet))
+            summary = [f"images: {result.out_dir} ({len(result.files)} PNG files)", f"grid: {result.grid}"]
+            payload = {"outputs": [str(f) for f in result.files], "grid": str(result.grid), "count": len(result.files), "out_dir": str(result.out_dir)}
+            if result.reconstruction_grid is not None:
+                payload["reconstructions"] = [str(f) for f in result.reconstructions]
+                payload["reconstruction_grid"] = str(result.reconstruction_grid)
+                summary.append(f"reconstructions: {result.reconstruction_grid}")
+            return payload, summary
         from aigc_cli.generation import generate_text, read_prompts_file
 
+        if num is not None:
+            cfg.generate.num_samples = num
         if prompt and prompts_file:
             raise AigcError("--prompt and --prompts-file both given", "use one of them")
         prompts = read_prompts_file(prompts_file) if prompts_file else [{"source": p} for p in prompt or []]
@@ -166,7 +196,7 @@ def evaluate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
     def work(cfg: ExperimentConfig):
         from aigc_cli.evaluation import evaluate
 
-        result = evaluate(cfg, checkpoint)
+        result = evaluate(cfg, checkpoint, log=_log(quiet))
         if not quiet and not as_json:
             _print_metrics_table(result.metrics, cfg.eval.split)
         return {"report": str(result.report), "metrics": result.metrics}, [f"eval report: {result.report}"]

@@ -38,12 +38,19 @@ class TokenizerConfig(Section):
     max_train_bytes: int = Field(16_000_000, ge=1, description="Train the BPE merges on at most this many bytes of the corpus (the whole corpus is still encoded). BPE training holds about 10-12x this in memory (16 MB: ~320 MB peak).")
 
 
+class ImageDataConfig(Section):
+    size: int = Field(32, ge=4, le=1024, description="Images are resized (shorter side) and centre-cropped to size × size pixels.")
+    channels: Literal[1, 3] = Field(1, description="1: greyscale, 3: RGB.")
+    class_folders: bool = Field(False, description="Folder sources: the first sub-folder under data.source names each image's class (labels for class-conditioning and the eval classifier).")
+
+
 class DataConfig(Section):
-    source: str = Field(..., description="A .txt file, a directory of .txt files, a .jsonl file, or `builtin:python-docs` (text shipped with Python itself).")
+    source: str = Field(..., description="Text backends: a .txt file, a directory of .txt files, a .jsonl file, or `builtin:python-docs` (text shipped with Python itself). Image backends: a folder of PNG/JPEG files (recursive) or `digits` (scikit-learn's 1,797 labelled 8×8 digits).")
     format: Literal["auto", "text", "jsonl"] = Field("auto", description="auto: by file extension (.jsonl/.json → jsonl).")
     jsonl_field: str = Field("text", description="For JSONL sources: the field that holds the text.")
     cleaning: CleaningConfig = Field(default_factory=CleaningConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    image: ImageDataConfig = Field(default_factory=ImageDataConfig)
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="Share of the text held out for validation.")
     split: Literal["random", "tail"] = Field("random", description="random: documents (or 64-line chunks) go to val at random with `seed`; tail: the last `val_fraction` of the text (nanoGPT's split).")
     seed: int = Field(1337, description="Seed of the train/val split.")
@@ -81,7 +88,39 @@ class RNNModelConfig(Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, between layers and before the output.")
 
 
-ModelConfig = Annotated[Union[GPTModelConfig, RNNModelConfig], Field(discriminator="backend")]
+class DDPMModelConfig(Section):
+    backend: Literal["ddpm"] = Field("ddpm", description="Denoising diffusion: a diffusers UNet2DModel trained with DDPMScheduler.")
+    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=1, description="UNet channels per resolution level (each level after the first halves the resolution).")
+    layers_per_block: int = Field(1, ge=1, description="ResNet blocks per UNet level.")
+    attention_levels: list[int] = Field(default_factory=lambda: [2], description="Levels (0-based) with self-attention blocks.")
+    num_train_timesteps: int = Field(1000, ge=10, description="Diffusion steps of the noise schedule.")
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = Field("squaredcos_cap_v2", description="Noise schedule (squaredcos_cap_v2 is the improved-DDPM cosine schedule, better at small sizes).")
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = Field("epsilon", description="What the UNet predicts.")
+    class_conditional: bool = Field(False, description="Condition on the class labels of the prepared data (needs labels).")
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="Exponential moving average of the weights used for sampling and saved (0: off).")
+
+
+class VAEModelConfig(Section):
+    backend: Literal["vae"] = Field("vae", description="Convolutional variational autoencoder.")
+    channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=1, description="Encoder channels per stride-2 level (the decoder mirrors them).")
+    latent_dim: int = Field(16, ge=1, description="Size of the latent vector.")
+    kl_weight: float = Field(1.0, ge=0.0, description="Weight of the KL term against the summed per-pixel reconstruction loss (1.0: the ELBO; >1: beta-VAE).")
+    reconstruction: Literal["bce", "mse"] = Field("bce", description="bce: Bernoulli likelihood of pixel intensities; mse: Gaussian.")
+
+
+class GANModelConfig(Section):
+    backend: Literal["gan"] = Field("gan", description="DCGAN generator and discriminator, trained alternately.")
+    latent_dim: int = Field(64, ge=1, description="Size of the generator's noise vector.")
+    generator_channels: int = Field(64, ge=4, description="Generator width (channels at the last upsampling level × 2^levels at the first).")
+    discriminator_channels: int = Field(64, ge=4, description="Discriminator width at its first level.")
+    loss: Literal["bce", "hinge"] = Field("bce", description="bce: the original non-saturating GAN loss; hinge: the hinge loss of SN-GAN/BigGAN.")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="One-sided: real targets are 1 - this (bce only).")
+
+
+ModelConfig = Annotated[Union[GPTModelConfig, RNNModelConfig, DDPMModelConfig, VAEModelConfig, GANModelConfig], Field(discriminator="backend")]
+IMAGE_BACKENDS = ("ddpm", "vae", "gan")
+_TEXT_ONLY = ("bleu", "chrf", "rougeL")
+_IMAGE_ONLY = ("fid", "kid", "coverage", "psnr", "ssim")
 
 
 # ----------------------------------------------------------------------------- train
@@ -161,16 +200,31 @@ class GenerateConfig(Section):
     few_shot: FewShotConfig = Field(default_factory=FewShotConfig)
     stop: list[str] = Field(default_factory=list, description="Cut the completion at the first of these strings and stop.")
     rstrip_prompt: bool = Field(False, description="Strip trailing spaces from the final prompt: a base model rarely saw a word-less space token, so 'English: ' invites a newline (the completion then starts with the space). Leave off for models fine-tuned on the template.")
-    out: Optional[str] = Field(None, description="JSONL output file (default <train.out_dir>/generations.jsonl).")
+    out: Optional[str] = Field(None, description="JSONL output file for text (default <train.out_dir>/generations.jsonl); the output folder for images (default <train.out_dir>/samples).")
+    images: "ImageGenerateConfig" = Field(default_factory=lambda: ImageGenerateConfig())
+
+
+class ImageGenerateConfig(Section):
+    num_images: int = Field(64, ge=1, description="Images to sample (`--num`).")
+    sampler: Literal["ddim", "ddpm"] = Field("ddim", description="ddpm backend: the scheduler used for sampling.")
+    num_inference_steps: int = Field(50, ge=1, description="ddpm backend: denoising steps (DDPM sampling uses all training steps when this is larger).")
+    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM eta (0: deterministic DDIM, 1: DDPM-like noise).")
+    class_labels: Optional[list[int]] = Field(None, description="Class-conditional models: the classes to sample, cycled over the images (default: every class in turn).")
+    reconstruct: Optional[str] = Field(None, description="vae backend: also reconstruct these images (a folder or a single file), or `val` for the prepared validation split.")
+    grid_columns: Optional[int] = Field(None, ge=1, description="Columns of grid.png (default: about the square root of the count).")
+    batch_size: int = Field(256, ge=1, description="Images sampled per forward pass.")
 
 
 class EvalConfig(Section):
     split: Literal["val", "train"] = Field("val", description="Prepared split to score.")
     batch_size: int = Field(16, ge=1, description="Windows scored per forward pass.")
     max_batches: Optional[int] = Field(None, ge=1, description="Score at most this many batches of block_size windows (null: the whole split).")
-    metrics: list[Literal["loss", "bleu", "chrf", "rougeL"]] = Field(default_factory=lambda: ["loss"], description="loss: loss and perplexity of a checkpoint on a prepared split; bleu/chrf (sacrebleu) and rougeL (rouge-score): generated text against references.")
+    metrics: list[Literal["loss", "bleu", "chrf", "rougeL", "fid", "kid", "coverage", "psnr", "ssim"]] = Field(default_factory=lambda: ["loss"], description="loss: loss and perplexity of a checkpoint on a prepared split; bleu/chrf (sacrebleu) and rougeL (rouge-score): generated text against references; images: fid/kid (generated vs held-out real), coverage (class shares of the samples by the eval classifier), psnr/ssim (vae reconstructions of the held-out images).")
     generations: Optional[str] = Field(None, description="For text metrics: the JSONL written by `aigc generate` (its `completion` field).")
     references: Optional[str] = Field(None, description="For text metrics: line-aligned reference texts (.gz allowed) or JSONL with a `reference` field.")
+    num_samples: int = Field(500, ge=2, description="Images: how many to sample from the checkpoint for fid/kid/coverage (when eval.generations is not given).")
+    image_features: Literal["auto", "classifier", "inception"] = Field("auto", description="Feature space of FID/KID: inception (needs inception_weights and torch-fidelity) or a small CNN classifier aigc trains on the labelled prepared data; auto: inception when inception_weights is set.")
+    inception_weights: Optional[str] = Field(None, description="Local path of torch-fidelity's Inception-v3 FID weights (pt_inception-2015-12-05-6726825d.pth); nothing is downloaded.")
     out: Optional[str] = Field(None, description="JSON report path (default <train.out_dir>/eval/report.json).")
 
 
@@ -181,6 +235,17 @@ class ExperimentConfig(Section):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _modality_matches(self):
+        image = self.model.backend in IMAGE_BACKENDS
+        wrong = [m for m in self.eval.metrics if m in (_TEXT_ONLY if image else _IMAGE_ONLY)]
+        if wrong:
+            kind = "images" if image else "text"
+            raise ValueError(f"eval.metrics {wrong} do not apply to model.backend={self.model.backend}, which makes {kind}")
+        if self.data is not None and self.data.source == "digits" and not image:
+            raise ValueError(f"data.source 'digits' is an image set; model.backend={self.model.backend} is a text model (use ddpm, vae or gan)")
+        return self
 
 
 # ----------------------------------------------------------------------------- loading
@@ -254,8 +319,8 @@ def _describe_error(err: dict) -> str:
         return f"'{key_path}.backend' must be one of {err['ctx']['expected_tags']} (got {err['input'].get('backend')!r})" if isinstance(err.get("input"), dict) else f"{key_path}: {err['msg']}"
     got = err.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
-    where = f"'{key_path}'" if key_path else "config"
-    return f"{where}: {err['msg'].removeprefix('Value error, ')}{shown}"
+    message = err["msg"].removeprefix("Value error, ")
+    return f"'{key_path}': {message}{shown}" if key_path else message
 
 
 def _user_path(loc: list[str]) -> tuple[str, type[BaseModel] | None]:

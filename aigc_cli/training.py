@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from aigc_cli.backends import get_backend
+from aigc_cli.backends import get_backend, modality
 from aigc_cli.checkpoints import latest_checkpoint, read_training_state, write_checkpoint
 from aigc_cli.config import ExperimentConfig, TrainConfig, require_data
 from aigc_cli.data.batches import TokenArray
@@ -31,7 +31,8 @@ class TrainResult:
     checkpoint: Path
     val_loss: float
     steps: int
-    tokens_per_s: float
+    tokens_per_s: float  # images per second for image backends (see `unit`)
+    unit: str = "tokens"
 
 
 def pick_device(requested: str) -> str:
@@ -72,16 +73,20 @@ def make_optimizer(params, tc: TrainConfig, device: str) -> torch.optim.AdamW:
 
 
 @torch.no_grad()
-def estimate_loss(backend, model, data: TokenArray, batch_size: int, block_size: int, batches: int,
+def estimate_loss(backend, model, data, batch_size: int, block_size: int, batches: int,
                   seed: int, device: str, autocast) -> float:
-    """Mean loss over `batches` random windows; a fixed generator makes every estimate comparable."""
+    """Mean loss over `batches` random batches. Fixed seeds for the batches and for any noise the
+    loss draws (diffusion timesteps, latents) make every estimate comparable; the training RNG
+    stream is left exactly where it was."""
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     total = 0.0
-    for _ in range(batches):
-        inputs, targets = data.random_batch(batch_size, block_size, generator)
-        with autocast():
-            total += backend.loss(model, (inputs.to(device), targets.to(device)), backend.PARTS[0]).item()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device == "cuda" else []):
+        torch.manual_seed(seed)
+        for _ in range(batches):
+            inputs, targets = data.random_batch(batch_size, block_size, generator)
+            with autocast():
+                total += backend.loss(model, (inputs.to(device), targets.to(device)), backend.PARTS[0]).item()
     model.train()
     return total / batches
 
@@ -96,27 +101,34 @@ class TrainingJob:
     train_data: object  # anything with random_batch(batch_size, block_size, generator) → (inputs, targets)
     val_data: object
     block_size: int
-    tokenizer_dir: Path
+    tokenizer_dir: Path | None  # copied into every checkpoint (None: the backend has no tokenizer)
     inputs: list[dict] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
 
 
 def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> TrainResult:
-    """`aigc train`: a fresh model of model.* on the prepared token arrays."""
+    """`aigc train`: a fresh model of model.* on the prepared token arrays or images."""
     mc = cfg.model
     data_dir = Path(require_data(cfg).prepared_dir)
-    train_data, val_data = TokenArray(data_dir, "train"), TokenArray(data_dir, "val")
-    train_data.check_fits(mc.block_size)
-    val_data.check_fits(mc.block_size)
-    meta = train_data.meta
     backend = get_backend(mc.backend)
+    if modality(backend) == "image":
+        from aigc_cli.data.images import ImageArray
+
+        train_data, val_data = ImageArray(data_dir, "train"), ImageArray(data_dir, "val")
+        block_size, tokenizer_dir = 0, None
+    else:
+        train_data, val_data = TokenArray(data_dir, "train"), TokenArray(data_dir, "val")
+        train_data.check_fits(mc.block_size)
+        val_data.check_fits(mc.block_size)
+        block_size, tokenizer_dir = mc.block_size, data_dir
+    meta = train_data.meta
 
     def make_model(previous: Path | None, device: str) -> torch.nn.Module:
         if previous is not None:
             return backend.load(previous, device)
-        return backend.build(mc, meta["vocab_size"], meta["eos_id"]).to(device)
+        return backend.build(mc, meta).to(device)
 
-    job = TrainingJob(mc.backend, backend, make_model, train_data, val_data, mc.block_size, data_dir,
+    job = TrainingJob(mc.backend, backend, make_model, train_data, val_data, block_size, tokenizer_dir,
                       meta["inputs"], {"prepared_data": str(data_dir)})
     return run_training(cfg, job, resume, quiet)
 
@@ -165,6 +177,8 @@ def run_training(cfg: ExperimentConfig, job: TrainingJob, resume: bool = False, 
             training_state["cuda_rng"] = torch.cuda.get_rng_state()
         return write_checkpoint(run_dir, step, job.backend_name, backend, model, training_state, job.tokenizer_dir, tc.keep_checkpoints)
 
+    after_step = getattr(backend, "after_step", None)
+    unit = "images" if modality(backend) == "image" else "tokens"
     val_loss, final, tokens_per_s = float("nan"), previous, 0.0
     window_start, window_tokens, train_loss = time.perf_counter(), 0, float("nan")
     with open(metrics_path, "a", encoding="utf-8") as metrics, \
@@ -210,7 +224,9 @@ def run_training(cfg: ExperimentConfig, job: TrainingJob, resume: bool = False, 
                 if tc.grad_clip:
                     torch.nn.utils.clip_grad_norm_(backend.parameters(model, part), tc.grad_clip)
                 opt.step()
-            window_tokens += sum(inputs.numel() for inputs, _ in batches)
+            if after_step is not None:
+                after_step(model)
+            window_tokens += sum(inputs.numel() if unit == "tokens" else inputs.size(0) for inputs, _ in batches)
 
             # 4. log
             done = step + 1
@@ -220,12 +236,12 @@ def run_training(cfg: ExperimentConfig, job: TrainingJob, resume: bool = False, 
                     raise AigcError(f"training diverged at step {done} (loss {train_loss})", "lower train.learning_rate or enable train.grad_clip", exit_code=EXIT_DIVERGED)
                 elapsed = time.perf_counter() - window_start
                 tokens_per_s = window_tokens / elapsed if elapsed > 0 else 0.0
-                record({"step": done, "train_loss": train_loss, "lr": lr, "tokens_per_s": round(tokens_per_s, 1)})
+                record({"step": done, "train_loss": train_loss, "lr": lr, f"{unit}_per_s": round(tokens_per_s, 1)})
                 window_start, window_tokens = time.perf_counter(), 0
-            progress.update(done, loss=train_loss, lr=lr, **{"tok/s": tokens_per_s})
+            progress.update(done, loss=train_loss, lr=lr, **{"tok/s" if unit == "tokens" else "img/s": tokens_per_s})
 
     _plot_metrics(metrics_path, run_dir / "loss.png")
-    return TrainResult(run_dir, final, val_loss, tc.max_steps, tokens_per_s)
+    return TrainResult(run_dir, final, val_loss, tc.max_steps, tokens_per_s, unit)
 
 
 def _truncate_metrics(path: Path, keep_through_step: int) -> None:

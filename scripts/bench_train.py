@@ -6,7 +6,7 @@ machinery (config, progress, metrics, multi-part optimizers, autocast hooks, ...
 the shortest honest PyTorch loop that does the same arithmetic?
 
 Same work on both sides
-    * the SAME model: `backend.build(cfg.model, vocab_size, eos_id)` right after `torch.manual_seed(seed)`,
+    * the SAME model: `backend.build(cfg.model, meta)` right after `torch.manual_seed(seed)`,
       exactly as `train_model` does it (so the initial weights are bit-identical);
     * the SAME batches: `TokenArray.random_batch` with a `torch.Generator().manual_seed(seed)`;
     * the SAME optimizer (`make_optimizer`: AdamW, two weight-decay groups), the SAME schedule (`lr_at`)
@@ -135,7 +135,7 @@ def run_plain(cfg, steps: int) -> tuple[float, float]:
 
     torch.manual_seed(tc.seed)
     gen = torch.Generator().manual_seed(tc.seed)
-    model = backend.build(mc, meta["vocab_size"], meta["eos_id"]).to(device)
+    model = backend.build(mc, meta).to(device)
     model.train()
     params = list(backend.parameters(model, backend.PARTS[0]))
     opt = make_optimizer(params, tc, device)

@@ -40,7 +40,7 @@ def test_loss_goes_down(name):
     backend_name, cfg = MODEL_CONFIGS[name]
     backend = get_backend(backend_name)
     torch.manual_seed(0)
-    model = backend.build(cfg, VOCAB, 0)
+    model = backend.build(cfg, {"vocab_size": VOCAB, "eos_id": 0})
     opt = make_optimizer(backend.parameters(model, "model"), TrainConfig(learning_rate=1e-2, weight_decay=0.0), "cpu")
     losses = []
     for step in range(30):
@@ -56,7 +56,7 @@ def test_loss_goes_down(name):
 def test_save_load_round_trip_and_incremental_logits(name, tmp_path: Path):
     backend_name, cfg = MODEL_CONFIGS[name]
     backend = get_backend(backend_name)
-    model = backend.build(cfg, VOCAB, 0).eval()
+    model = backend.build(cfg, {"vocab_size": VOCAB, "eos_id": 0}).eval()
     backend.save(model, tmp_path)
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "config.json").is_file()
     restored = backend.load(tmp_path, "cpu").eval()

@@ -23,7 +23,8 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def build(model_cfg: Any, vocab_size: int, eos_id: int) -> torch.nn.Module:
+def build(model_cfg: Any, data_meta: dict) -> torch.nn.Module:
+    vocab_size, eos_id = data_meta["vocab_size"], data_meta["eos_id"]
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
     _quiet_transformers()

@@ -30,7 +30,7 @@ DEFAULT_TARGETS = {
 }
 
 
-def build(model_cfg: Any, vocab_size: int, eos_id: int):
+def build(model_cfg: Any, data_meta: dict):
     raise AigcError("lora adapts an existing model and cannot be trained from scratch", "use `aigc finetune` with finetune.method=lora")
 
 

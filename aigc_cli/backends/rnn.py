@@ -36,8 +36,8 @@ class RNNLanguageModel(nn.Module):
         return self.head(self.drop(hidden)), state
 
 
-def build(model_cfg: Any, vocab_size: int, eos_id: int) -> torch.nn.Module:
-    return RNNLanguageModel(model_cfg.cell, vocab_size, model_cfg.n_embd, model_cfg.hidden_size,
+def build(model_cfg: Any, data_meta: dict) -> torch.nn.Module:
+    return RNNLanguageModel(model_cfg.cell, data_meta["vocab_size"], model_cfg.n_embd, model_cfg.hidden_size,
                             model_cfg.n_layer, model_cfg.dropout, model_cfg.block_size)
 
 

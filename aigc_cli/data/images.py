@@ -1,0 +1,243 @@
+"""`aigc prep` for images: a folder of PNG/JPEG files or scikit-learn's `digits` → uint8 arrays.
+
+Each image is converted to greyscale or RGB, its shorter side resized to `data.image.size` and
+centre-cropped to a square, then appended to `train_images.u8` / `val_images.u8`: raw
+(N, C, H, W) uint8 that `ImageArray` opens as a memory map, so a large folder never has to fit
+in memory. Labels (class sub-folders, or the digit) go to `*_labels.npy`. A file that cannot be
+decoded is skipped and counted, never a crash; nothing usable at all is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from aigc_cli.atomic_files import staging_dir, write_json_atomic
+from aigc_cli.config import DataConfig, ExperimentConfig, require_data
+from aigc_cli.errors import AigcError
+from aigc_cli.provenance import software_versions, write_provenance
+
+META_FORMAT = "aigc-prepared-images-v1"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+BUILTIN_DIGITS = "digits"
+
+
+@dataclass
+class ImageResult:
+    data_dir: Path
+    meta: dict
+    reused: bool
+
+
+@dataclass
+class SourceImage:
+    name: str  # relative path, or "digits[i]"
+    label: int
+    load: Callable[[], "object"]  # → PIL image; may raise on a corrupt file
+
+
+def prepare_images(cfg: ExperimentConfig, force: bool = False, log: Callable[[str], None] = print) -> ImageResult:
+    data = require_data(cfg)
+    out = Path(data.prepared_dir)
+    items, classes, inputs = _list_source(data)
+    fingerprint = _fingerprint(data, inputs)
+    existing = _read_meta(out)
+    if existing is not None:
+        if existing.get("fingerprint") == fingerprint:
+            log(f"{out} is already prepared from the same images and settings; reusing it")
+            return ImageResult(out, existing, reused=True)
+        if not force:
+            raise AigcError(f"{out} holds data prepared from other inputs or settings",
+                            "pass --force to replace it, or set data.prepared_dir to a new directory")
+    elif out.exists() and any(out.iterdir()) and not force:
+        raise AigcError(f"{out} exists and is not a prepared-data directory", "set data.prepared_dir to a new directory or pass --force")
+
+    size, channels = data.image.size, data.image.channels
+    log(f"converting {len(items):,} images from {data.source} to {channels}×{size}×{size}")
+    rng = random.Random(data.seed)
+    counts = {"train": 0, "val": 0}
+    labels: dict[str, list[int]] = {"train": [], "val": []}
+    skipped: list[str] = []
+    with staging_dir(out, replace=True) as tmp:
+        with open(tmp / "train_images.u8", "wb") as train_f, open(tmp / "val_images.u8", "wb") as val_f:
+            files = {"train": train_f, "val": val_f}
+            for item in items:
+                split = "val" if rng.random() < data.val_fraction else "train"  # drawn first: a skipped file moves nothing else
+                try:
+                    pixels = to_array(item.load(), size, channels)
+                except Exception as exc:  # noqa: BLE001 — PIL raises many types for broken files
+                    skipped.append(f"{item.name}: {type(exc).__name__}: {exc}"[:200])
+                    continue
+                files[split].write(pixels.tobytes())
+                counts[split] += 1
+                labels[split].append(item.label)
+        if counts["train"] == 0:
+            why = f" ({len(skipped)} could not be read, e.g. {skipped[0]})" if skipped else ""
+            raise AigcError(f"data.source {data.source} yielded no usable images{why}",
+                            "point data.source at a folder of PNG/JPEG files, or use `digits`")
+        if counts["val"] == 0:
+            raise AigcError("the val split is empty", "add more images or raise data.val_fraction")
+        has_labels = classes is not None
+        for split in ("train", "val"):
+            if has_labels:
+                np.save(tmp / f"{split}_labels.npy", np.asarray(labels[split], dtype=np.int64))
+        meta = {
+            "format": META_FORMAT,
+            "kind": "images",
+            "size": size,
+            "channels": channels,
+            "train_images": counts["train"],
+            "val_images": counts["val"],
+            "classes": classes,
+            "skipped": len(skipped),
+            "skipped_examples": skipped[:20],
+            "split": {"method": "random", "val_fraction": data.val_fraction, "seed": data.seed},
+            "inputs": inputs,
+            "fingerprint": fingerprint,
+            "versions": software_versions(),
+        }
+        write_json_atomic(tmp / "meta.json", meta)
+        write_provenance(tmp, cfg, inputs)
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}")
+    return ImageResult(out, meta, reused=False)
+
+
+def to_array(image, size: int, channels: int) -> np.ndarray:
+    """PIL image → (C, size, size) uint8: shorter side resized to `size`, then centre-cropped."""
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "P"):
+        # Transparent pixels become white, not whatever colour the file stores under alpha 0.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    image = image.convert("L" if channels == 1 else "RGB")
+    width, height = image.size
+    scale = size / min(width, height)
+    resized = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.Resampling.BICUBIC)
+    left, top = (resized.width - size) // 2, (resized.height - size) // 2
+    pixels = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def _list_source(data: DataConfig) -> tuple[list[SourceImage], list[str] | None, list[dict]]:
+    if data.source == BUILTIN_DIGITS:
+        return _digits()
+    root = Path(data.source)
+    if not root.exists():
+        raise AigcError(f"data.source not found: {root}", "point it at a folder of PNG/JPEG images, or use `digits`")
+    if root.is_file():
+        raise AigcError(f"data.source {root} is a file; image backends read a folder of images", "point it at the folder that holds the images, or use `digits`")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise AigcError(f"no image files (.png, .jpg, ...) under {root}", "point data.source at a folder of images, or use `digits`")
+    classes = None
+    if data.image.class_folders:
+        loose = [p for p in files if p.parent == root]
+        if loose:
+            raise AigcError(f"data.image.class_folders is on but {loose[0]} is not inside a class sub-folder",
+                            "move every image into a sub-folder named after its class, or set data.image.class_folders=false")
+        classes = sorted({p.relative_to(root).parts[0] for p in files})
+    index = {name: i for i, name in enumerate(classes or [])}
+    digest = hashlib.sha256()
+    items = []
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        digest.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        label = index[rel.split("/")[0]] if classes else 0
+        items.append(SourceImage(rel, label, lambda path=path: _open(path)))
+    inputs = [{"path": str(root), "files": len(files), "sha256": digest.hexdigest()}]
+    return items, classes, inputs
+
+
+def _open(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()  # decode now, inside the caller's try: truncated files fail here
+        return image.copy()
+
+
+def _digits() -> tuple[list[SourceImage], list[str], list[dict]]:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise AigcError("data.source=digits needs scikit-learn", "pip install scikit-learn") from None
+    from PIL import Image
+    import sklearn
+
+    digits = load_digits()
+    # 0..16 intensities, 8×8; white strokes on black, as the data ships.
+    pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    labels = digits.target.astype(np.int64)
+    items = [SourceImage(f"digits[{i}]", int(labels[i]), lambda i=i: Image.fromarray(pixels[i], mode="L"))
+             for i in range(len(pixels))]
+    digest = hashlib.sha256(pixels.tobytes() + labels.tobytes()).hexdigest()
+    inputs = [{"path": "sklearn.datasets.load_digits", "files": len(items), "sha256": digest, "scikit_learn": sklearn.__version__}]
+    return items, [str(d) for d in range(10)], inputs
+
+
+def _fingerprint(data: DataConfig, inputs: list[dict]) -> str:
+    settings = {"source": data.source, "image": data.image.model_dump(mode="json"), "val_fraction": data.val_fraction, "seed": data.seed}
+    blob = json.dumps({"format": META_FORMAT, "settings": settings, "inputs": [i["sha256"] for i in inputs]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _read_meta(out: Path) -> dict | None:
+    try:
+        meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+    return meta if meta.get("format") == META_FORMAT else None
+
+
+def is_image_data(data_dir: str | Path) -> bool:
+    return _read_meta(Path(data_dir)) is not None
+
+
+class ImageArray:
+    """One prepared split as a read-only (N, C, H, W) uint8 memory map, plus labels when there are any."""
+
+    def __init__(self, data_dir: str | Path, split: str):
+        data_dir = Path(data_dir)
+        meta = _read_meta(data_dir)
+        if meta is None:
+            raise AigcError(f"no prepared images in {data_dir}", "run `aigc prep CONFIG` with an image backend first (it writes data.prepared_dir)")
+        self.meta, self.split = meta, split
+        count, c, s = meta[f"{split}_images"], meta["channels"], meta["size"]
+        self.images = np.memmap(data_dir / f"{split}_images.u8", dtype=np.uint8, mode="r", shape=(count, c, s, s))
+        labels_path = data_dir / f"{split}_labels.npy"
+        self.labels = np.load(labels_path) if labels_path.is_file() else None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.meta["classes"] or [])
+
+    def random_batch(self, batch_size: int, block_size: int | None, generator) -> tuple["object", "object"]:
+        """(images in [-1, 1] float32 B×C×H×W, labels int64 B; zeros without labels). block_size is unused."""
+        import torch
+
+        index = torch.randint(len(self.images), (batch_size,), generator=generator).numpy()
+        return self._tensors(np.sort(index))
+
+    def batches(self, batch_size: int) -> Iterator[tuple["object", "object"]]:
+        for start in range(0, len(self.images), batch_size):
+            yield self._tensors(np.arange(start, min(start + batch_size, len(self.images))))
+
+    def _tensors(self, index: np.ndarray):
+        import torch
+
+        pixels = torch.from_numpy(np.ascontiguousarray(self.images[index]))
+        labels = torch.from_numpy(self.labels[index]) if self.labels is not None else torch.zeros(len(index), dtype=torch.int64)
+        return pixels.float().div_(127.5).sub_(1.0), labels

@@ -1,0 +1,130 @@
+"""`aigc eval` for image backends.
+
+- loss: the backend's training loss on the held-out split (fixed noise seed, so comparable).
+- fid / kid: generated images against the held-out real images, in the feature space of
+  Inception-v3 when the user has its weights locally, else of a small CNN classifier trained on
+  the labelled prepared data (the report says which). The FID of the held-out real images
+  against the real training images is reported beside it as the floor a perfect model reaches.
+- coverage: what that classifier makes of the samples — the share of each class, and the share
+  it recognises with probability ≥ 0.9.
+- psnr / ssim: the vae's reconstructions of the held-out images against the originals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aigc_cli.config import ExperimentConfig, require_data
+from aigc_cli.data.images import IMAGE_SUFFIXES, ImageArray, _open, to_array
+from aigc_cli.errors import AigcError
+from aigc_cli.image_generation import load_image_checkpoint, reconstruct_images, sample_images
+
+
+def evaluate_images(cfg: ExperimentConfig, checkpoint: str | Path | None, log=lambda _: None) -> tuple[dict, dict]:
+    from aigc_cli import image_metrics
+
+    ec = cfg.eval
+    data_dir = require_data(cfg).prepared_dir
+    real_val, real_train = ImageArray(data_dir, "val"), ImageArray(data_dir, "train")
+    names = set(ec.metrics)
+    metrics: dict[str, float] = {}
+    details: dict = {"prepared_data": str(data_dir), "inputs": real_val.meta.get("inputs")}
+    loaded = None
+    if names & {"loss", "psnr", "ssim"} or (names & {"fid", "kid", "coverage"} and not ec.generations):
+        loaded = load_image_checkpoint(checkpoint or cfg.train.out_dir)
+        details.update(checkpoint=str(loaded.checkpoint), backend=loaded.backend_name)
+        if loaded.info["size"] != real_val.meta["size"] or loaded.info["channels"] != real_val.meta["channels"]:
+            raise AigcError(f"{loaded.checkpoint} makes {loaded.info['channels']}×{loaded.info['size']}² images but {data_dir} holds "
+                            f"{real_val.meta['channels']}×{real_val.meta['size']}²", "evaluate on the prepared data the model was trained on")
+
+    if "loss" in names:
+        metrics["loss"] = heldout_loss(loaded, real_val, cfg)
+    if names & {"psnr", "ssim"}:
+        originals, reconstructed = reconstruct_images(loaded, "val", cfg)
+        if "psnr" in names:
+            metrics["psnr"] = image_metrics.psnr(originals, reconstructed)
+        if "ssim" in names:
+            metrics["ssim"] = image_metrics.ssim(originals, reconstructed)
+        details["reconstructed_images"] = len(originals)
+
+    if names & {"fid", "kid", "coverage"}:
+        if ec.generations:
+            generated = read_image_folder(ec.generations, real_val.meta["size"], real_val.meta["channels"])
+            details["generations"] = str(ec.generations)
+        else:
+            log(f"sampling {ec.num_samples} images from {loaded.checkpoint} (seed {cfg.generate.seed})")
+            generated, _ = sample_images(loaded, ec.num_samples, cfg.generate.seed, cfg.generate.images)
+            details["sampled"] = {"count": ec.num_samples, "seed": cfg.generate.seed, **cfg.generate.images.model_dump(mode="json")}
+        classifier = None
+        if "coverage" in names or ec.image_features == "classifier" or (ec.image_features == "auto" and not ec.inception_weights):
+            classifier = _classifier(data_dir, real_train, log)
+        if names & {"fid", "kid"}:
+            space = _feature_space(cfg, classifier)
+            details["feature_space"] = space.name
+            real = np.asarray(real_val.images)
+            if "fid" in names:
+                metrics["fid"] = image_metrics.fid(real, generated, space)
+                # The floor: real held-out images against real training images of the same count.
+                metrics["fid_real_floor"] = image_metrics.fid(real, np.asarray(real_train.images[: max(len(real), len(generated))]), space)
+            if "kid" in names:
+                metrics["kid"], metrics["kid_std"] = image_metrics.kid(real, generated, space)
+            details["real_images"] = len(real)
+        if "coverage" in names:
+            coverage = image_metrics.class_coverage(classifier, generated, real_train.num_classes)
+            metrics["confident_share"] = coverage["confident_share"]
+            metrics["min_class_share"] = coverage["min_class_share"]
+            details["class_shares"] = dict(zip(real_train.meta["classes"], coverage["class_shares"]))
+            details["classes_covered"] = coverage["classes_covered"]
+        details["generated_images"] = len(generated)
+    return metrics, details
+
+
+def _classifier(data_dir, real_train: ImageArray, log):
+    from aigc_cli import image_metrics
+
+    if real_train.labels is None or real_train.num_classes < 2:
+        raise AigcError("coverage and classifier features need labelled data",
+                        "prepare labelled images (`digits`, or data.image.class_folders=true), or set eval.inception_weights for FID/KID")
+    classifier, info = image_metrics.cached_classifier(data_dir, np.asarray(real_train.images), real_train.labels, real_train.num_classes, log=log)
+    return classifier
+
+
+def _feature_space(cfg: ExperimentConfig, classifier):
+    from aigc_cli import image_metrics
+
+    ec = cfg.eval
+    if ec.image_features == "inception" or (ec.image_features == "auto" and ec.inception_weights):
+        if not ec.inception_weights:
+            raise AigcError("eval.image_features=inception needs eval.inception_weights", "set it to a local pt_inception-2015-12-05 weights file (nothing is downloaded)")
+        return image_metrics.inception_features(ec.inception_weights)
+    return image_metrics.classifier_features(classifier)
+
+
+@torch.no_grad()
+def heldout_loss(loaded, data: ImageArray, cfg: ExperimentConfig) -> float:
+    backend, model = loaded.backend, loaded.model
+    total, count = 0.0, 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed + 1)
+        for images, labels in data.batches(cfg.eval.batch_size):
+            n = images.size(0)
+            total += backend.loss(model, (images.to(loaded.device), labels.to(loaded.device)), backend.PARTS[0]).item() * n
+            count += n
+    return total / count
+
+
+def read_image_folder(folder: str | Path, size: int, channels: int) -> np.ndarray:
+    """Generated PNGs (e.g. `aigc generate`'s folder, without grids) as uint8 (N, C, H, W)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AigcError(f"eval.generations {folder} is not a folder", "pass the folder written by `aigc generate` for image models")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(("grid", "reconstructions")))
+    if len(files) < 2:
+        raise AigcError(f"eval.generations {folder} holds {len(files)} images; FID/KID need at least 2", "generate more images (--num)")
+    try:
+        return np.stack([to_array(_open(f), size, channels) for f in files])
+    except Exception as exc:  # noqa: BLE001
+        raise AigcError(f"cannot read the images in {folder}: {exc}", "pass a folder of PNG/JPEG files") from None
