@@ -152,7 +152,9 @@ class LoraConfig(Section):
     r: int = Field(16, ge=1, description="LoRA rank.")
     alpha: float = Field(32.0, gt=0.0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
-    target_modules: Optional[list[str]] = Field(None, description="Module names to adapt (null: every attention and MLP projection of the architecture, e.g. c_attn/c_proj/c_fc for GPT-2, q/k/v/o/gate/up/down_proj for Llama).")
+    target_modules: Optional[list[str]] = Field(None, description="Module names to adapt (null: every attention and MLP projection of the architecture, e.g. c_attn/c_proj/c_fc for GPT-2, q/k/v/o/gate/up/down_proj for Llama). A dotted suffix picks one kind, e.g. mlp.c_proj.")
+    modules_to_save: Optional[list[str]] = Field(None, description="Modules trained in full beside the adapters and saved with them (peft's modules_to_save), e.g. h.3.attn.c_proj: a full-rank matrix where a low-rank update is too narrow.")
+    rslora: bool = Field(False, description="Rank-stabilised LoRA: scale by alpha/sqrt(r) instead of alpha/r.")
 
 
 class FinetuneConfig(Section):

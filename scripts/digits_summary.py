@@ -20,10 +20,10 @@ for model in models:
                  "grid": read(f"generate-{model}")["grid"], "class_shares": report["class_shares"]})
 (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
 print(f"feature space: {rows[0]['feature_space']}; floor = FID of the held-out real digits against real training digits")
-print("| model | FID (floor) | KID ×1000 | recognised (p ≥ 0.9) | smallest class share | train time |")
+print("| model | FID (real floor) | KID | recognised (p ≥ 0.9) | smallest class share | train time |")
 print("|---|---|---|---|---|---|")
 for r in rows:
-    print(f"| {r['model']} | {r['fid']:.2f} ({r['fid_real_floor']:.2f}) | {1000 * r['kid']:.2f} ± {1000 * r['kid_std']:.2f} | "
+    print(f"| {r['model']} | {r['fid']:.2f} ({r['fid_real_floor']:.2f}) | {r['kid']:.2f} ± {r['kid_std']:.2f} | "
           f"{r['confident_share']:.0%} | {r['min_class_share']:.1%} | {r['train_seconds'] // 60} min {r['train_seconds'] % 60} s |")
 for r in rows:
     if r["psnr"] is not None:

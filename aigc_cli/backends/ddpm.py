@@ -36,7 +36,7 @@ class Diffusion(nn.Module):
         self.scheduler = scheduler
         self.ema_decay = ema_decay
         self.image_info = image_info
-        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.int64))
+        self.ema_updates = 0  # a Python int: reading a device tensor every step would sync the GPU
 
     @property
     def sampling_unet(self):
@@ -48,10 +48,9 @@ class Diffusion(nn.Module):
             return
         self.ema_updates += 1
         # Warm-up as diffusers' EMAModel: early weights move fast, so a short run is not all noise.
-        n = int(self.ema_updates)
+        n = self.ema_updates
         decay = min(self.ema_decay, (1 + n) / (10 + n))
-        ema_params = [p for p in self.ema.parameters()]
-        torch._foreach_lerp_(ema_params, [p.detach() for p in self.unet.parameters()], 1.0 - decay)
+        torch._foreach_lerp_(list(self.ema.parameters()), [p.detach() for p in self.unet.parameters()], 1.0 - decay)
         for ema_buffer, buffer in zip(self.ema.buffers(), self.unet.buffers()):
             ema_buffer.copy_(buffer)
 
@@ -115,7 +114,7 @@ def save(model: Diffusion, directory: Path) -> None:
     DDPMPipeline(unet=model.sampling_unet, scheduler=model.scheduler).save_pretrained(directory)
     if model.ema is not None:
         model.unet.save_pretrained(directory / "unet_training")
-    info = {**model.image_info, "ema_decay": model.ema_decay, "ema_updates": int(model.ema_updates)}
+    info = {**model.image_info, "ema_decay": model.ema_decay, "ema_updates": model.ema_updates}
     (directory / IMAGE_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
@@ -139,7 +138,7 @@ def load(directory: Path, device: str) -> Diffusion:
                       {k: info[k] for k in ("size", "channels", "classes", "class_conditional")})
     if model.ema is not None:
         model.ema.load_state_dict(ema_unet.state_dict())
-        model.ema_updates.fill_(info.get("ema_updates", 0))
+        model.ema_updates = info.get("ema_updates", 0)
     return model.to(device)
 
 

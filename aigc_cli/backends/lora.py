@@ -8,6 +8,7 @@ Everything but building and saving is the `gpt` backend's, since a PeftModel is 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,9 @@ import torch
 
 from aigc_cli.backends import gpt
 from aigc_cli.errors import AigcError
+
+# peft 0.21 still asks transformers 5 for a renamed attribute; the warning is theirs, not the user's.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 PARTS = ("model",)
 loss = gpt.loss
@@ -35,14 +39,11 @@ def build(model_cfg: Any, data_meta: dict):
 
 
 def add_adapters(model: torch.nn.Module, lora_cfg) -> torch.nn.Module:
-    import warnings
-
     from peft import LoraConfig, get_peft_model
 
-    # peft 0.21 still asks transformers 5 for a renamed attribute; the warning is theirs, not the user's.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     targets = lora_cfg.target_modules or DEFAULT_TARGETS.get(model.config.model_type)  # None: peft's default for the architecture
     config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout, target_modules=targets,
+                        modules_to_save=lora_cfg.modules_to_save, use_rslora=lora_cfg.rslora,
                         task_type="CAUSAL_LM", fan_in_fan_out=model.config.model_type == "gpt2")
     try:
         return get_peft_model(model, config)
