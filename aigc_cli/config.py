@@ -189,6 +189,17 @@ class FewShotConfig(Section):
     seed: int = Field(1337, description="Seed for drawing the examples (per input).")
 
 
+class ImageGenerateConfig(Section):
+    num_images: int = Field(64, ge=1, description="Images to sample (`--num`).")
+    sampler: Literal["ddim", "ddpm"] = Field("ddim", description="ddpm backend: the scheduler used for sampling.")
+    num_inference_steps: int = Field(50, ge=1, description="ddpm backend: denoising steps (DDPM sampling uses all training steps when this is larger).")
+    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM eta (0: deterministic DDIM, 1: DDPM-like noise).")
+    class_labels: Optional[list[int]] = Field(None, description="Class-conditional models: the classes to sample, cycled over the images (default: every class in turn).")
+    reconstruct: Optional[str] = Field(None, description="vae backend: also reconstruct these images (a folder or a single file), or `val` for the prepared validation split.")
+    grid_columns: Optional[int] = Field(None, ge=1, description="Columns of grid.png (default: about the square root of the count).")
+    batch_size: int = Field(256, ge=1, description="Images sampled per forward pass.")
+
+
 class GenerateConfig(Section):
     prompts: list[str] = Field(default_factory=lambda: [""], description="Prompts used when none are given on the command line ('' starts from end-of-text).")
     max_new_tokens: int = Field(200, ge=1, description="Stop after this many new tokens (or at end-of-text).")
@@ -203,18 +214,7 @@ class GenerateConfig(Section):
     stop: list[str] = Field(default_factory=list, description="Cut the completion at the first of these strings and stop.")
     rstrip_prompt: bool = Field(False, description="Strip trailing spaces from the final prompt: a base model rarely saw a word-less space token, so 'English: ' invites a newline (the completion then starts with the space). Leave off for models fine-tuned on the template.")
     out: Optional[str] = Field(None, description="JSONL output file for text (default <train.out_dir>/generations.jsonl); the output folder for images (default <train.out_dir>/samples).")
-    images: "ImageGenerateConfig" = Field(default_factory=lambda: ImageGenerateConfig())
-
-
-class ImageGenerateConfig(Section):
-    num_images: int = Field(64, ge=1, description="Images to sample (`--num`).")
-    sampler: Literal["ddim", "ddpm"] = Field("ddim", description="ddpm backend: the scheduler used for sampling.")
-    num_inference_steps: int = Field(50, ge=1, description="ddpm backend: denoising steps (DDPM sampling uses all training steps when this is larger).")
-    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM eta (0: deterministic DDIM, 1: DDPM-like noise).")
-    class_labels: Optional[list[int]] = Field(None, description="Class-conditional models: the classes to sample, cycled over the images (default: every class in turn).")
-    reconstruct: Optional[str] = Field(None, description="vae backend: also reconstruct these images (a folder or a single file), or `val` for the prepared validation split.")
-    grid_columns: Optional[int] = Field(None, ge=1, description="Columns of grid.png (default: about the square root of the count).")
-    batch_size: int = Field(256, ge=1, description="Images sampled per forward pass.")
+    images: ImageGenerateConfig = Field(default_factory=ImageGenerateConfig)
 
 
 class EvalConfig(Section):

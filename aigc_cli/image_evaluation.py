@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from aigc_cli.config import ExperimentConfig, require_data
-from aigc_cli.data.images import IMAGE_SUFFIXES, ImageArray, _open, to_array
+from aigc_cli.data.images import IMAGE_SUFFIXES, ImageArray, open_image, to_array
 from aigc_cli.errors import AigcError
 from aigc_cli.image_generation import load_image_checkpoint, reconstruct_images, sample_images
 
@@ -125,6 +125,6 @@ def read_image_folder(folder: str | Path, size: int, channels: int) -> np.ndarra
     if len(files) < 2:
         raise AigcError(f"eval.generations {folder} holds {len(files)} images; FID/KID need at least 2", "generate more images (--num)")
     try:
-        return np.stack([to_array(_open(f), size, channels) for f in files])
+        return np.stack([to_array(open_image(f), size, channels) for f in files])
     except Exception as exc:  # noqa: BLE001
         raise AigcError(f"cannot read the images in {folder}: {exc}", "pass a folder of PNG/JPEG files") from None

@@ -172,7 +172,7 @@ def reconstruct_images(loaded: LoadedImageModel, source: str, cfg: ExperimentCon
 
 def load_images_for(info: dict, source: str, cfg: ExperimentConfig) -> np.ndarray:
     """`val` (the prepared validation split), a folder, or one image file → uint8 (N, C, H, W) at the model's size."""
-    from aigc_cli.data.images import IMAGE_SUFFIXES, ImageArray, _open, to_array
+    from aigc_cli.data.images import IMAGE_SUFFIXES, ImageArray, open_image, to_array
 
     if source == "val":
         if cfg.data is None:
@@ -185,7 +185,7 @@ def load_images_for(info: dict, source: str, cfg: ExperimentConfig) -> np.ndarra
     arrays = []
     for file in files:
         try:
-            arrays.append(to_array(_open(file), info["size"], info["channels"]))
+            arrays.append(to_array(open_image(file), info["size"], info["channels"]))
         except Exception as exc:  # noqa: BLE001
             raise AigcError(f"cannot read image {file}: {exc}", "pass readable PNG/JPEG files") from None
     return np.stack(arrays)

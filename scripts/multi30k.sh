@@ -32,7 +32,8 @@ stage lora     aigc finetune configs/multi30k-lora.yaml --merge --quiet
 
 pretrained=$(python -c "import json; print(json.load(open('$out/pretrain.json'))['checkpoint'])")
 full=$(python -c "import json; print(json.load(open('$out/full.json'))['checkpoint'])")
-lora=$(python -c "import json; print(json.load(open('$out/lora.json'))['checkpoint'])")
+# The merged model gives the adapter's text (tested) without the adapter's per-token overhead.
+lora=$(python -c "import json; print(json.load(open('$out/lora.json'))['merged'])")
 
 stage gen-fewshot aigc generate configs/multi30k-pretrain.yaml --checkpoint "$pretrained" --prompts-file "$test_de" --out "$out/test.fewshot.jsonl" --quiet
 stage gen-full    aigc generate configs/multi30k-full.yaml --checkpoint "$full" --prompts-file "$test_de" --out "$out/test.full.jsonl" --quiet

@@ -93,9 +93,9 @@ def test_prep_folder_with_classes_and_broken_files(cli, tmp_path):
     meta = json.loads((Path(out["data_dir"]) / "meta.json").read_text())
     assert "broken.png" in meta["skipped_examples"][0]
     # A fully transparent pixel is composited on white, not left as the stored red.
-    from aigc_cli.data.images import _open, to_array
+    from aigc_cli.data.images import open_image, to_array
 
-    assert to_array(_open(root / "cats" / "transparent.png"), 8, 3).min() == 255
+    assert to_array(open_image(root / "cats" / "transparent.png"), 8, 3).min() == 255
 
 
 def test_prep_empty_or_unreadable_is_exit_2(cli, tmp_path):
@@ -223,7 +223,15 @@ def test_eval_fid_kid_coverage_from_a_folder(cli, tmp_path, digits8):
     metrics = report["metrics"]
     assert abs(metrics["fid"]) < 1e-3  # the same images as the held-out set
     assert metrics["fid_real_floor"] > metrics["fid"]
-    assert abs(metrics["kid"]) < 1e-3
+    # KID against a set of zeros only, in the same (cached) classifier space: far larger.
+    from aigc_cli import image_metrics
+
+    train = ImageArray(digits8, "train")
+    classifier, _ = image_metrics.cached_classifier(digits8, np.asarray(train.images), train.labels, 10)
+    zeros = np.asarray(train.images)[train.labels == 0]
+    real = np.asarray(ImageArray(digits8, "val").images)
+    skewed, _ = image_metrics.kid(real, zeros, image_metrics.classifier_features(classifier))
+    assert abs(metrics["kid"]) < 0.1 * skewed
     assert metrics["confident_share"] > 0.5 and metrics["min_class_share"] > 0.03
     details = json.loads(Path(report["report"]).read_text())
     assert details["feature_space"].startswith("classifier")

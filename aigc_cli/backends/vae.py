@@ -8,15 +8,14 @@ Saved as config.json + model.safetensors.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from aigc_cli.backends.plain_io import load_plain, save_plain
 from aigc_cli.errors import AigcError
 
 PARTS = ("vae",)
@@ -90,16 +89,11 @@ def loss(model: VAE, batch, part: str) -> torch.Tensor:
 
 
 def save(model: VAE, directory: Path) -> None:
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
-    (directory / "config.json").write_text(json.dumps({"model_type": "aigc-vae", **model.config}, indent=2) + "\n", encoding="utf-8")
+    save_plain(model, directory, "aigc-vae")
 
 
 def load(directory: Path, device: str) -> VAE:
-    config = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
-    config.pop("model_type", None)
-    model = VAE(**config)
-    model.load_state_dict(load_file(str(Path(directory) / "model.safetensors"), device="cpu"))
-    return model.to(device)
+    return load_plain(VAE, directory, device)
 
 
 def image_info(model: VAE) -> dict:

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from aigc_cli.atomic_files import staging_dir, write_json_atomic
+from aigc_cli.atomic_files import reusable_output, staging_dir, write_json_atomic
 from aigc_cli.config import DataConfig, ExperimentConfig, require_data
 from aigc_cli.errors import AigcError
 from aigc_cli.provenance import software_versions, write_provenance
@@ -48,15 +48,9 @@ def prepare_images(cfg: ExperimentConfig, force: bool = False, log: Callable[[st
     items, classes, inputs = _list_source(data)
     fingerprint = _fingerprint(data, inputs)
     existing = _read_meta(out)
-    if existing is not None:
-        if existing.get("fingerprint") == fingerprint:
-            log(f"{out} is already prepared from the same images and settings; reusing it")
-            return ImageResult(out, existing, reused=True)
-        if not force:
-            raise AigcError(f"{out} holds data prepared from other inputs or settings",
-                            "pass --force to replace it, or set data.prepared_dir to a new directory")
-    elif out.exists() and any(out.iterdir()) and not force:
-        raise AigcError(f"{out} exists and is not a prepared-data directory", "set data.prepared_dir to a new directory or pass --force")
+    if reusable_output(out, existing, fingerprint, force):
+        log(f"{out} is already prepared from the same images and settings; reusing it")
+        return ImageResult(out, existing, reused=True)
 
     size, channels = data.image.size, data.image.channels
     log(f"converting {len(items):,} images from {data.source} to {channels}×{size}×{size}")
@@ -153,12 +147,13 @@ def _list_source(data: DataConfig) -> tuple[list[SourceImage], list[str] | None,
         rel = path.relative_to(root).as_posix()
         digest.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
         label = index[rel.split("/")[0]] if classes else 0
-        items.append(SourceImage(rel, label, lambda path=path: _open(path)))
+        items.append(SourceImage(rel, label, lambda path=path: open_image(path)))
     inputs = [{"path": str(root), "files": len(files), "sha256": digest.hexdigest()}]
     return items, classes, inputs
 
 
-def _open(path: Path):
+def open_image(path: Path):
+    """A decoded PIL image; raises on a truncated or corrupt file."""
     from PIL import Image
 
     with Image.open(path) as image:

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from aigc_cli.atomic_files import staging_dir, write_json_atomic
+from aigc_cli.atomic_files import reusable_output, staging_dir, write_json_atomic
 from aigc_cli.config import DataConfig, ExperimentConfig, require_data
 from aigc_cli.data.text_sources import Chunk, SourceStats, iter_chunks
 from aigc_cli.data import tokenization
@@ -50,15 +50,9 @@ def prepare_text_corpus(cfg: ExperimentConfig, force: bool = False, log: Callabl
     if total_chars == 0:
         raise AigcError(f"data.source {data.source} holds no text after cleaning", "point data.source at a non-empty corpus")
     fingerprint = _fingerprint(data, stats.inputs)
-    if existing is not None:
-        if existing.get("fingerprint") == fingerprint:
-            log(f"{out} is already prepared from the same inputs and settings; reusing it")
-            return PrepResult(out, existing, reused=True)
-        if not force:
-            raise AigcError(f"{out} holds data prepared from other inputs or settings",
-                            "pass --force to replace it, or set data.prepared_dir to a new directory")
-    elif out.exists() and any(out.iterdir()) and not force:
-        raise AigcError(f"{out} exists and is not a prepared-data directory", "set data.prepared_dir to a new directory or pass --force")
+    if reusable_output(out, existing, fingerprint, force):
+        log(f"{out} is already prepared from the same inputs and settings; reusing it")
+        return PrepResult(out, existing, reused=True)
 
     vocab_size = tok.get_vocab_size()
     dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
