@@ -222,7 +222,7 @@ class EvalConfig(Section):
     batch_size: int = Field(16, ge=1, description="Windows scored per forward pass.")
     max_batches: Optional[int] = Field(None, ge=1, description="Score at most this many batches of block_size windows (null: the whole split).")
     metrics: list[Literal["loss", "bleu", "chrf", "rougeL", "fid", "kid", "coverage", "psnr", "ssim"]] = Field(default_factory=lambda: ["loss"], description="loss: loss and perplexity of a checkpoint on a prepared split; bleu/chrf (sacrebleu) and rougeL (rouge-score): generated text against references; images: fid/kid (generated vs held-out real), coverage (class shares of the samples by the eval classifier), psnr/ssim (vae reconstructions of the held-out images).")
-    generations: Optional[str] = Field(None, description="For text metrics: the JSONL written by `aigc generate` (its `completion` field).")
+    generations: Optional[str] = Field(None, description="For text metrics: the JSONL written by `aigc generate` (its `completion` field). For fid/kid/coverage: a folder of generated images (default: sample eval.num_samples from the checkpoint).")
     references: Optional[str] = Field(None, description="For text metrics: line-aligned reference texts (.gz allowed) or JSONL with a `reference` field.")
     num_samples: int = Field(500, ge=2, description="Images: how many to sample from the checkpoint for fid/kid/coverage (when eval.generations is not given).")
     image_features: Literal["auto", "classifier", "inception"] = Field("auto", description="Feature space of FID/KID: inception (needs inception_weights and torch-fidelity) or a small CNN classifier aigc trains on the labelled prepared data; auto: inception when inception_weights is set.")

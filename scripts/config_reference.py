@@ -17,9 +17,13 @@ from aigc_cli import config as schema
 README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
 SECTIONS = [("data", schema.DataConfig), ("data.cleaning", schema.CleaningConfig), ("data.tokenizer", schema.TokenizerConfig),
+            ("data.image", schema.ImageDataConfig),
             ("model (backend: gpt)", schema.GPTModelConfig), ("model (backend: rnn)", schema.RNNModelConfig),
+            ("model (backend: ddpm)", schema.DDPMModelConfig), ("model (backend: vae)", schema.VAEModelConfig),
+            ("model (backend: gan)", schema.GANModelConfig),
             ("train", schema.TrainConfig), ("finetune", schema.FinetuneConfig), ("finetune.lora", schema.LoraConfig),
-            ("generate", schema.GenerateConfig), ("generate.few_shot", schema.FewShotConfig), ("eval", schema.EvalConfig)]
+            ("generate", schema.GenerateConfig), ("generate.few_shot", schema.FewShotConfig),
+            ("generate.images", schema.ImageGenerateConfig), ("eval", schema.EvalConfig)]
 
 
 def _type_name(annotation) -> str:

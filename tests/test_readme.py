@@ -13,6 +13,10 @@ def test_config_reference_matches_the_schema():
     spec.loader.exec_module(module)
     text = (REPO / "README.md").read_text(encoding="utf-8")
     assert module.readme_with_reference(text) == text, "run: python scripts/config_reference.py --write"
+    from aigc_cli import config
+
+    sections = {cls for cls in vars(config).values() if isinstance(cls, type) and issubclass(cls, config.Section)} - {config.Section, config.ExperimentConfig}
+    assert sections == {cls for _, cls in module.SECTIONS}, "add the new config section to scripts/config_reference.py SECTIONS"
 
 
 def test_ci_runs_the_readme_test_command():
