@@ -64,20 +64,3 @@ def staging_dir(final: str | Path, replace: bool = False) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-
-def reusable_output(out: str | Path, existing_meta: dict | None, fingerprint: str, force: bool) -> bool:
-    """True when `out` already holds a result made from the same inputs and settings (the
-    fingerprint in its meta.json). Refuses to touch a directory holding anything else unless
-    --force was given, so a mistyped path never replaces someone's data."""
-    from aigc_cli.errors import AigcError
-
-    out = Path(out)
-    if existing_meta is not None:
-        if existing_meta.get("fingerprint") == fingerprint:
-            return True
-        if not force:
-            raise AigcError(f"{out} holds data prepared from other inputs or settings",
-                            "pass --force to replace it, or set data.prepared_dir to a new directory")
-    elif out.exists() and any(out.iterdir()) and not force:
-        raise AigcError(f"{out} exists and is not a prepared-data directory", "set data.prepared_dir to a new directory or pass --force")
-    return False

@@ -119,8 +119,8 @@ class GANModelConfig(Section):
 
 ModelConfig = Annotated[Union[GPTModelConfig, RNNModelConfig, DDPMModelConfig, VAEModelConfig, GANModelConfig], Field(discriminator="backend")]
 IMAGE_BACKENDS = ("ddpm", "vae", "gan")
-_TEXT_ONLY = ("bleu", "chrf", "rougeL")
-_IMAGE_ONLY = ("fid", "kid", "coverage", "psnr", "ssim")
+TEXT_METRICS = ("bleu", "chrf", "rougeL")
+IMAGE_METRICS = ("fid", "kid", "coverage", "psnr", "ssim")
 
 
 # ----------------------------------------------------------------------------- train
@@ -241,7 +241,7 @@ class ExperimentConfig(Section):
     @model_validator(mode="after")
     def _modality_matches(self):
         image = self.model.backend in IMAGE_BACKENDS
-        wrong = [m for m in self.eval.metrics if m in (_TEXT_ONLY if image else _IMAGE_ONLY)]
+        wrong = [m for m in self.eval.metrics if m in (TEXT_METRICS if image else IMAGE_METRICS)]
         if wrong:
             kind = "images" if image else "text"
             raise ValueError(f"eval.metrics {wrong} do not apply to model.backend={self.model.backend}, which makes {kind}")

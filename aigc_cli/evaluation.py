@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from aigc_cli.atomic_files import write_json_atomic
-from aigc_cli.config import IMAGE_BACKENDS, ExperimentConfig, require_data
+from aigc_cli.config import IMAGE_BACKENDS, TEXT_METRICS, ExperimentConfig, require_data
 from aigc_cli.data.batches import TokenArray
 from aigc_cli.data.tokenization import load_tokenizer
 from aigc_cli.errors import AigcError
@@ -28,9 +28,6 @@ class EvalResult:
     metrics: dict[str, float]
 
 
-TEXT_METRICS = ("bleu", "chrf", "rougeL")
-
-
 def evaluate(cfg: ExperimentConfig, checkpoint: str | Path | None, log=lambda _: None) -> EvalResult:
     """Every metric in eval.metrics, one report."""
     ec = cfg.eval
@@ -40,11 +37,11 @@ def evaluate(cfg: ExperimentConfig, checkpoint: str | Path | None, log=lambda _:
         from aigc_cli.image_evaluation import evaluate_images  # (config validation matched metrics to the backend)
 
         metrics, details = evaluate_images(cfg, checkpoint, log)
-    if "loss" in ec.metrics and cfg.model.backend not in IMAGE_BACKENDS:
+    elif "loss" in ec.metrics:
         lm_metrics, lm_details = evaluate_language_model(cfg, checkpoint)
         metrics.update(lm_metrics)
         details.update(lm_details)
-    if any(m in TEXT_METRICS for m in ec.metrics) and cfg.model.backend not in IMAGE_BACKENDS:
+    if any(m in TEXT_METRICS for m in ec.metrics):  # (never with an image backend: the config refuses it)
         text_metrics, text_details = score_generations(ec.generations, ec.references, [m for m in ec.metrics if m in TEXT_METRICS])
         metrics.update(text_metrics)
         details.update(text_details)

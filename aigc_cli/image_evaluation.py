@@ -88,7 +88,7 @@ def _classifier(data_dir, real_train: ImageArray, log):
     if real_train.labels is None or real_train.num_classes < 2:
         raise AigcError("coverage and classifier features need labelled data",
                         "prepare labelled images (`digits`, or data.image.class_folders=true), or set eval.inception_weights for FID/KID")
-    classifier, info = image_metrics.cached_classifier(data_dir, np.asarray(real_train.images), real_train.labels, real_train.num_classes, log=log)
+    classifier, _ = image_metrics.cached_classifier(data_dir, np.asarray(real_train.images), real_train.labels, real_train.num_classes, log=log)
     return classifier
 
 

@@ -8,7 +8,6 @@ it is denoised on — and the same seed writes byte-identical PNGs.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path

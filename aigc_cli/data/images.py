@@ -18,8 +18,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from aigc_cli.atomic_files import reusable_output, staging_dir, write_json_atomic
+from aigc_cli.atomic_files import staging_dir, write_json_atomic
 from aigc_cli.config import DataConfig, ExperimentConfig, require_data
+from aigc_cli.data.prepared_dir import read_meta, reusable_output
 from aigc_cli.errors import AigcError
 from aigc_cli.provenance import software_versions, write_provenance
 
@@ -47,7 +48,7 @@ def prepare_images(cfg: ExperimentConfig, force: bool = False, log: Callable[[st
     out = Path(data.prepared_dir)
     items, classes, inputs = _list_source(data)
     fingerprint = _fingerprint(data, inputs)
-    existing = _read_meta(out)
+    existing = read_meta(out, META_FORMAT)
     if reusable_output(out, existing, fingerprint, force):
         log(f"{out} is already prepared from the same images and settings; reusing it")
         return ImageResult(out, existing, reused=True)
@@ -186,16 +187,9 @@ def _fingerprint(data: DataConfig, inputs: list[dict]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _read_meta(out: Path) -> dict | None:
-    try:
-        meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-        return None
-    return meta if meta.get("format") == META_FORMAT else None
-
 
 def is_image_data(data_dir: str | Path) -> bool:
-    return _read_meta(Path(data_dir)) is not None
+    return read_meta(data_dir, META_FORMAT) is not None
 
 
 class ImageArray:
@@ -203,7 +197,7 @@ class ImageArray:
 
     def __init__(self, data_dir: str | Path, split: str):
         data_dir = Path(data_dir)
-        meta = _read_meta(data_dir)
+        meta = read_meta(data_dir, META_FORMAT)
         if meta is None:
             raise AigcError(f"no prepared images in {data_dir}", "run `aigc prep CONFIG` with an image backend first (it writes data.prepared_dir)")
         self.meta, self.split = meta, split

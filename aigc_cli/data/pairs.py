@@ -55,7 +55,6 @@ def read_pair_records(jsonl: str | None, source_file: str | None, target_file: s
                             "the two files must be line-aligned (line i of one translates line i of the other)")
         records = [PairRecord({prompt_field: s, response_field: t}, f"{source_file}:{i}")
                    for i, (s, t) in enumerate(zip(sources, targets), start=1) if s.strip() or t.strip()]
-        source = source_file
     else:
         raise AigcError(f"no {what} data", f"set {what}_file (JSONL) or {what.rsplit('.', 1)[0]}.source_file and target_file")
     if not records:

@@ -17,10 +17,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from aigc_cli.atomic_files import reusable_output, staging_dir, write_json_atomic
+from aigc_cli.atomic_files import staging_dir, write_json_atomic
 from aigc_cli.config import DataConfig, ExperimentConfig, require_data
 from aigc_cli.data.text_sources import Chunk, SourceStats, iter_chunks
 from aigc_cli.data import tokenization
+from aigc_cli.data.prepared_dir import read_meta, reusable_output
 from aigc_cli.errors import AigcError
 from aigc_cli.provenance import software_versions, write_provenance
 
@@ -38,7 +39,7 @@ class PrepResult:
 def prepare_text_corpus(cfg: ExperimentConfig, force: bool = False, log: Callable[[str], None] = print) -> PrepResult:
     data = require_data(cfg)
     out = Path(data.prepared_dir)
-    existing = _read_meta(out)
+    existing = read_meta(out, META_FORMAT)
     if data.tokenizer.kind == "pretrained" and not data.tokenizer.path:
         raise AigcError("data.tokenizer.kind=pretrained needs data.tokenizer.path", "set it to a directory holding tokenizer.json")
     if data.tokenizer.kind == "bpe" and data.tokenizer.vocab_size < tokenization.MIN_BPE_VOCAB:
@@ -84,13 +85,6 @@ def prepare_text_corpus(cfg: ExperimentConfig, force: bool = False, log: Callabl
         write_provenance(tmp, cfg, stats.inputs)
     return PrepResult(out, meta, reused=False)
 
-
-def _read_meta(out: Path) -> dict | None:
-    try:
-        meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-        return None
-    return meta if meta.get("format") == META_FORMAT else None
 
 
 def _fingerprint(data: DataConfig, inputs: list[dict]) -> str:
