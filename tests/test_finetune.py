@@ -121,6 +121,22 @@ def test_lora_trains_only_adapters_and_merge_matches(cli, tmp_path, base_model):
     assert texts[0] == texts[1]
 
 
+def test_merge_of_an_adapter_on_tied_embeddings_keeps_the_logits(cli, tmp_path, base_model):
+    # GPT-2 ties the output head to the token embeddings; an adapter on `wte` changes only the
+    # input side, so a naive merge into the shared matrix would change the head as well.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = finetune_config(tmp_path, base_model, lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["c_attn", "wte"]})
+    out = json_out(cli("finetune", cfg, "--merge", "--json"))
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), out["checkpoint"]).eval()
+    merged = AutoModelForCausalLM.from_pretrained(out["merged"]).eval()
+    assert merged.config.tie_word_embeddings is False
+    ids = torch.tensor([[5, 9, 12, 40, 41, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, tuned(ids).logits, atol=1e-4, rtol=1e-4)
+
+
 def test_full_finetune_with_frozen_layers(cli, tmp_path, base_model):
     out = json_out(cli("finetune", finetune_config(tmp_path, base_model, method="full", freeze_layers=0), "--json"))
     assert out["trainable_params"] == out["total_params"]

@@ -85,4 +85,12 @@ def context_length(model: torch.nn.Module) -> int | None:
 
 def merge(model: torch.nn.Module) -> torch.nn.Module:
     """A plain transformers model with the adapters folded into its weights."""
+    base = model.get_base_model()
+    embeddings, head = base.get_input_embeddings(), base.get_output_embeddings()
+    shared = getattr(embeddings, "base_layer", embeddings).weight
+    if hasattr(embeddings, "lora_embedding_A") and head is not None and head.weight is shared:
+        # The adapter changed only the input side of a tied matrix: merging it into the shared
+        # matrix would change the output head too, so the head keeps its own copy.
+        head.weight = torch.nn.Parameter(shared.detach().clone(), requires_grad=False)
+        base.config.tie_word_embeddings = False
     return model.merge_and_unload()
