@@ -247,17 +247,24 @@ def _eval_config(config: str | None, overrides: list[str] | None, options: dict)
     an eval section made of the options alone."""
     from pathlib import Path
 
-    from aigc_cli.config import validate_config
+    from aigc_cli.config import IMAGE_METRICS, MODEL_METRICS, validate_config
 
     if config is None:
         if "generations" not in options:
             raise AigcError("nothing to evaluate", "pass an experiment CONFIG, or --predictions FILE (with --references FILE) to score files")
         options.setdefault("metrics", EVAL_DEFAULT_METRICS["references" in options])
+        needs_config = [m for m in options["metrics"] if m in MODEL_METRICS + IMAGE_METRICS]
+        if needs_config:
+            raise AigcError(f"{needs_config} score a checkpoint or images against prepared data",
+                            "pass the experiment CONFIG as well (aigc eval CONFIG ...)")
         return validate_config({"eval": options}, source="command line")
     if "=" in config and not Path(config).exists():
         raise AigcError(f"{config!r} is not a config file",
                         "join several gates with commas (--fail-under bleu=25,rougeL=0.3) or repeat the option; section.key=value overrides follow a CONFIG")
     raw = load_config(config, overrides or []).model_dump(mode="json")
+    for gate in ("fail_under", "fail_above", "max_drop"):  # command-line bounds add to the config's
+        if gate in options:
+            options[gate] = {**raw["eval"][gate], **options[gate]}
     raw["eval"].update(options)
     return validate_config(raw, source=config)
 
