@@ -41,10 +41,10 @@ def _log(quiet: bool) -> Callable[[str], None]:
 
 
 def _run(config: str, overrides: list[str] | None, print_config: bool, as_json: bool, debug: bool,
-         work: Callable[[ExperimentConfig], tuple[dict, list[str]]]) -> None:
-    """Load the config, run the verb's work, report. Errors become one line and an exit code."""
+         work: Callable[[ExperimentConfig], tuple[dict, list[str]]], load: Callable[[], ExperimentConfig] | None = None) -> None:
+    """Load the config (or call `load`), run the verb's work, report. Errors become one line and an exit code."""
     try:
-        cfg = load_config(config, overrides or [])
+        cfg = load() if load else load_config(config, overrides or [])
         if print_config:
             sys.stdout.write(dump_config(cfg))
             return
@@ -188,20 +188,85 @@ def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
     _run(config, overrides, print_config, as_json, debug, work)
 
 
+EVAL_DEFAULT_METRICS = {True: ["bleu", "chrf", "ter", "rouge1", "rouge2", "rougeL"],  # with references
+                        False: ["distinct1", "distinct2", "self_bleu", "repetition", "length"]}
+
+
 @app.command("eval")
-def evaluate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: CheckpointOpt = None,
+def evaluate(config: Annotated[Optional[str], typer.Argument(help="Experiment YAML file. Leave out to score files alone (--predictions, --references).", show_default=False)] = None,
+             overrides: OverridesArg = None, checkpoint: CheckpointOpt = None,
+             predictions: Annotated[Optional[str], typer.Option("--predictions", help="Predictions: the JSONL of `aigc generate`, any JSONL (--predictions-field) or a text file, one item per line; .gz allowed (eval.generations).")] = None,
+             references: Annotated[Optional[list[str]], typer.Option("--references", help="References: a text file aligned by line, or JSONL (--references-field). Repeat for several references per item (eval.references).")] = None,
+             metrics: Annotated[Optional[list[str]], typer.Option("--metrics", help="Comma-separated, e.g. bleu,chrf,ter,rouge1,rouge2,rougeL,cider (eval.metrics). Default without a config: bleu,chrf,ter,rouge1,rouge2,rougeL; with no references: distinct1,distinct2,self_bleu,repetition,length.")] = None,
+             lang: Annotated[Optional[str], typer.Option("--lang", help="Language of the texts: zh, ja, ko switch to their tokenizers (eval.lang).")] = None,
+             predictions_field: Annotated[Optional[str], typer.Option("--predictions-field", help="JSONL field of the predictions (default completion).")] = None,
+             references_field: Annotated[Optional[str], typer.Option("--references-field", help="JSONL field of the references (default reference).")] = None,
+             out: Annotated[Optional[str], typer.Option("--out", help="Report path (eval.out); the Markdown table goes beside it (.md).")] = None,
+             fail_under: Annotated[Optional[list[str]], typer.Option("--fail-under", metavar="NAME=VALUE", help="Exit 1 when the metric is below VALUE, e.g. bleu=25 or bleu=25,rougeL=0.3; repeatable (eval.fail_under).")] = None,
+             fail_above: Annotated[Optional[list[str]], typer.Option("--fail-above", metavar="NAME=VALUE", help="Exit 1 when a lower-is-better metric (ter, perplexity, fid, ...) is above VALUE; repeatable (eval.fail_above).")] = None,
+             baseline: Annotated[Optional[str], typer.Option("--baseline", help="A previous report.json, for --max-drop (eval.baseline).")] = None,
+             max_drop: Annotated[Optional[list[str]], typer.Option("--max-drop", metavar="NAME=VALUE", help="Exit 1 when the metric is worse than in --baseline by more than VALUE; repeatable (eval.max_drop).")] = None,
              as_json: JsonOpt = False, print_config: PrintConfigOpt = False, debug: DebugOpt = False, quiet: QuietOpt = False) -> None:
-    """Score a checkpoint (loss, perplexity) and/or generations (BLEU, chrF, ROUGE-L): a JSON report and a table."""
+    """Score a checkpoint (loss, perplexity), text (BLEU, chrF, TER, ROUGE, CIDEr-D, labels, diversity) or images: report.json, report.md and a table.
+
+    Quality gates exit 1 and name every failing metric: --fail-under bleu=25 (repeat the option
+    or join pairs with commas: bleu=25,rougeL=0.3), --fail-above ter=60 for lower-is-better
+    metrics, --baseline previous.json --max-drop bleu=0.5. Bad input exits 2.
+    """
+    from aigc_cli.eval_report import EXIT_GATE_FAILED, parse_bounds
+
+    outcome: dict = {}
+
+    def load() -> ExperimentConfig:
+        options = {"generations": predictions, "references": references[0] if references and len(references) == 1 else references,
+                   "lang": lang, "predictions_field": predictions_field, "references_field": references_field, "out": out,
+                   "baseline": baseline, "metrics": [m for value in metrics or [] for m in value.replace(",", " ").split()] or None}
+        options = {key: value for key, value in options.items() if value is not None}
+        for key, values, option in (("fail_under", fail_under, "--fail-under"), ("fail_above", fail_above, "--fail-above"), ("max_drop", max_drop, "--max-drop")):
+            if values:
+                options[key] = parse_bounds(values, option)
+        return _eval_config(config, overrides, options)
 
     def work(cfg: ExperimentConfig):
         from aigc_cli.evaluation import evaluate
 
-        result = evaluate(cfg, checkpoint, log=_log(quiet))
-        if not quiet and not as_json:
-            _print_metrics_table(result.metrics, cfg.eval.split)
-        return {"report": str(result.report), "metrics": result.metrics}, [f"eval report: {result.report}"]
+        result = evaluate(cfg, checkpoint, log=_log(quiet), config_free=config is None)
+        outcome["failures"] = result.failures
+        if not quiet:
+            print(result.table, file=sys.stderr if as_json else sys.stdout, end="")
+        return {**result.body, "report": str(result.report), "markdown": str(result.markdown)}, [f"eval report: {result.report} (table: {result.markdown})"]
 
-    _run(config, overrides, print_config, as_json, debug, work)
+    _run(config or "", overrides, print_config, as_json, debug, work, load=load)
+    if outcome.get("failures"):
+        print("error: quality gate failed: " + "; ".join(outcome["failures"]), file=sys.stderr)
+        raise typer.Exit(EXIT_GATE_FAILED)
+
+
+def _eval_config(config: str | None, overrides: list[str] | None, options: dict) -> ExperimentConfig:
+    """The config file with the command-line options in its eval section, or, without a file,
+    an eval section made of the options alone."""
+    from pathlib import Path
+
+    from aigc_cli.config import IMAGE_METRICS, MODEL_METRICS, validate_config
+
+    if config is None:
+        if "generations" not in options:
+            raise AigcError("nothing to evaluate", "pass an experiment CONFIG, or --predictions FILE (with --references FILE) to score files")
+        options.setdefault("metrics", EVAL_DEFAULT_METRICS["references" in options])
+        needs_config = [m for m in options["metrics"] if m in MODEL_METRICS + IMAGE_METRICS]
+        if needs_config:
+            raise AigcError(f"{needs_config} score a checkpoint or images against prepared data",
+                            "pass the experiment CONFIG as well (aigc eval CONFIG ...)")
+        return validate_config({"eval": options}, source="command line")
+    if "=" in config and not Path(config).exists():
+        raise AigcError(f"{config!r} is not a config file",
+                        "join several gates with commas (--fail-under bleu=25,rougeL=0.3) or repeat the option; section.key=value overrides follow a CONFIG")
+    raw = load_config(config, overrides or []).model_dump(mode="json")
+    for gate in ("fail_under", "fail_above", "max_drop"):  # command-line bounds add to the config's
+        if gate in options:
+            options[gate] = {**raw["eval"][gate], **options[gate]}
+    raw["eval"].update(options)
+    return validate_config(raw, source=config)
 
 
 def _preview(path, limit: int = 3) -> list[str]:
@@ -210,18 +275,6 @@ def _preview(path, limit: int = 3) -> list[str]:
         text = (row["prompt"] + row["completion"]).replace("\n", " ⏎ ")
         lines.append(f"  {text[:160]}")
     return lines
-
-
-def _print_metrics_table(metrics: dict[str, float], split: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"eval on the {split} split")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for name, value in metrics.items():
-        table.add_row(name, f"{value:.4f}")
-    Console().print(table)
 
 
 def _version(value: bool) -> None:

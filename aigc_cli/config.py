@@ -119,8 +119,14 @@ class GANModelConfig(Section):
 
 ModelConfig = Annotated[Union[GPTModelConfig, RNNModelConfig, DDPMModelConfig, VAEModelConfig, GANModelConfig], Field(discriminator="backend")]
 IMAGE_BACKENDS = ("ddpm", "vae", "gan")
-TEXT_METRICS = ("bleu", "chrf", "rougeL")
+# Text metrics scored against references, and those that need only the predictions.
+REFERENCE_METRICS = ("bleu", "chrf", "ter", "rouge1", "rouge2", "rougeL", "rougeLsum", "cider",
+                     "accuracy", "precision", "recall", "f1")
+PREDICTION_METRICS = ("distinct1", "distinct2", "self_bleu", "repetition", "length")
+TEXT_METRICS = REFERENCE_METRICS + PREDICTION_METRICS
 IMAGE_METRICS = ("fid", "kid", "coverage", "psnr", "ssim")
+MODEL_METRICS = ("loss", "perplexity")  # a checkpoint on the prepared split (either name: loss, perplexity, bits per token)
+METRIC_NAMES = MODEL_METRICS + TEXT_METRICS + IMAGE_METRICS
 
 
 # ----------------------------------------------------------------------------- train
@@ -221,13 +227,23 @@ class EvalConfig(Section):
     split: Literal["val", "train"] = Field("val", description="Prepared split to score.")
     batch_size: int = Field(16, ge=1, description="Windows scored per forward pass.")
     max_batches: Optional[int] = Field(None, ge=1, description="Score at most this many batches of block_size windows (null: the whole split).")
-    metrics: list[Literal["loss", "bleu", "chrf", "rougeL", "fid", "kid", "coverage", "psnr", "ssim"]] = Field(default_factory=lambda: ["loss"], description="loss: loss and perplexity of a checkpoint on a prepared split; bleu/chrf (sacrebleu) and rougeL (rouge-score): generated text against references; images: fid/kid (generated vs held-out real), coverage (class shares of the samples by the eval classifier), psnr/ssim (vae reconstructions of the held-out images).")
-    generations: Optional[str] = Field(None, description="For text metrics: the JSONL written by `aigc generate` (its `completion` field). For fid/kid/coverage: a folder of generated images (default: sample eval.num_samples from the checkpoint).")
-    references: Optional[str] = Field(None, description="For text metrics: line-aligned reference texts (.gz allowed) or JSONL with a `reference` field.")
+    metrics: list[Literal[METRIC_NAMES]] = Field(default_factory=lambda: ["loss"], description="loss (or perplexity): loss, perplexity and bits per token of a checkpoint on a prepared split. Against references: bleu, chrf, ter (sacrebleu), rouge1/rouge2/rougeL/rougeLsum (rouge-score), cider (CIDEr-D), accuracy/precision/recall/f1 (labels). Predictions alone: distinct1, distinct2, self_bleu, repetition, length. Images: fid/kid (generated vs held-out real), coverage (class shares of the samples by the eval classifier), psnr/ssim (vae reconstructions of the held-out images).")
+    generations: Optional[str] = Field(None, description="For text metrics (`--predictions`): the JSONL written by `aigc generate`, any JSONL (predictions_field), or a text file with one item per line (.gz allowed). For fid/kid/coverage: a folder of generated images (default: sample eval.num_samples from the checkpoint).")
+    references: Union[str, list[str], None] = Field(None, description="For text metrics: line-aligned reference texts (.gz allowed) or JSONL (field references_field: a string or a list of strings); a list of files gives several references per item.")
+    predictions_field: str = Field("completion", description="JSONL predictions: the field holding the text (rows with `sample` > 0 are skipped, so `aigc generate` output scores its first sample).")
+    references_field: str = Field("reference", description="JSONL references: the field holding the reference (a string, or a list of strings for several).")
+    lang: Optional[str] = Field(None, description="Language of the texts (e.g. en, de, zh, ja, ko). zh: sacrebleu's zh tokenizer for BLEU and character-level TER; ja/ko: MeCab tokenizers (pip install 'sacrebleu[ja]' / 'sacrebleu[ko]').")
+    bleu_tokenize: Optional[Literal["none", "zh", "13a", "intl", "char", "ja-mecab", "ko-mecab", "flores101", "flores200"]] = Field(None, description="Override sacrebleu's BLEU tokenizer (default: from lang, else 13a).")
+    rouge_stemmer: bool = Field(False, description="Porter-stem English words before ROUGE (rouge-score's use_stemmer).")
+    self_bleu_sample: int = Field(1000, ge=2, description="self_bleu scores a seeded random sample of this many predictions, each against the others.")
+    fail_under: dict[str, float] = Field(default_factory=dict, description="Quality gate: exit 1 when a metric is below its bound, e.g. {bleu: 25, rougeL: 0.3}.")
+    fail_above: dict[str, float] = Field(default_factory=dict, description="Quality gate for lower-is-better metrics (ter, perplexity, fid, ...): exit 1 when above the bound.")
+    baseline: Optional[str] = Field(None, description="A previous report.json to compare with (see max_drop).")
+    max_drop: dict[str, float] = Field(default_factory=dict, description="Exit 1 when a metric got worse than in `baseline` by more than this (a drop, or a rise for lower-is-better metrics).")
     num_samples: int = Field(500, ge=2, description="Images: how many to sample from the checkpoint for fid/kid/coverage (when eval.generations is not given).")
     image_features: Literal["auto", "classifier", "inception"] = Field("auto", description="Feature space of FID/KID: inception (needs inception_weights and torch-fidelity) or a small CNN classifier aigc trains on the labelled prepared data; auto: inception when inception_weights is set.")
     inception_weights: Optional[str] = Field(None, description="Local path of torch-fidelity's Inception-v3 FID weights (pt_inception-2015-12-05-6726825d.pth); nothing is downloaded.")
-    out: Optional[str] = Field(None, description="JSON report path (default <train.out_dir>/eval/report.json).")
+    out: Optional[str] = Field(None, description="JSON report path (default <train.out_dir>/eval/report.json; without a config: next to the predictions, NAME.eval.json); the Markdown table goes beside it (.md).")
 
 
 class ExperimentConfig(Section):

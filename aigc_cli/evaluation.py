@@ -1,102 +1,172 @@
-"""`aigc eval`: loss and perplexity of a checkpoint on a prepared split, and text metrics
-(BLEU, chrF from sacrebleu; ROUGE-L from rouge-score) of generated text against references.
+"""`aigc eval`: every metric in eval.metrics, one report (JSON + Markdown table), quality gates.
 
-The loss is deterministic: the split is cut into consecutive non-overlapping windows of the
-model's context length and every token is counted once (no random batches).
+- loss / perplexity of a checkpoint on a prepared split. Deterministic: the split is cut into
+  consecutive non-overlapping windows of the model's context length, every token counted once.
+- text metrics of predictions (the JSONL of `aigc generate`, any JSONL, or text lines) against
+  references, or of the predictions alone (aigc_cli/text_metrics.py), streamed in chunks.
+- image metrics (aigc_cli/image_evaluation.py).
+Scoring text files needs neither a config nor torch: `aigc eval --predictions F --references R`.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from aigc_cli.atomic_files import write_json_atomic
-from aigc_cli.config import IMAGE_BACKENDS, TEXT_METRICS, ExperimentConfig, require_data
-from aigc_cli.data.batches import TokenArray
-from aigc_cli.data.tokenization import load_tokenizer
+from aigc_cli.config import IMAGE_BACKENDS, MODEL_METRICS, REFERENCE_METRICS, TEXT_METRICS, EvalConfig, ExperimentConfig, require_data
 from aigc_cli.errors import AigcError
-from aigc_cli.generation import load_checkpoint_for_inference
-from aigc_cli.provenance import write_provenance
+from aigc_cli.eval_report import Gates, build_report, gate_failures, load_gates, output_names, write_report
+
+CHUNK = 1000  # items per sacrebleu call: big enough for its inner loops, small enough for flat memory
 
 
 @dataclass
 class EvalResult:
     report: Path
-    metrics: dict[str, float]
+    markdown: Path
+    table: str
+    body: dict  # the report itself
+    failures: list[str]  # failed quality gates, one line each
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.body["metrics"]
 
 
-def evaluate(cfg: ExperimentConfig, checkpoint: str | Path | None, log=lambda _: None) -> EvalResult:
-    """Every metric in eval.metrics, one report."""
+def evaluate(cfg: ExperimentConfig, checkpoint: str | Path | None, log=lambda _: None, config_free: bool = False) -> EvalResult:
+    """Every metric in eval.metrics, checked against the gates, written as report.json + report.md."""
     ec = cfg.eval
+    produced = output_names(ec.metrics)
+    gates = load_gates(ec.fail_under, ec.fail_above, ec.max_drop, ec.baseline, produced)  # before any slow work
     metrics: dict[str, float] = {}
     details: dict = {}
     if cfg.model.backend in IMAGE_BACKENDS:
         from aigc_cli.image_evaluation import evaluate_images  # (config validation matched metrics to the backend)
 
         metrics, details = evaluate_images(cfg, checkpoint, log)
-    elif "loss" in ec.metrics:
-        lm_metrics, lm_details = evaluate_language_model(cfg, checkpoint)
-        metrics.update(lm_metrics)
-        details.update(lm_details)
-    if any(m in TEXT_METRICS for m in ec.metrics):  # (never with an image backend: the config refuses it)
-        text_metrics, text_details = score_generations(ec.generations, ec.references, [m for m in ec.metrics if m in TEXT_METRICS])
+    elif set(MODEL_METRICS) & set(ec.metrics):
+        if config_free:
+            raise AigcError(f"{[m for m in ec.metrics if m in MODEL_METRICS]} score a checkpoint on prepared data",
+                            "pass the experiment config too: aigc eval CONFIG --checkpoint DIR")
+        metrics, details = evaluate_language_model(cfg, checkpoint)
+    inputs = [{"role": "prepared data", **i} for i in details.pop("inputs", None) or []]
+    signatures: dict[str, str] = {}
+    text_names = [m for m in ec.metrics if m in TEXT_METRICS]
+    if text_names:  # (never with an image backend: the config refuses it)
+        text_metrics, text_details, signatures, text_inputs = score_text(ec, text_names, log)
         metrics.update(text_metrics)
         details.update(text_details)
-    out = Path(ec.out or Path(cfg.train.out_dir) / "eval" / "report.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out, {**details, "metrics": metrics})
-    write_provenance(out.parent, cfg, details.get("inputs"), checkpoint=details.get("checkpoint"))
-    return EvalResult(out, metrics)
+        inputs += text_inputs
+    metrics = {name: metrics[name] for name in produced if name in metrics} | metrics
+    return _report(cfg, config_free, metrics, details, signatures, inputs, gates, text_names)
 
 
-def score_generations(generations: str | None, references: str | None, names: list[str]) -> tuple[dict, dict]:
-    import json
+def _report(cfg, config_free, metrics, details, signatures, inputs, gates: Gates, text_names) -> EvalResult:
+    from aigc_cli.provenance import software_versions, write_provenance
+    from aigc_cli.text_metrics import library_versions
 
-    from aigc_cli.data.pairs import read_lines
+    ec = cfg.eval
+    out = Path(ec.out or (_beside(ec.generations) if config_free else Path(cfg.train.out_dir) / "eval" / "report.json"))
+    config = {"eval": ec.model_dump(mode="json")} if config_free else cfg.model_dump(mode="json")
+    failures = gate_failures(gates, metrics)
+    body = build_report(metrics, details, config=config, versions={**software_versions(), **library_versions(text_names)},
+                        inputs=inputs, signatures=signatures, gates=gates, failures=failures)
+    report, markdown, table = write_report(out, body)
+    if not config_free:
+        write_provenance(out.parent, cfg, inputs, checkpoint=details.get("checkpoint"))
+    return EvalResult(report, markdown, table, body, failures)
 
-    if not generations or not references:
-        raise AigcError(f"eval.metrics {names} need eval.generations and eval.references",
-                        "set eval.generations to the JSONL of `aigc generate` and eval.references to the reference texts")
-    if not Path(generations).is_file():
-        raise AigcError(f"eval.generations not found: {generations}", "run `aigc generate` first or fix the path")
-    hypotheses = []
-    for number, line in enumerate(read_lines(generations), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise AigcError(f"{generations}:{number}: malformed JSON ({exc.msg})", "pass the JSONL written by `aigc generate`") from None
-        if row.get("sample", 0) == 0:
-            hypotheses.append(row["completion"].strip())
-    ref_lines = read_lines(references)
-    if references.removesuffix(".gz").endswith(".jsonl"):
-        ref_lines = [json.loads(line)["reference"] for line in ref_lines if line.strip()]
-    if len(ref_lines) != len(hypotheses):
-        raise AigcError(f"{generations} has {len(hypotheses)} completions but {references} has {len(ref_lines)} references",
-                        "generate from the inputs that belong to these references, one completion per input")
+
+def _beside(predictions: str) -> Path:
+    path = Path(predictions)
+    stem = path.name.removesuffix(".gz").rsplit(".", 1)[0]
+    return path.with_name(f"{stem}.eval.json")
+
+
+# ----------------------------------------------------------------------------- text
+def score_text(ec: EvalConfig, names: list[str], log) -> tuple[dict, dict, dict, list]:
+    """Stream predictions (and references) through every requested scorer: metrics, details,
+    signatures and input hashes."""
+    from aigc_cli.eval_inputs import sha256_file
+
+    references = [ec.references] if isinstance(ec.references, str) else list(ec.references or [])
+    if not ec.generations:
+        raise AigcError(f"eval.metrics {names} need predictions", "pass --predictions FILE (eval.generations): the JSONL of `aigc generate` or one item per line")
+    needing = [n for n in names if n in REFERENCE_METRICS]
+    if needing and not references:
+        raise AigcError(f"{needing} compare with references, and none were given", "pass --references FILE (eval.references), once per reference set")
+    scorers = _scorers(ec, names)
+    items = lambda: _chunks(ec, references)  # noqa: E731 — read twice when CIDEr-D needs its document frequencies first
+    if "cider" in scorers:
+        for predictions, refs in items():
+            scorers["cider"].add_references(refs)
+    count = 0
+    for predictions, refs in items():
+        for scorer in scorers.values():
+            scorer.add(predictions, refs)
+        count += len(predictions)
+    log(f"scored {count:,} items")
     metrics: dict[str, float] = {}
-    if "bleu" in names or "chrf" in names:
-        import sacrebleu
-
-        if "bleu" in names:
-            metrics["bleu"] = sacrebleu.corpus_bleu(hypotheses, [ref_lines]).score
-        if "chrf" in names:
-            metrics["chrf"] = sacrebleu.corpus_chrf(hypotheses, [ref_lines]).score
-    if "rougeL" in names:
-        from rouge_score import rouge_scorer
-
-        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-        scores = [scorer.score(ref, hyp)["rougeL"].fmeasure for ref, hyp in zip(ref_lines, hypotheses)]
-        metrics["rougeL"] = 100.0 * sum(scores) / len(scores)
-    return metrics, {"generations": str(generations), "references": str(references), "segments": len(hypotheses)}
+    details: dict = {"items": count}
+    for scorer in scorers.values():
+        metrics.update(scorer.result())
+    if "labels" in scorers:
+        details.update(scorers["labels"].report()[1])
+    signatures = {name: s.signature() for name, s in scorers.items() if hasattr(s, "signature")}
+    inputs = [{"role": role, "path": str(path), "sha256": sha256_file(path)}
+              for role, path in [("predictions", ec.generations)] + [("references", r) for r in references]]
+    return metrics, details, signatures, inputs
 
 
-@torch.no_grad()
+def _scorers(ec: EvalConfig, names: list[str]) -> dict:
+    from aigc_cli import text_metrics as tm
+
+    scorers: dict = {}
+    for name in ("bleu", "chrf", "ter"):
+        if name in names:
+            scorers[name] = tm.SacrebleuScorer(name, ec.lang, ec.bleu_tokenize)
+    rouge = [n for n in names if n.startswith("rouge")]
+    if rouge:
+        scorers["rouge"] = tm.RougeScorer(rouge, ec.rouge_stemmer)
+    if "cider" in names:
+        scorers["cider"] = tm.CiderD()
+    labels = [n for n in names if n in ("accuracy", "precision", "recall", "f1")]
+    if labels:
+        scorers["labels"] = tm.LabelScorer(labels)
+    stats = [n for n in names if n in ("distinct1", "distinct2", "repetition", "length")]
+    if stats:
+        scorers["predictions"] = tm.PredictionStats(stats)
+    if "self_bleu" in names:
+        scorers["self_bleu"] = tm.SelfBleu(ec.self_bleu_sample, ec.lang, ec.bleu_tokenize)
+    return scorers
+
+
+def _chunks(ec: EvalConfig, references: list[str]):
+    """(predictions, references per item) in chunks of CHUNK items."""
+    from aigc_cli.eval_inputs import Item, read_items, read_rows
+
+    if references:
+        items = read_items(ec.generations, references, ec.predictions_field, ec.references_field)
+    else:
+        items = (Item(row.texts[0], [], row.where) for row in read_rows(ec.generations, ec.predictions_field, "predictions", skip_later_samples=True))
+    empty = True
+    while chunk := list(itertools.islice(items, CHUNK)):
+        empty = False
+        yield [item.prediction for item in chunk], [item.references for item in chunk]
+    if empty:
+        raise AigcError(f"{ec.generations} holds no predictions", "pass the file written by `aigc generate`, or one item per line")
+
+
+# ----------------------------------------------------------------------------- language model
 def evaluate_language_model(cfg: ExperimentConfig, checkpoint: str | Path | None) -> tuple[dict, dict]:
+    import torch
+
+    from aigc_cli.data.batches import TokenArray
+    from aigc_cli.data.tokenization import load_tokenizer
+    from aigc_cli.generation import load_checkpoint_for_inference
+
     ec = cfg.eval
     require_data(cfg)
     loaded = load_checkpoint_for_inference(checkpoint or cfg.train.out_dir)
@@ -107,11 +177,12 @@ def evaluate_language_model(cfg: ExperimentConfig, checkpoint: str | Path | None
     block = min(cfg.model.block_size, loaded.backend.context_length(loaded.model) or cfg.model.block_size)
     data.check_fits(block)
     total_loss, total_tokens = 0.0, 0
-    for inputs, targets in data.sequential_batches(ec.batch_size, block, ec.max_batches):
-        batch = (inputs.to(loaded.device), targets.to(loaded.device))
-        n = targets.numel()
-        total_loss += loaded.backend.loss(loaded.model, batch, loaded.backend.PARTS[0]).item() * n
-        total_tokens += n
+    with torch.no_grad():
+        for inputs, targets in data.sequential_batches(ec.batch_size, block, ec.max_batches):
+            batch = (inputs.to(loaded.device), targets.to(loaded.device))
+            n = targets.numel()
+            total_loss += loaded.backend.loss(loaded.model, batch, loaded.backend.PARTS[0]).item() * n
+            total_tokens += n
     loss = total_loss / total_tokens
     metrics = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bits_per_token": loss / math.log(2)}
     return metrics, {"checkpoint": str(loaded.checkpoint), "backend": loaded.backend_name, "split": ec.split,

@@ -19,7 +19,7 @@ for name, (result, stages, key) in routes.items():
     metrics = read(f"eval-{key}")["metrics"]
     rows.append({
         "route": name,
-        "bleu": round(metrics["bleu"], 2), "chrf": round(metrics["chrf"], 2), "rougeL": round(metrics["rougeL"], 2),
+        "bleu": round(metrics["bleu"], 2), "chrf": round(metrics["chrf"], 2), "rougeL": round(metrics["rougeL"], 4),  # ROUGE in 0..1
         "trainable_params": result["trainable_params"] if result else 0,
         "total_params": result["total_params"] if result else None,
         "train_seconds": seconds(stages[0]) if result else 0,

@@ -219,8 +219,10 @@ def test_eval_fid_kid_coverage_from_a_folder(cli, tmp_path, digits8):
         save_png(np.asarray(pixels), folder / f"{i:05d}.png")
     cfg = image_config(tmp_path, "gan", data={"prepared_dir": str(digits8)},
                        eval={"metrics": ["fid", "kid", "coverage"], "generations": str(folder)})
-    report = json_out(cli("eval", cfg, "--json"))
+    report = json_out(cli("eval", cfg, "--json", "--fail-above", "fid=1", "--fail-under", "confident_share=0.5"))
     metrics = report["metrics"]
+    fid_row = [line for line in Path(report["markdown"]).read_text().splitlines() if line.startswith("| fid |")]
+    assert report["gates"]["passed"] and fid_row[0].endswith("| ≤ 1.0000 ok |")  # the text metrics' report format
     assert abs(metrics["fid"]) < 1e-3  # the same images as the held-out set
     assert metrics["fid_real_floor"] > metrics["fid"]
     # KID against a set of zeros only, in the same (cached) classifier space: far larger.
