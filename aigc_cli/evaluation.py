@@ -19,6 +19,7 @@ from aigc_cli.data.batches import TokenArray
 from aigc_cli.data.tokenization import load_tokenizer
 from aigc_cli.errors import AigcError
 from aigc_cli.generation import load_checkpoint_for_inference
+from aigc_cli.locks import exclusive_lock
 from aigc_cli.provenance import write_provenance
 
 
@@ -29,7 +30,12 @@ class EvalResult:
 
 
 def evaluate(cfg: ExperimentConfig, checkpoint: str | Path | None, log=lambda _: None) -> EvalResult:
-    """Every metric in eval.metrics, one report."""
+    """Every metric in eval.metrics, one report; the report's lock is held throughout."""
+    with exclusive_lock(Path(cfg.eval.out or Path(cfg.train.out_dir) / "eval" / "report.json"), "eval report"):
+        return _evaluate(cfg, checkpoint, log)
+
+
+def _evaluate(cfg: ExperimentConfig, checkpoint: str | Path | None, log=lambda _: None) -> EvalResult:
     ec = cfg.eval
     metrics: dict[str, float] = {}
     details: dict = {}

@@ -18,10 +18,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from aigc_cli.atomic_files import staging_dir, write_json_atomic
+from aigc_cli.atomic_files import remove_stale_temporaries, staging_dir, write_json_atomic
 from aigc_cli.config import DataConfig, ExperimentConfig, require_data
 from aigc_cli.data.prepared_dir import read_meta, reusable_output
 from aigc_cli.errors import AigcError
+from aigc_cli.locks import exclusive_lock
 from aigc_cli.provenance import software_versions, write_provenance
 
 META_FORMAT = "aigc-prepared-images-v1"
@@ -44,6 +45,14 @@ class SourceImage:
 
 
 def prepare_images(cfg: ExperimentConfig, force: bool = False, log: Callable[[str], None] = print) -> ImageResult:
+    """Holds data.prepared_dir's lock throughout (see locks.py)."""
+    out = Path(require_data(cfg).prepared_dir)
+    with exclusive_lock(out, "prepared-data directory"):
+        remove_stale_temporaries(out.parent, (out.name,))
+        return _prepare_images(cfg, force, log)
+
+
+def _prepare_images(cfg: ExperimentConfig, force: bool = False, log: Callable[[str], None] = print) -> ImageResult:
     data = require_data(cfg)
     out = Path(data.prepared_dir)
     items, classes, inputs = _list_source(data)
