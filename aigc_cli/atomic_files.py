@@ -50,6 +50,14 @@ def fsync_tree(root: str | Path) -> None:
         fsync_directory(directory)
 
 
+def naming_the_path(exc: OSError, path: str | Path) -> OSError:
+    """`exc` with `path` as its filename when it has none: a failed write() names no file, and
+    "No space left on device" is only useful with the path that did not fit."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    return type(exc)(exc.errno, exc.strerror, str(path))
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,9 +69,11 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise naming_the_path(exc, path) from exc
         raise
     fsync_directory(path.parent)
 
@@ -100,8 +110,10 @@ def staging_dir(final: str | Path, replace: bool = False) -> Iterator[Path]:
         else:
             os.replace(tmp, final)
         fsync_directory(final.parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise naming_the_path(exc, final) from exc
         raise
 
 

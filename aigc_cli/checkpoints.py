@@ -13,13 +13,15 @@ previous good one is used.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Callable
 
-from aigc_cli.atomic_files import staging_dir, write_json_atomic, write_text_atomic
+from aigc_cli.atomic_files import staging_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
 from aigc_cli.errors import AigcError, warn
 
 CHECKPOINTS = "checkpoints"
@@ -38,16 +40,25 @@ def write_checkpoint(run_dir: Path, step: int, backend_name: str, backend, model
 
     root = Path(run_dir) / CHECKPOINTS
     final = root / f"step-{step:06d}"
-    with staging_dir(final, replace=True) as tmp:
-        backend.save(model, tmp)
-        if tokenizer_dir is not None:
-            copy_tokenizer_files(tokenizer_dir, tmp, backend.context_length(model))
-        torch.save(training_state, tmp / TRAINING_STATE)
-        write_json_atomic(tmp / "aigc.json", {"backend": backend_name, "step": step})
-        for name in ("config.yaml", "provenance.json"):
-            if (Path(run_dir) / name).is_file():
-                shutil.copy2(Path(run_dir) / name, tmp / name)
-        write_json_atomic(tmp / CHECKSUMS, {"algorithm": "sha256", "files": file_checksums(tmp)})
+    try:
+        with staging_dir(final, replace=True) as tmp:
+            backend.save(model, tmp)
+            if tokenizer_dir is not None:
+                copy_tokenizer_files(tokenizer_dir, tmp, backend.context_length(model))
+            state = io.BytesIO()  # serialised first, so a full disk fails in our write, with an errno
+            torch.save(training_state, state)
+            write_bytes_atomic(tmp / TRAINING_STATE, state.getvalue())
+            write_json_atomic(tmp / "aigc.json", {"backend": backend_name, "step": step})
+            for name in ("config.yaml", "provenance.json"):
+                if (Path(run_dir) / name).is_file():
+                    shutil.copy2(Path(run_dir) / name, tmp / name)
+            write_json_atomic(tmp / CHECKSUMS, {"algorithm": "sha256", "files": file_checksums(tmp)})
+    except Exception as exc:  # noqa: BLE001 — safetensors reports a failed write as its own error type
+        match = re.search(r"\(os error (\d+)\)", str(exc))
+        if isinstance(exc, OSError) or not match:
+            raise
+        code = int(match.group(1))
+        raise OSError(code, os.strerror(code), str(final)) from exc
     write_text_atomic(root / LATEST, final.name + "\n")
     rotate_checkpoints(root, step, keep)
     return final

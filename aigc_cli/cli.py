@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import signal
 import sys
 from typing import Annotated, Callable, Optional
@@ -61,20 +62,18 @@ def _run(config: str, overrides: list[str] | None, print_config: bool, as_json: 
         print(f"{name}: finished files are intact; run the same command again to continue "
               "(`aigc train CONFIG --resume` for training, generation skips what is done)", file=sys.stderr)
         raise typer.Exit(EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT) from None
-    except OSError as exc:
-        if debug or exc.errno not in _ENVIRONMENT_ERRNOS:
-            raise
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"error: cannot write or read{where}: {exc.strerror} — {_ENVIRONMENT_ERRNOS[exc.errno]}; "
-              "files written before are unchanged", file=sys.stderr)
-        raise typer.Exit(EXIT_USAGE) from None
     except Exception as exc:  # noqa: BLE001 — a bug: one line, and the way to see more
         if debug:
             raise
+        if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+            where = f" {exc.filename}" if exc.filename else ""
+            print(f"error: cannot write or read{where}: {exc.strerror} — {_ENVIRONMENT_ERRNOS[exc.errno]}; "
+                  "files written before are unchanged", file=sys.stderr)
+            raise typer.Exit(EXIT_USAGE) from None
         print(f"internal error: {type(exc).__name__}: {exc} — rerun with --debug for the traceback and report it", file=sys.stderr)
         raise typer.Exit(EXIT_INTERNAL) from None
     if as_json:
-        print(json.dumps(result, ensure_ascii=False))
+        print(json.dumps(_json_safe(result), ensure_ascii=False, allow_nan=False))
     else:
         for line in summary:
             print(line)
@@ -88,6 +87,7 @@ _ENVIRONMENT_ERRNOS = {
     errno.EACCES: "permission denied; fix the permissions or choose another directory",
     errno.EPERM: "operation not permitted; fix the permissions or choose another directory",
     errno.ENOTDIR: "a part of the path is a file, not a directory", errno.EISDIR: "the path is a directory, not a file",
+    errno.EEXIST: "a file is in the way where a directory is needed",
     errno.ENAMETOOLONG: "use a shorter path", errno.EIO: "the disk reported an I/O error",
 }
 
@@ -239,6 +239,17 @@ def evaluate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
         return {"report": str(result.report), "metrics": result.metrics}, [f"eval report: {result.report}"]
 
     _run(config, overrides, print_config, as_json, debug, work)
+
+
+def _json_safe(value):
+    """NaN and infinity (a diverged validation loss) become null: JSON has no such numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _preview(path, limit: int = 3) -> list[str]:

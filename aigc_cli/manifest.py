@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from aigc_cli.atomic_files import write_text_atomic
+from aigc_cli.atomic_files import naming_the_path, write_text_atomic
 
 
 def item_key(**fields) -> str:
@@ -47,14 +47,17 @@ class OutputManifest:
 
     def add(self, record: dict) -> None:
         """Record one finished item durably (append + fsync)."""
-        if self._handle is None:
-            self._handle = open(self.path, "ab+")
-            end = self._handle.seek(0, os.SEEK_END)
-            if end and os.pread(self._handle.fileno(), 1, end - 1) != b"\n":
-                self._handle.write(b"\n")  # never glue a record onto a killed run's torn line
-        self._handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        try:
+            if self._handle is None:
+                self._handle = open(self.path, "ab+")
+                end = self._handle.seek(0, os.SEEK_END)
+                if end and os.pread(self._handle.fileno(), 1, end - 1) != b"\n":
+                    self._handle.write(b"\n")  # never glue a record onto a killed run's torn line
+            self._handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as exc:
+            raise naming_the_path(exc, self.path) from exc
         self.done[record["key"]] = record
 
     def finish(self, keys: list[str]) -> None:

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from aigc_cli.backends import get_backend, modality
-from aigc_cli.atomic_files import remove_stale_temporaries, write_bytes_atomic
+from aigc_cli.atomic_files import naming_the_path, remove_stale_temporaries, write_bytes_atomic
 from aigc_cli.checkpoints import (CHECKPOINTS, latest_good_checkpoint, list_checkpoints, load_weights, read_training_state,
                                   write_checkpoint)
 from aigc_cli.config import ExperimentConfig, TrainConfig, require_data
@@ -190,6 +190,8 @@ def _train(cfg: ExperimentConfig, job: TrainingJob, resume: bool, quiet: bool, s
     amp_dtype = pick_precision(tc.precision, device)
     autocast = (lambda: torch.autocast(device, dtype=amp_dtype)) if amp_dtype else nullcontext
 
+    if run_dir.exists() and not run_dir.is_dir():
+        raise AigcError(f"train.out_dir {run_dir} is a file", "set train.out_dir to a directory path")
     existing = list_checkpoints(run_dir)
     if existing and not resume:
         raise AigcError(f"{run_dir} already holds checkpoints (newest: {existing[-1].name})",
@@ -244,8 +246,11 @@ def _train(cfg: ExperimentConfig, job: TrainingJob, resume: bool, quiet: bool, s
             StepProgress(tc.max_steps, start_step, "train", quiet, tc.log_every) as progress:
 
         def record(row: dict) -> None:
-            metrics.write(json.dumps(row) + "\n")
-            metrics.flush()
+            try:
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+            except OSError as exc:
+                raise naming_the_path(exc, metrics_path) from exc
 
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         progress.message(f"training {job.backend_name} ({trainable:,} trainable of {sum(p.numel() for p in model.parameters()):,} parameters) "

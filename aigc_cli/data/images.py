@@ -211,9 +211,13 @@ class ImageArray:
             raise AigcError(f"no prepared images in {data_dir}", "run `aigc prep CONFIG` with an image backend first (it writes data.prepared_dir)")
         self.meta, self.split = meta, split
         count, c, s = meta[f"{split}_images"], meta["channels"], meta["size"]
-        self.images = np.memmap(data_dir / f"{split}_images.u8", dtype=np.uint8, mode="r", shape=(count, c, s, s))
         labels_path = data_dir / f"{split}_labels.npy"
-        self.labels = np.load(labels_path) if labels_path.is_file() else None
+        try:
+            self.images = np.memmap(data_dir / f"{split}_images.u8", dtype=np.uint8, mode="r", shape=(count, c, s, s))
+            self.labels = np.load(labels_path) if labels_path.is_file() else None  # allow_pickle stays False
+        except (OSError, ValueError) as exc:  # ValueError: a file shorter than meta.json says
+            raise AigcError(f"the prepared images in {data_dir} are damaged ({split}: {exc})",
+                            "run `aigc prep CONFIG --force` to prepare them again") from None
 
     def __len__(self) -> int:
         return len(self.images)
