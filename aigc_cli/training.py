@@ -273,7 +273,9 @@ def _train(cfg: ExperimentConfig, job: TrainingJob, resume: bool, quiet: bool, s
                 window_start = time.perf_counter()  # evaluation time is not training throughput
 
             # 2. checkpoint
-            if step == tc.max_steps or (tc.save_every and step % tc.save_every == 0 and step > start_step):
+            # Never the step a run starts from: step 0 holds nothing, and rewriting the checkpoint
+            # resumed from would change its identity (and every generation manifest keyed on it).
+            if (step == tc.max_steps or (tc.save_every and step % tc.save_every == 0)) and step > start_step:
                 final = checkpoint(step)
             if step == tc.max_steps:
                 break

@@ -73,6 +73,10 @@ def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_is_exact(world, tmp_path,
 
     resumed = json_out(run("train", CFG, "--resume", *steps, "--json"))
     assert Path(resumed["checkpoint"], "model.safetensors").read_bytes() == straight_weights
+    # Resuming a finished run (a cron job repeating itself) reports it and leaves its checkpoint alone.
+    checksums = Path(resumed["checkpoint"], "checksums.json").read_bytes()
+    assert json_out(run("train", CFG, "--resume", *steps, "--json"))["checkpoint"] == resumed["checkpoint"]
+    assert Path(resumed["checkpoint"], "checksums.json").read_bytes() == checksums
 
 
 NAN = ["train.out_dir=nan", "train.learning_rate=1e30", "train.warmup_steps=0", "train.grad_clip=0", "train.save_every=1", "train.max_steps=6",
