@@ -297,7 +297,8 @@ def _train(cfg: ExperimentConfig, job: TrainingJob, resume: bool, quiet: bool, s
                 # One host sync per part and step: a non-finite update must never reach the weights.
                 if not finite.item():
                     if not tc.skip_nonfinite:
-                        raise _diverged(part, float(part_loss) / tc.grad_accum_steps, step + 1, final)
+                        what = "loss" if len(optimizers) == 1 else f"{part} loss"
+                        raise _diverged(what, float(part_loss) / tc.grad_accum_steps, step + 1, final)
                     opt.zero_grad(set_to_none=True)
                     skipped_now = True
                     continue
@@ -329,10 +330,9 @@ def _interrupted(signum: int, step: int, checkpoint: Path | None, verb: str) -> 
                        exit_code=EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM)
 
 
-def _diverged(part: str, loss: float, step: int, last_good: Path | None) -> AigcError:
+def _diverged(what: str, loss: float, step: int, last_good: Path | None) -> AigcError:
     where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written"
-    name = "loss" if part in ("model", "unet", "vae") else f"{part} loss"
-    return AigcError(f"training diverged: non-finite {name} ({loss}) at step {step}; {where}",
+    return AigcError(f"training diverged: non-finite {what} ({loss}) at step {step}; {where}",
                      "lower train.learning_rate, set train.grad_clip, or set train.skip_nonfinite=true to skip such batches",
                      exit_code=EXIT_DIVERGED)
 
