@@ -2,11 +2,11 @@
 
 The lock is `fcntl.flock` on a file `.NAME.lock` next to the directory or file it guards (next
 to, not inside: `prep` replaces its whole directory, and a lock inside would go with it). The
-kernel drops a flock when its holder exits, however it exits — SIGKILL and power loss included
-— so a lock left by a dead process is free and simply taken over. The holder writes its PID
-into the file (for the message a second process prints) and clears it when it finishes, so a
-PID found in a free lock file names a process that died holding it: that is reported. flock works on local filesystems; on NFS it is
-only as reliable as the server's locking.
+holder writes its PID into the file, for the message a second process prints, and deletes the
+file when it finishes. The kernel drops a flock when its holder exits, however it exits —
+SIGKILL and power loss included — so a lock file that exists but is not locked was left by a
+process that died holding it: it is reported and taken over. flock works on local filesystems;
+on network filesystems it is only as reliable as the server's locking.
 """
 
 from __future__ import annotations
@@ -26,16 +26,6 @@ def lock_path(target: str | Path) -> Path:
     return target.with_name(f".{target.name}.lock")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, owned by another user
-    return True
-
-
 def _parse_holder(text: str) -> dict:
     fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
     return {"pid": int(fields["pid"]) if fields.get("pid", "").isdigit() else None, "host": fields.get("host"),
@@ -51,8 +41,6 @@ def exclusive_lock(target: str | Path, what: str) -> Iterator[None]:
     another process holds it. `what` names the target in messages (e.g. "run directory").
     Re-entrant within a process: `finetune` locks before loading the base model, and the
     training loop it calls locks the same run directory again."""
-    import fcntl
-
     path = lock_path(target)
     if path in _held:
         _held[path] += 1
@@ -62,20 +50,10 @@ def exclusive_lock(target: str | Path, what: str) -> Iterator[None]:
             _held[path] -= 1
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _acquire(path, target, what)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _parse_holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
-            who = f"process {holder['pid']}" if holder["pid"] else "another process"
-            if holder["host"] and holder["host"] != socket.gethostname():
-                who += f" on {holder['host']}"
-            doing = f" (`{holder['command']}`)" if holder["command"] else ""
-            raise AigcError(f"{what} {target} is in use by aigc {who}{doing}",
-                            f"wait for it to finish, or stop it; the lock is {path}", exit_code=EXIT_LOCKED) from None
         previous = _parse_holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
-        if previous["pid"] and previous["pid"] != os.getpid() and previous["host"] == socket.gethostname() and not _pid_alive(previous["pid"]):
+        if previous["pid"] and previous["pid"] != os.getpid():
             warn(f"{what} {target} was left locked by process {previous['pid']}, which is no longer running; taking it over")
         command = "aigc " + sys.argv[1] if len(sys.argv) > 1 else "aigc"
         os.ftruncate(fd, 0)
@@ -85,6 +63,37 @@ def exclusive_lock(target: str | Path, what: str) -> Iterator[None]:
             yield
         finally:
             del _held[path]
-            os.ftruncate(fd, 0)  # a holder's PID left in the file means it died holding the lock
+            path.unlink(missing_ok=True)  # while still holding it: see _acquire
     finally:
         os.close(fd)  # closing the descriptor releases the flock
+
+
+def _acquire(path: Path, target, what: str) -> int:
+    """An open, flocked descriptor of the lock file at `path`. A holder deletes the file before it
+    releases the lock, so a process that opened the old file and got the lock after that release
+    holds a file no longer at `path`: it must start over with the new one."""
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _parse_holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+            os.close(fd)
+            who = f"process {holder['pid']}" if holder["pid"] else "another process"
+            if holder["host"] and holder["host"] != socket.gethostname():
+                who += f" on {holder['host']}"
+            doing = f" (`{holder['command']}`)" if holder["command"] else ""
+            raise AigcError(f"{what} {target} is in use by aigc {who}{doing}",
+                            f"wait for it to finish, or stop it; the lock is {path}", exit_code=EXIT_LOCKED) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(current, os.fstat(fd)):
+            return fd
+        os.close(fd)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -81,6 +82,15 @@ def wait_until(condition, process: subprocess.Popen, timeout: float = 300.0, pol
         time.sleep(poll)
     process.kill()
     raise AssertionError("timed out waiting for the condition")
+
+
+def freeze(process: subprocess.Popen) -> None:
+    """SIGSTOP, and wait until the kernel reports the process stopped (state T in /proc)."""
+    process.send_signal(signal.SIGSTOP)
+    stat = Path(f"/proc/{process.pid}/stat")
+    deadline = time.monotonic() + 10
+    while process.poll() is None and stat.read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t") and time.monotonic() < deadline:
+        time.sleep(0.0005)
 
 
 def read_text(path: Path) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import json_out, tiny_config
-from tests.robustness.conftest import read_text, start_aigc, wait_until
+from tests.robustness.conftest import freeze, read_text, start_aigc, wait_until
 
 TRAIN = {"max_steps": 16, "save_every": 4, "eval_every": 8, "log_every": 1, "grad_accum_steps": 2}
 MODEL = {"dropout": 0.1}  # dropout draws from the global RNG stream: its state must be restored too
@@ -38,19 +38,23 @@ def test_training_killed_three_ways_ends_bit_identical(cli, tmp_path, corpus):
     run = tmp_path / "killed" / "run"
     json_out(cli("prep", cfg, "--json"))
 
-    # 1. SIGKILL somewhere after the checkpoint of step 8 is committed; meanwhile a second process is refused.
+    # 1. SIGKILL at whatever point it has reached after committing step 4. Frozen first (SIGSTOP),
+    #    so however fast the machine, it is still running — and holding its lock — for a second
+    #    process, which is refused.
     first = start_aigc("train", cfg, cwd=tmp_path)
     wait_until(lambda: _latest_step(run) >= 4, first)
+    freeze(first)
     refused = cli("train", cfg, "--resume")
     assert refused.exit_code == 3, refused.stderr
     assert f"in use by aigc process {first.pid}" in refused.stderr and "Traceback" not in refused.stderr
-    wait_until(lambda: _latest_step(run) >= 8, first)
     first.send_signal(signal.SIGKILL)
     first.wait()
+    killed_after = _latest_step(run)
+    assert 4 <= killed_after < 16
 
     # 2. SIGTERM: the step in progress finishes, a checkpoint is saved, exit 143 with the way to resume.
     second = start_aigc("train", cfg, "--resume", cwd=tmp_path)
-    wait_until(lambda: _latest_step(run) >= 12, second)
+    wait_until(lambda: _latest_step(run) > killed_after, second)
     second.send_signal(signal.SIGTERM)
     _, err = second.communicate(timeout=300)
     assert second.returncode == 143, err
@@ -58,13 +62,19 @@ def test_training_killed_three_ways_ends_bit_identical(cli, tmp_path, corpus):
     interrupted = [line for line in err.splitlines() if line.startswith("interrupted:")]
     assert len(interrupted) == 1 and "aigc train CONFIG --resume" in interrupted[0], err
     stopped_at = _latest_step(run)
-    assert stopped_at >= 12 and f"holds step {stopped_at}" in interrupted[0]
+    assert killed_after < stopped_at < 16 and f"holds step {stopped_at}" in interrupted[0]
     assert checkpoint_problem(run / "checkpoints" / f"step-{stopped_at:06d}") is None
 
-    # 3. SIGKILL in the middle of writing a checkpoint (the final one, step 16: its staging directory exists).
+    # 3. SIGKILL in the middle of writing a checkpoint: frozen while its staging directory exists
+    #    (if the rename won the race, let it go on to the next checkpoint and try again).
     third = start_aigc("train", cfg, "--resume", cwd=tmp_path)
     writing = lambda: next((p for p in (run / "checkpoints").glob(".step-*.partial") if ".removing." not in p.name), None)
-    staging = wait_until(writing, third, poll=0.0005)
+    while True:
+        staging = wait_until(writing, third, poll=0.0005)
+        freeze(third)
+        if staging.is_dir():
+            break
+        third.send_signal(signal.SIGCONT)
     third.send_signal(signal.SIGKILL)
     third.wait()
     assert staging.is_dir()  # killed before the rename: a torn checkpoint was left behind
