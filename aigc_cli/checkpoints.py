@@ -204,7 +204,7 @@ def refuse_pickled_weights(directory: str | Path) -> None:
     directory = Path(directory)
     for folder in [directory, *(p for p in directory.iterdir() if p.is_dir())]:
         files = [p for p in folder.iterdir() if p.is_file()]
-        pickled = [p for p in files if p.suffix in PICKLE_SUFFIXES and p.name != TRAINING_STATE]
+        pickled = sorted(p for p in files if p.suffix in PICKLE_SUFFIXES and p.name != TRAINING_STATE)
         if pickled and not any(p.suffix == ".safetensors" for p in files):
             raise AigcError(f"{pickled[0]} holds pickled weights and there is no .safetensors file beside it; "
                             "aigc loads only safetensors, because unpickling a file can run arbitrary code",

@@ -161,9 +161,8 @@ def generate_images(cfg: ExperimentConfig, checkpoint: str | Path | None, num: i
             images, labels, names, keys = _sample_into(out_dir, loaded, count, seed, gc, manifest, log)
             result = ImageOutputs(out_dir, [out_dir / n for n in names], out_dir / "grid.png")
             save_png(make_grid(images, gc.grid_columns), result.grid)
-            recon_names: list[str] = []
-            if gc.reconstruct:
-                recon_names = _write_reconstructions(out_dir, loaded, gc, cfg)
+            recon_names = _write_reconstructions(out_dir, loaded, gc, cfg) if gc.reconstruct else _remove_reconstructions(out_dir)
+            if recon_names:
                 result.reconstructions = [out_dir / n for n in recon_names]
                 result.reconstruction_grid = out_dir / "reconstructions_grid.png"
             write_json_atomic(out_dir / "samples.json", {
@@ -223,6 +222,15 @@ def _finished_image(manifest: OutputManifest, key: str, path: Path) -> np.ndarra
     if record is None or not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != record.get("sha256"):
         return None
     return read_png(path)
+
+
+def _remove_reconstructions(out_dir: Path) -> list[str]:
+    """Reconstructions of an earlier run with generate.images.reconstruct set: a fresh folder would not have them."""
+    for old in (out_dir / "reconstructions").glob("*.png"):
+        if _IMAGE_NAME.fullmatch(old.name):
+            old.unlink()
+    (out_dir / "reconstructions_grid.png").unlink(missing_ok=True)
+    return []
 
 
 def _write_reconstructions(out_dir: Path, loaded: LoadedImageModel, gc: ImageGenerateConfig, cfg: ExperimentConfig) -> list[str]:
