@@ -7,7 +7,10 @@ prints a summary — or, with --json, exactly one JSON object on stdout.
 
 from __future__ import annotations
 
+import errno
 import json
+import math
+import signal
 import sys
 from typing import Annotated, Callable, Optional
 
@@ -15,7 +18,7 @@ import typer
 
 from aigc_cli import __version__
 from aigc_cli.config import IMAGE_BACKENDS, ExperimentConfig, dump_config, load_config
-from aigc_cli.errors import EXIT_INTERNAL, AigcError
+from aigc_cli.errors import EXIT_INTERNAL, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, AigcError, Terminated
 
 app = typer.Typer(
     name="aigc",
@@ -52,21 +55,54 @@ def _run(config: str, overrides: list[str] | None, print_config: bool, as_json: 
     except AigcError as exc:
         if debug:
             raise
-        print(f"error: {exc.one_line()}", file=sys.stderr)
+        print(f"{exc.label}: {exc.one_line()}", file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        print("interrupted: finished files are intact; `aigc train ... --resume` continues from the last checkpoint", file=sys.stderr)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        name = "SIGTERM" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+        print(f"{name}: finished files are intact; run the same command again to continue "
+              "(`aigc train CONFIG --resume` for training, generation skips what is done)", file=sys.stderr)
+        raise typer.Exit(EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT) from None
     except Exception as exc:  # noqa: BLE001 — a bug: one line, and the way to see more
         if debug:
             raise
+        if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+            where = f" {exc.filename}" if exc.filename else ""
+            print(f"error: cannot write or read{where}: {exc.strerror} — {_ENVIRONMENT_ERRNOS[exc.errno]}; "
+                  "files written before are unchanged", file=sys.stderr)
+            raise typer.Exit(EXIT_USAGE) from None
         print(f"internal error: {type(exc).__name__}: {exc} — rerun with --debug for the traceback and report it", file=sys.stderr)
         raise typer.Exit(EXIT_INTERNAL) from None
     if as_json:
-        print(json.dumps(result, ensure_ascii=False))
+        print(json.dumps(_json_safe(result), ensure_ascii=False, allow_nan=False))
     else:
         for line in summary:
             print(line)
+
+
+# Problems of the machine rather than of aigc: exit 2 with the path, not an internal error.
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "free disk space or write elsewhere", errno.EDQUOT: "free space within your disk quota or write elsewhere",
+    errno.EFBIG: "the file size limit (ulimit -f) or the filesystem's maximum was reached",
+    errno.EROFS: "the filesystem is read-only; choose a writable directory",
+    errno.EACCES: "permission denied; fix the permissions or choose another directory",
+    errno.EPERM: "operation not permitted; fix the permissions or choose another directory",
+    errno.ENOTDIR: "a part of the path is a file, not a directory", errno.EISDIR: "the path is a directory, not a file",
+    errno.EEXIST: "a file is in the way where a directory is needed",
+    errno.ENAMETOOLONG: "use a shorter path", errno.EIO: "the disk reported an I/O error",
+}
+
+
+def _terminate_like_ctrl_c() -> None:
+    """SIGTERM (a CI time limit, `kill`) unwinds like Ctrl-C: temporaries are removed, exit 143.
+    The training loop installs its own handlers, which finish the step and save a checkpoint."""
+
+    def handler(signum, frame):
+        raise Terminated
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        pass  # not the main thread: keep the default
 
 
 @app.command()
@@ -113,7 +149,7 @@ def train(config: ConfigArg, overrides: OverridesArg = None,
                    f"final checkpoint: {result.checkpoint}",
                    f"validation loss: {result.val_loss:.4f} after {result.steps} steps"]
         return {"run_dir": str(result.run_dir), "checkpoint": str(result.checkpoint), "val_loss": result.val_loss,
-                "steps": result.steps, f"{result.unit}_per_s": result.tokens_per_s}, summary
+                "steps": result.steps, f"{result.unit}_per_s": result.tokens_per_s, "skipped_batches": result.skipped_batches}, summary
 
     _run(config, overrides, print_config, as_json, debug, work)
 
@@ -152,6 +188,7 @@ def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
              num: Annotated[Optional[int], typer.Option("--num", min=1, help="Images to sample (generate.images.num_images); for text, completions per prompt.")] = None,
              seed: Annotated[Optional[int], typer.Option("--seed", help="Sampling seed (generate.seed); the same seed gives the same output.")] = None,
              stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they are generated.")] = False,
+             force: Annotated[bool, typer.Option("--force", help="Regenerate items the output's manifest already holds (by default a re-run generates only what is missing).")] = False,
              as_json: JsonOpt = False, print_config: PrintConfigOpt = False, debug: DebugOpt = False, quiet: QuietOpt = False) -> None:
     """Sample from a checkpoint: text completions (JSONL) or images (PNG files, grid.png, samples.json)."""
 
@@ -163,7 +200,7 @@ def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
                 raise AigcError("--prompt, --prompts-file and --stream are for text models", f"model.backend={cfg.model.backend} samples images; use --num and --seed")
             from aigc_cli.image_generation import generate_images
 
-            result = generate_images(cfg, checkpoint, num, None, out, log=_log(quiet))
+            result = generate_images(cfg, checkpoint, num, None, out, log=_log(quiet), force=force)
             summary = [f"images: {result.out_dir} ({len(result.files)} PNG files)", f"grid: {result.grid}"]
             payload = {"outputs": [str(f) for f in result.files], "grid": str(result.grid), "count": len(result.files), "out_dir": str(result.out_dir)}
             if result.reconstruction_grid is not None:
@@ -179,7 +216,7 @@ def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
             raise AigcError("--prompt and --prompts-file both given", "use one of them")
         prompts = read_prompts_file(prompts_file) if prompts_file else [{"source": p} for p in prompt or []]
         path, count = generate_text(cfg, checkpoint, prompts, out, stream=stream,
-                                    stream_to=sys.stderr if as_json else sys.stdout, log=_log(quiet))
+                                    stream_to=sys.stderr if as_json else sys.stdout, log=_log(quiet), force=force)
         summary = [f"generations: {path} ({count} completions)"]
         if not stream:
             summary += _preview(path)
@@ -269,6 +306,17 @@ def _eval_config(config: str | None, overrides: list[str] | None, options: dict)
     return validate_config(raw, source=config)
 
 
+def _json_safe(value):
+    """NaN and infinity (a diverged validation loss) become null: JSON has no such numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _preview(path, limit: int = 3) -> list[str]:
     lines = []
     for row in [json.loads(line) for line in open(path, encoding="utf-8")][:limit]:
@@ -289,4 +337,5 @@ def main_options(version: Annotated[bool, typer.Option("--version", callback=_ve
 
 
 def main() -> None:
+    _terminate_like_ctrl_c()
     app()

@@ -36,7 +36,22 @@ class EvalResult:
 
 
 def evaluate(cfg: ExperimentConfig, checkpoint: str | Path | None, log=lambda _: None, config_free: bool = False) -> EvalResult:
-    """Every metric in eval.metrics, checked against the gates, written as report.json + report.md."""
+    """Every metric in eval.metrics, checked against the gates, written as report.json + report.md;
+    the report's lock is held throughout."""
+    from aigc_cli.locks import exclusive_lock
+
+    with exclusive_lock(_report_path(cfg, config_free), "eval report"):
+        return _evaluate(cfg, checkpoint, log, config_free)
+
+
+def _report_path(cfg: ExperimentConfig, config_free: bool) -> Path:
+    ec = cfg.eval
+    if config_free and not ec.out and not ec.generations:
+        raise AigcError("nothing to evaluate: no predictions given", "pass --predictions FILE (and --references FILE)")
+    return Path(ec.out or (_beside(ec.generations) if config_free else Path(cfg.train.out_dir) / "eval" / "report.json"))
+
+
+def _evaluate(cfg: ExperimentConfig, checkpoint, log, config_free: bool) -> EvalResult:
     ec = cfg.eval
     produced = output_names(ec.metrics)
     gates = load_gates(ec.fail_under, ec.fail_above, ec.max_drop, ec.baseline, produced)  # before any slow work
@@ -68,7 +83,7 @@ def _report(cfg, config_free, metrics, details, signatures, inputs, gates: Gates
     from aigc_cli.text_metrics import library_versions
 
     ec = cfg.eval
-    out = Path(ec.out or (_beside(ec.generations) if config_free else Path(cfg.train.out_dir) / "eval" / "report.json"))
+    out = _report_path(cfg, config_free)
     config = {"eval": ec.model_dump(mode="json")} if config_free else cfg.model_dump(mode="json")
     failures = gate_failures(gates, metrics)
     body = build_report(metrics, details, config=config, versions={**software_versions(), **library_versions(text_names)},

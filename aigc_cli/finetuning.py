@@ -16,11 +16,12 @@ import torch
 
 from aigc_cli.atomic_files import staging_dir
 from aigc_cli.backends import get_backend
-from aigc_cli.checkpoints import latest_checkpoint
+from aigc_cli.checkpoints import checkpoint_problem, latest_good_checkpoint, refuse_pickled_weights
 from aigc_cli.config import ExperimentConfig, FinetuneConfig
 from aigc_cli.data.pairs import PairExamples, read_pair_records
 from aigc_cli.data.tokenization import copy_tokenizer_files
 from aigc_cli.errors import AigcError
+from aigc_cli.locks import exclusive_lock
 from aigc_cli.training import TrainingJob, run_training
 
 
@@ -41,10 +42,14 @@ def resolve_base(base: str | None) -> str:
         raise AigcError("finetune.base is not set", "set finetune.base to a model directory (e.g. runs/x/checkpoints/step-001000) or a hub id")
     path = Path(base).expanduser()
     if path.exists():
-        path = latest_checkpoint(path) or path  # a run directory means its latest checkpoint
+        path = latest_good_checkpoint(path) or path  # a run directory means its latest intact checkpoint
         if not (path / "config.json").is_file():
             raise AigcError(f"finetune.base {base} is not a model directory (no config.json)",
                             "point it at a Hugging Face model directory, e.g. a checkpoint of `aigc train`")
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise AigcError(f"finetune.base {path} is damaged: {problem}", "use an earlier checkpoint of that run (or the run directory)")
+        refuse_pickled_weights(path)
         return str(path.resolve())
     looks_like_path = base.startswith((".", "/", "~")) or base.count("/") > 1 or os.sep != "/" and os.sep in base
     if looks_like_path:
@@ -68,7 +73,8 @@ def load_base_model(fc: FinetuneConfig, device: str):
         if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not fc.trust_remote_code:
             raise AigcError(f"finetune.base {ref} is a '{config.model_type}' model, not a causal language model",
                             "fine-tune a decoder-only model (GPT-2, Llama, Qwen, ... or a checkpoint of `aigc train` with backend gpt)")
-        model = AutoModelForCausalLM.from_pretrained(ref, dtype=torch.float32, trust_remote_code=fc.trust_remote_code)
+        # use_safetensors: never unpickle weights (a hub repo may hold only pytorch_model.bin).
+        model = AutoModelForCausalLM.from_pretrained(ref, dtype=torch.float32, trust_remote_code=fc.trust_remote_code, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=fc.trust_remote_code)
     except AigcError:
         raise
@@ -114,6 +120,12 @@ def _examples(fc: FinetuneConfig, tokenizer, max_length: int):
 
 
 def finetune_model(cfg: ExperimentConfig, resume: bool = False, merge: bool = False, quiet: bool = False) -> FinetuneResult:
+    # Locked before the (slow) base model loads, so a second run on the directory fails at once.
+    with exclusive_lock(cfg.train.out_dir, "run directory"):
+        return _finetune(cfg, resume, merge, quiet)
+
+
+def _finetune(cfg: ExperimentConfig, resume: bool, merge: bool, quiet: bool) -> FinetuneResult:
     fc, tc = cfg.finetune, cfg.train
     device = "cuda" if tc.device != "cpu" and torch.cuda.is_available() else "cpu"
     base_ref, base_model, tokenizer = load_base_model(fc, device)
@@ -141,7 +153,7 @@ def finetune_model(cfg: ExperimentConfig, resume: bool = False, merge: bool = Fa
         return model
 
     job = TrainingJob(backend_name, backend, make_model, train_examples, val_examples, max_length, tokenizer_dir,
-                      provenance={"base_model": base_ref, "method": fc.method})
+                      provenance={"base_model": base_ref, "method": fc.method}, verb="finetune")
     result = run_training(cfg, job, resume=resume, quiet=quiet)
 
     final = backend.load(result.checkpoint, "cpu", trainable=True) if backend_name == "lora" else backend.load(result.checkpoint, "cpu")

@@ -16,13 +16,15 @@ from typing import Callable
 
 import torch
 
-from aigc_cli.atomic_files import write_json_atomic, write_text_atomic
+from aigc_cli.atomic_files import remove_stale_temporaries, write_json_atomic, write_text_atomic
 from aigc_cli.backends import backend_of_checkpoint, get_backend
-from aigc_cli.checkpoints import resolve_checkpoint
+from aigc_cli.checkpoints import checkpoint_identity, load_weights, resolve_checkpoint
 from aigc_cli.config import ExperimentConfig, GenerateConfig
 from aigc_cli.data.pairs import PairRecord, fill_template, read_lines, read_pair_records
 from aigc_cli.data.tokenization import eos_id, load_tokenizer
 from aigc_cli.errors import AigcError
+from aigc_cli.locks import exclusive_lock
+from aigc_cli.manifest import OutputManifest, item_key
 from aigc_cli.provenance import software_versions
 
 
@@ -43,7 +45,7 @@ def load_checkpoint_for_inference(path: str | Path, device: str = "auto") -> Loa
     backend = get_backend(name)
     device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     tokenizer = load_tokenizer(checkpoint)
-    model = backend.load(checkpoint, device)
+    model = load_weights(backend, checkpoint, device)
     model.eval()
     return LoadedModel(checkpoint, name, backend, model, tokenizer, _eos_of(checkpoint, tokenizer), device)
 
@@ -176,34 +178,64 @@ def sample_completion(loaded: LoadedModel, prompt: str, gc: GenerateConfig, seed
     return tok.decode(new), len(new), finish
 
 
+# Settings that change no completion: they shape the prompt text (which is in the key itself),
+# pick how many samples there are, or belong to images. Everything else is part of the key.
+_NOT_IN_KEY = {"prompts", "out", "num_samples", "template", "few_shot", "rstrip_prompt", "seed", "images"}
+
+
 def generate_text(cfg: ExperimentConfig, checkpoint: str | Path | None, prompts: list[dict] | None = None,
                   out: str | Path | None = None, stream: bool = False, stream_to=sys.stdout,
-                  log: Callable[[str], None] = lambda _: None) -> tuple[Path, int]:
+                  log: Callable[[str], None] = lambda _: None, force: bool = False) -> tuple[Path, int]:
+    """Completions for every prompt × sample into one JSONL file, idempotently: completions
+    already in `<out>.manifest.jsonl` (same checkpoint, prompt, parameters and seed) are reused,
+    so a re-run after a kill generates only the rest; `force` regenerates everything."""
+    gc = cfg.generate
+    out = Path(out or gc.out or Path(cfg.train.out_dir) / "generations.jsonl")
+    if out.is_dir():
+        raise AigcError(f"--out {out} is a directory; text generation writes one JSONL file", "pass a file path, e.g. --out samples.jsonl")
+    with exclusive_lock(out, "output file"):
+        remove_stale_temporaries(out.parent, (out.name,))
+        return _generate_text(cfg, checkpoint, prompts, out, stream, stream_to, log, force)
+
+
+def _generate_text(cfg: ExperimentConfig, checkpoint, prompts, out: Path, stream: bool, stream_to, log, force: bool) -> tuple[Path, int]:
     gc = cfg.generate
     loaded = load_checkpoint_for_inference(checkpoint or cfg.train.out_dir)
     prompts = build_prompts(gc, prompts if prompts else [{"source": p} for p in gc.prompts])
-    out = Path(out or gc.out or Path(cfg.train.out_dir) / "generations.jsonl")
-    log(f"generating {len(prompts)} prompt(s) × {gc.num_samples} sample(s) with {loaded.checkpoint}")
     processors = _logits_processors(gc)
     params = gc.model_dump(mode="json", exclude={"prompts", "out"})
-    rows = []
+    identity = checkpoint_identity(loaded.checkpoint)
+    decoding = gc.model_dump(mode="json", exclude=_NOT_IN_KEY)
+    items = []  # (key, input as shown, full prompt, sample number, seed)
     for shown, prompt in prompts:
         for sample in range(gc.num_samples):
             seed = completion_seed(gc.seed, prompt, sample)
-            on_text = None
+            key = item_key(checkpoint=identity, prompt=prompt, params=decoding, seed=seed, sample=sample)
+            items.append((key, shown, prompt, sample, seed))
+    with OutputManifest(out.with_name(out.name + ".manifest.jsonl"), force) as manifest:
+        pending = [item for item in items if item[0] not in manifest.done]
+        reused = f"; {len(items) - len(pending)} already done (in {manifest.path.name}), generating {len(pending)}" if len(pending) < len(items) else ""
+        log(f"generating {len(prompts)} prompt(s) × {gc.num_samples} sample(s) with {loaded.checkpoint}{reused}")
+        for key, shown, prompt, sample, seed in items:
             if stream:
                 stream_to.write(f"\n--- prompt {shown!r} sample {sample}\n{prompt}")
-                on_text = lambda piece: (stream_to.write(piece), stream_to.flush())
+            if key in manifest.done:
+                if stream:
+                    stream_to.write(manifest.done[key]["completion"] + "\n")
+                continue
+            on_text = (lambda piece: (stream_to.write(piece), stream_to.flush())) if stream else None
             completion, n_tokens, finish = sample_completion(loaded, prompt, gc, seed, processors, on_text)
             if stream:
                 stream_to.write("\n")
                 stream_to.flush()
-            rows.append({"input": shown, "prompt": prompt, "completion": completion, "sample": sample, "seed": seed,
-                         "new_tokens": n_tokens, "finish_reason": finish, "params": params,
-                         "checkpoint": str(loaded.checkpoint)})
-    write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    write_json_atomic(out.with_name(out.name + ".provenance.json"), {
-        "outputs": str(out), "checkpoint": str(loaded.checkpoint), "backend": loaded.backend_name,
-        "count": len(rows), "versions": software_versions(), "config": json.loads(json.dumps(cfg.model_dump(mode="json"))),
-    })
+            manifest.add({"key": key, "completion": completion, "new_tokens": n_tokens, "finish_reason": finish})
+        rows = [{"input": shown, "prompt": prompt, "completion": manifest.done[key]["completion"], "sample": sample, "seed": seed,
+                 "new_tokens": manifest.done[key]["new_tokens"], "finish_reason": manifest.done[key]["finish_reason"],
+                 "params": params, "checkpoint": str(loaded.checkpoint)} for key, shown, prompt, sample, seed in items]
+        write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        write_json_atomic(out.with_name(out.name + ".provenance.json"), {
+            "outputs": str(out), "checkpoint": str(loaded.checkpoint), "backend": loaded.backend_name,
+            "count": len(rows), "versions": software_versions(), "config": json.loads(json.dumps(cfg.model_dump(mode="json"))),
+        })
+        manifest.finish([item[0] for item in items])
     return out, len(rows)

@@ -1,14 +1,17 @@
 """`aigc generate` for image backends: N images from a seed → PNG files, one grid, a manifest.
 
 Image i starts from noise drawn by its own generator seeded from (seed, i) on the CPU, so an
-image depends only on the seed and its number — not on the batch size, the count or the device
-it is denoised on — and the same seed writes byte-identical PNGs.
+image depends only on the seed and its number — not on the count or the device it is denoised
+on — and the same seed writes byte-identical PNGs. Images are denoised in fixed batches
+(generate.images.batch_size), each PNG is written atomically and recorded in the folder's
+manifest.jsonl, so a re-run after a kill samples only the batches that are not finished.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,11 +19,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from aigc_cli.atomic_files import staging_dir, write_json_atomic
+from aigc_cli.atomic_files import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
 from aigc_cli.backends import backend_of_checkpoint, get_backend, modality
-from aigc_cli.checkpoints import resolve_checkpoint
+from aigc_cli.checkpoints import checkpoint_identity, load_weights, resolve_checkpoint
 from aigc_cli.config import ExperimentConfig, ImageGenerateConfig
 from aigc_cli.errors import AigcError
+from aigc_cli.locks import exclusive_lock
+from aigc_cli.manifest import OutputManifest, item_key
 from aigc_cli.provenance import software_versions, write_provenance
 
 
@@ -53,7 +58,7 @@ def load_image_checkpoint(path: str | Path, device: str = "auto") -> LoadedImage
     if modality(backend) != "image":
         raise AigcError(f"{checkpoint} holds a {name} text model, not an image model", "pass a checkpoint of a ddpm, vae or gan run")
     device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    model = backend.load(checkpoint, device)
+    model = load_weights(backend, checkpoint, device)
     model.eval()
     return LoadedImageModel(checkpoint, name, backend, model, device)
 
@@ -63,26 +68,36 @@ def image_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def class_labels(loaded: LoadedImageModel, count: int, gc: ImageGenerateConfig) -> list[int] | None:
+    """The class of each image when the model is class-conditional (generate.images.class_labels, cycled)."""
+    info = loaded.info
+    if not info["class_conditional"]:
+        return None
+    wanted = gc.class_labels or list(range(len(info["classes"])))
+    bad = [c for c in wanted if not 0 <= c < len(info["classes"])]
+    if bad:
+        raise AigcError(f"generate.images.class_labels {bad} outside 0..{len(info['classes']) - 1}", f"classes are {info['classes']}")
+    return [wanted[i % len(wanted)] for i in range(count)]
+
+
+def sample_batch(loaded: LoadedImageModel, indices: range, seed: int, gc: ImageGenerateConfig, labels: list[int] | None) -> np.ndarray:
+    """Images number `indices` as uint8 (len(indices), C, H, W)."""
+    generators = [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
+    shape = tuple(loaded.backend.latent_shape(loaded.model))
+    noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(loaded.device)
+    batch_labels = torch.tensor([labels[i] for i in indices], device=loaded.device) if labels else None
+    return to_uint8(loaded.backend.sample(loaded.model, noise, batch_labels, gc, generators))
+
+
 def sample_images(loaded: LoadedImageModel, count: int, seed: int, gc: ImageGenerateConfig) -> tuple[np.ndarray, list[int] | None]:
     """`count` images as uint8 (N, C, H, W), and the class of each when the model is class-conditional."""
-    backend, info = loaded.backend, loaded.info
-    labels = None
-    if info["class_conditional"]:
-        wanted = gc.class_labels or list(range(len(info["classes"])))
-        bad = [c for c in wanted if not 0 <= c < len(info["classes"])]
-        if bad:
-            raise AigcError(f"generate.images.class_labels {bad} outside 0..{len(info['classes']) - 1}", f"classes are {info['classes']}")
-        labels = [wanted[i % len(wanted)] for i in range(count)]
-    shape = tuple(backend.latent_shape(loaded.model))
-    chunks = []
-    for start in range(0, count, gc.batch_size):
-        indices = range(start, min(count, start + gc.batch_size))
-        generators = [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
-        noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(loaded.device)
-        batch_labels = torch.tensor([labels[i] for i in indices], device=loaded.device) if labels else None
-        images = backend.sample(loaded.model, noise, batch_labels, gc, generators)
-        chunks.append(to_uint8(images))
+    labels = class_labels(loaded, count, gc)
+    chunks = [sample_batch(loaded, indices, seed, gc, labels) for indices in batch_ranges(count, gc.batch_size)]
     return np.concatenate(chunks), labels
+
+
+def batch_ranges(count: int, batch_size: int) -> list[range]:
+    return [range(start, min(count, start + batch_size)) for start in range(0, count, batch_size)]
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -90,12 +105,29 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
 
 
-def save_png(pixels: np.ndarray, path: Path) -> None:
+def png_bytes(pixels: np.ndarray) -> bytes:
     """(C, H, W) uint8 → PNG. Pillow writes no timestamp, so equal pixels give equal bytes."""
+    import io
+
     from PIL import Image
 
     image = Image.fromarray(pixels[0], mode="L") if pixels.shape[0] == 1 else Image.fromarray(pixels.transpose(1, 2, 0), mode="RGB")
-    image.save(path, format="PNG", optimize=False)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def save_png(pixels: np.ndarray, path: Path) -> None:
+    write_bytes_atomic(path, png_bytes(pixels))
+
+
+def read_png(path: Path) -> np.ndarray:
+    """A PNG written by save_png → (C, H, W) uint8, exactly the pixels saved."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        array = np.asarray(image)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
 def make_grid(images: np.ndarray, columns: int | None = None, padding: int = 2) -> np.ndarray:
@@ -111,50 +143,112 @@ def make_grid(images: np.ndarray, columns: int | None = None, padding: int = 2) 
 
 
 def generate_images(cfg: ExperimentConfig, checkpoint: str | Path | None, num: int | None = None, seed: int | None = None,
-                    out: str | Path | None = None, log: Callable[[str], None] = lambda _: None) -> ImageOutputs:
+                    out: str | Path | None = None, log: Callable[[str], None] = lambda _: None, force: bool = False) -> ImageOutputs:
+    """PNG files, grid.png and samples.json in the output folder, idempotently: batches whose images
+    are all in manifest.jsonl (same checkpoint, seed, parameters) and intact on disk are reused."""
     gc = cfg.generate.images
     count = num or gc.num_images
     seed = cfg.generate.seed if seed is None else seed
-    loaded = load_image_checkpoint(checkpoint or cfg.train.out_dir)
     out_dir = Path(out or cfg.generate.out or Path(cfg.train.out_dir) / "samples")
     if out_dir.exists() and not out_dir.is_dir():
         raise AigcError(f"--out {out_dir} is a file; image generation writes a folder", "pass a directory path to --out")
-    log(f"sampling {count} image(s) from {loaded.checkpoint} with seed {seed}")
-    images, labels = sample_images(loaded, count, seed, gc)
-    recon_pairs = None
-    if gc.reconstruct:
-        recon_pairs = reconstruct_images(loaded, gc.reconstruct, cfg)
-
-    # The whole folder appears at once (or the old one stays): a reader never sees half a batch.
-    with staging_dir(out_dir, replace=True) as tmp:
-        names = [f"{i:05d}.png" for i in range(count)]
-        for name, pixels in zip(names, images):
-            save_png(pixels, tmp / name)
-        save_png(make_grid(images, gc.grid_columns), tmp / "grid.png")
-        recon_names: list[str] = []
-        if recon_pairs is not None:
-            originals, reconstructed = recon_pairs
-            (tmp / "reconstructions").mkdir()
-            for i, pixels in enumerate(reconstructed):
-                recon_names.append(f"reconstructions/{i:05d}.png")
-                save_png(pixels, tmp / recon_names[-1])
-            # Originals in the odd rows, reconstructions under them.
-            columns = gc.grid_columns or max(1, math.ceil(math.sqrt(len(originals))))
-            rows = [part for start in range(0, len(originals), columns)
-                    for part in (originals[start:start + columns], reconstructed[start:start + columns])]
-            paired = np.concatenate([np.concatenate([r, np.zeros((columns - len(r), *r.shape[1:]), np.uint8)]) for r in rows])
-            save_png(make_grid(paired, columns), tmp / "reconstructions_grid.png")
-        write_json_atomic(tmp / "samples.json", {
-            "checkpoint": str(loaded.checkpoint), "backend": loaded.backend_name, "seed": seed, "count": count,
-            "files": names, "labels": labels, "classes": loaded.info["classes"], "params": gc.model_dump(mode="json"),
-            "reconstructions": recon_names, "versions": software_versions(),
-        })
-        write_provenance(tmp, cfg, checkpoint=str(loaded.checkpoint))
-    result = ImageOutputs(out_dir, [out_dir / n for n in names], out_dir / "grid.png")
-    if recon_pairs is not None:
-        result.reconstructions = [out_dir / n for n in recon_names]
-        result.reconstruction_grid = out_dir / "reconstructions_grid.png"
+    with exclusive_lock(out_dir, "output folder"):
+        loaded = load_image_checkpoint(checkpoint or cfg.train.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir)
+        remove_stale_temporaries(out_dir / "reconstructions")
+        with OutputManifest(out_dir / MANIFEST, force) as manifest:
+            images, labels, names, keys = _sample_into(out_dir, loaded, count, seed, gc, manifest, log)
+            result = ImageOutputs(out_dir, [out_dir / n for n in names], out_dir / "grid.png")
+            save_png(make_grid(images, gc.grid_columns), result.grid)
+            recon_names = _write_reconstructions(out_dir, loaded, gc, cfg) if gc.reconstruct else _remove_reconstructions(out_dir)
+            if recon_names:
+                result.reconstructions = [out_dir / n for n in recon_names]
+                result.reconstruction_grid = out_dir / "reconstructions_grid.png"
+            write_json_atomic(out_dir / "samples.json", {
+                "checkpoint": str(loaded.checkpoint), "backend": loaded.backend_name, "seed": seed, "count": count,
+                "files": names, "labels": labels, "classes": loaded.info["classes"], "params": gc.model_dump(mode="json"),
+                "reconstructions": recon_names, "versions": software_versions(),
+            })
+            write_provenance(out_dir, cfg, checkpoint=str(loaded.checkpoint))
+            manifest.finish(keys)
     return result
+
+
+MANIFEST = "manifest.jsonl"
+_IMAGE_NAME = re.compile(r"\d{5,}\.png")
+
+
+def _sample_into(out_dir: Path, loaded: LoadedImageModel, count: int, seed: int, gc: ImageGenerateConfig,
+                 manifest: OutputManifest, log) -> tuple[np.ndarray, list[int] | None, list[str], list[str]]:
+    labels = class_labels(loaded, count, gc)
+    names = [f"{i:05d}.png" for i in range(count)]
+    identity = checkpoint_identity(loaded.checkpoint)
+    # batch_size is part of the key: it decides which images are denoised together, and batched
+    # arithmetic need not round exactly like another batching would.
+    params = gc.model_dump(mode="json", exclude={"num_images", "grid_columns", "reconstruct", "class_labels"})
+    batches = batch_ranges(count, gc.batch_size)
+    keys = {i: item_key(checkpoint=identity, seed=seed, index=i, batch=[b.start, b.stop], params=params,
+                        label=labels[i] if labels else None) for b in batches for i in b}
+    info = loaded.info
+    images = np.zeros((count, info["channels"], info["size"], info["size"]), np.uint8)
+    todo = []
+    for indices in batches:
+        done = [_finished_image(manifest, keys[i], out_dir / names[i]) for i in indices]
+        if all(pixels is not None for pixels in done):
+            images[indices.start:indices.stop] = np.stack(done)
+        else:
+            todo.append(indices)
+    remaining = sum(len(b) for b in todo)
+    reused = f"; {count - remaining} already done (in {MANIFEST}), sampling {remaining}" if remaining < count else ""
+    log(f"sampling {count} image(s) from {loaded.checkpoint} with seed {seed}{reused}")
+    for indices in todo:
+        batch = sample_batch(loaded, indices, seed, gc, labels)
+        for i, pixels in zip(indices, batch):
+            data = png_bytes(pixels)
+            write_bytes_atomic(out_dir / names[i], data)
+            manifest.add({"key": keys[i], "file": names[i], "sha256": hashlib.sha256(data).hexdigest()})
+        images[indices.start:indices.stop] = batch
+    # Images of an earlier, larger run in this folder go: a fresh folder would not have them.
+    for old in out_dir.glob("*.png"):
+        if _IMAGE_NAME.fullmatch(old.name) and int(old.stem) >= count:
+            old.unlink()
+    return images, labels, names, [keys[i] for i in range(count)]
+
+
+def _finished_image(manifest: OutputManifest, key: str, path: Path) -> np.ndarray | None:
+    """The pixels of a finished image, or None when it is not in the manifest or its file changed since."""
+    record = manifest.done.get(key)
+    if record is None or not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != record.get("sha256"):
+        return None
+    return read_png(path)
+
+
+def _remove_reconstructions(out_dir: Path) -> list[str]:
+    """Reconstructions of an earlier run with generate.images.reconstruct set: a fresh folder would not have them."""
+    for old in (out_dir / "reconstructions").glob("*.png"):
+        if _IMAGE_NAME.fullmatch(old.name):
+            old.unlink()
+    (out_dir / "reconstructions_grid.png").unlink(missing_ok=True)
+    return []
+
+
+def _write_reconstructions(out_dir: Path, loaded: LoadedImageModel, gc: ImageGenerateConfig, cfg: ExperimentConfig) -> list[str]:
+    """The vae's reconstructions (recomputed each run: one encoder-decoder pass, no sampling)."""
+    originals, reconstructed = reconstruct_images(loaded, gc.reconstruct, cfg)
+    names = [f"reconstructions/{i:05d}.png" for i in range(len(reconstructed))]
+    for name, pixels in zip(names, reconstructed):
+        save_png(pixels, out_dir / name)
+    for old in (out_dir / "reconstructions").glob("*.png"):
+        if f"reconstructions/{old.name}" not in set(names):
+            old.unlink()
+    # Originals in the odd rows, reconstructions under them.
+    columns = gc.grid_columns or max(1, math.ceil(math.sqrt(len(originals))))
+    rows = [part for start in range(0, len(originals), columns)
+            for part in (originals[start:start + columns], reconstructed[start:start + columns])]
+    paired = np.concatenate([np.concatenate([r, np.zeros((columns - len(r), *r.shape[1:]), np.uint8)]) for r in rows])
+    save_png(make_grid(paired, columns), out_dir / "reconstructions_grid.png")
+    return names
 
 
 def reconstruct_images(loaded: LoadedImageModel, source: str, cfg: ExperimentConfig) -> tuple[np.ndarray, np.ndarray]:

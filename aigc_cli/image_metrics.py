@@ -372,6 +372,13 @@ def inception_features(weights_path: str) -> FeatureSpace:
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     try:
+        # The file is a pickle: open it with weights_only first, so one that holds anything but
+        # tensors is refused before torch-fidelity unpickles it (older torch would run its code).
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 — an unpickling error names the offending global
+        raise AigcError(f"{path} is not a plain weights file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+                        "use torch-fidelity's pt_inception-2015-12-05 weights file; aigc never unpickles code") from None
+    try:
         inception = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                                        feature_extractor_weights_path=str(path))
     except Exception as exc:  # noqa: BLE001 — torch.load raises many types for a wrong or damaged file

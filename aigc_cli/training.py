@@ -6,8 +6,13 @@ log. A backend with several parts (a GAN) is several optimizers here, never a sp
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
+import signal
+import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -17,12 +22,20 @@ from typing import Callable
 import torch
 
 from aigc_cli.backends import get_backend, modality
-from aigc_cli.checkpoints import latest_checkpoint, read_training_state, write_checkpoint
+from aigc_cli.atomic_files import naming_the_path, remove_stale_temporaries, write_bytes_atomic
+from aigc_cli.checkpoints import (CHECKPOINTS, latest_good_checkpoint, list_checkpoints, load_weights, read_training_state,
+                                  write_checkpoint)
 from aigc_cli.config import ExperimentConfig, TrainConfig, require_data
 from aigc_cli.data.batches import TokenArray
-from aigc_cli.errors import EXIT_DIVERGED, AigcError
+from aigc_cli.errors import EXIT_DIVERGED, EXIT_SIGINT, EXIT_SIGTERM, AigcError, Interrupted, Terminated
+from aigc_cli.locks import exclusive_lock
 from aigc_cli.progress import StepProgress
 from aigc_cli.provenance import write_provenance
+
+
+# What the training loop (and finetune) write directly in the run directory; other verbs may
+# write beside them (generations.jsonl, eval/) under their own locks.
+RUN_FILES = ("metrics.jsonl", "config.yaml", "provenance.json", "loss.png", "tokenizer", "merged")
 
 
 @dataclass
@@ -33,6 +46,7 @@ class TrainResult:
     steps: int
     tokens_per_s: float  # images per second for image backends (see `unit`)
     unit: str = "tokens"
+    skipped_batches: int = 0  # steps whose non-finite loss was skipped (train.skip_nonfinite)
 
 
 def pick_device(requested: str) -> str:
@@ -104,6 +118,34 @@ class TrainingJob:
     tokenizer_dir: Path | None  # copied into every checkpoint (None: the backend has no tokenizer)
     inputs: list[dict] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
+    verb: str = "train"  # for the resume hint: `aigc <verb> CONFIG --resume`
+
+
+class StopSignals:
+    """SIGINT and SIGTERM during training only set a flag: the loop finishes the step it is in,
+    saves a checkpoint and stops (exit 130 / 143). A second signal stops at once."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread only
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
+        self.signum = signum
+        # os.write, not print: a signal handler may run while print holds the stream's lock.
+        os.write(2, f"\n{signal.Signals(signum).name} received: finishing this step, then saving a checkpoint "
+                    f"(send it again to stop at once)\n".encode())
 
 
 def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> TrainResult:
@@ -125,7 +167,7 @@ def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False
 
     def make_model(previous: Path | None, device: str) -> torch.nn.Module:
         if previous is not None:
-            return backend.load(previous, device)
+            return load_weights(backend, previous, device)
         return backend.build(mc, meta).to(device)
 
     job = TrainingJob(mc.backend, backend, make_model, train_data, val_data, block_size, tokenizer_dir,
@@ -134,6 +176,12 @@ def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False
 
 
 def run_training(cfg: ExperimentConfig, job: TrainingJob, resume: bool = False, quiet: bool = False) -> TrainResult:
+    """The loop, holding train.out_dir's lock, with SIGINT/SIGTERM turned into a clean stop."""
+    with exclusive_lock(cfg.train.out_dir, "run directory"), StopSignals() as stop:
+        return _train(cfg, job, resume, quiet, stop)
+
+
+def _train(cfg: ExperimentConfig, job: TrainingJob, resume: bool, quiet: bool, stop: StopSignals) -> TrainResult:
     tc = cfg.train
     backend, block_size = job.backend, job.block_size
     train_data, val_data = job.train_data, job.val_data
@@ -142,12 +190,20 @@ def run_training(cfg: ExperimentConfig, job: TrainingJob, resume: bool = False, 
     amp_dtype = pick_precision(tc.precision, device)
     autocast = (lambda: torch.autocast(device, dtype=amp_dtype)) if amp_dtype else nullcontext
 
-    previous = latest_checkpoint(run_dir)
-    if previous is not None and not resume:
-        raise AigcError(f"{run_dir} already holds checkpoints (latest: {previous.name})",
+    if run_dir.exists() and not run_dir.is_dir():
+        raise AigcError(f"train.out_dir {run_dir} is a file", "set train.out_dir to a directory path")
+    existing = list_checkpoints(run_dir)
+    if existing and not resume:
+        raise AigcError(f"{run_dir} already holds checkpoints (newest: {existing[-1].name})",
                         "pass --resume to continue that run, or set train.out_dir to a new directory")
-    if resume and previous is None:
-        raise AigcError(f"--resume: no checkpoint in {run_dir}/checkpoints", "start without --resume, or point train.out_dir at an earlier run")
+    for stale in remove_stale_temporaries(run_dir, RUN_FILES) + remove_stale_temporaries(run_dir / CHECKPOINTS):
+        if not quiet:
+            print(f"removed {stale.name}, left by an interrupted run", file=sys.stderr)
+    # A run killed before its first checkpoint has nothing to resume: --resume starts it over,
+    # so the same command can be repeated until the run is complete.
+    previous = latest_good_checkpoint(run_dir) if resume else None
+    if resume and previous is None and not quiet:
+        print(f"--resume: no checkpoint in {run_dir / CHECKPOINTS} yet; starting from step 0", file=sys.stderr)
 
     torch.manual_seed(tc.seed)
     batch_generator = torch.Generator().manual_seed(tc.seed)
@@ -155,7 +211,7 @@ def run_training(cfg: ExperimentConfig, job: TrainingJob, resume: bool = False, 
     model = job.make_model(previous, device)
     model.train()
     optimizers = {part: make_optimizer(backend.parameters(model, part), tc, device) for part in backend.PARTS}
-    start_step = 0
+    start_step, skipped = 0, 0
     if state is not None:
         for part, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][part])
@@ -164,6 +220,7 @@ def run_training(cfg: ExperimentConfig, job: TrainingJob, resume: bool = False, 
         if device == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"])
         batch_generator.set_state(state["batch_generator"])
+        skipped = state.get("skipped_batches", 0)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_provenance(run_dir, cfg, job.inputs, device=device, precision=str(amp_dtype or "fp32"), **job.provenance)
@@ -171,27 +228,37 @@ def run_training(cfg: ExperimentConfig, job: TrainingJob, resume: bool = False, 
     _truncate_metrics(metrics_path, start_step)
 
     def checkpoint(step: int) -> Path:
+        nonlocal last_saved
         training_state = {"optimizers": {p: o.state_dict() for p, o in optimizers.items()}, "step": step,
-                          "rng": torch.get_rng_state(), "batch_generator": batch_generator.get_state()}
+                          "rng": torch.get_rng_state(), "batch_generator": batch_generator.get_state(),
+                          "skipped_batches": skipped}
         if device == "cuda":
             training_state["cuda_rng"] = torch.cuda.get_rng_state()
-        return write_checkpoint(run_dir, step, job.backend_name, backend, model, training_state, job.tokenizer_dir, tc.keep_checkpoints)
+        last_saved = step
+        return write_checkpoint(run_dir, step, job.backend_name, backend, model, training_state, job.tokenizer_dir, tc.keep_last)
 
     after_step = getattr(backend, "after_step", None)
     unit = "images" if modality(backend) == "image" else "tokens"
     val_loss, final, tokens_per_s = float("nan"), previous, 0.0
+    last_saved = start_step if previous is not None else None
     window_start, window_tokens, train_loss = time.perf_counter(), 0, float("nan")
     with open(metrics_path, "a", encoding="utf-8") as metrics, \
             StepProgress(tc.max_steps, start_step, "train", quiet, tc.log_every) as progress:
 
         def record(row: dict) -> None:
-            metrics.write(json.dumps(row) + "\n")
-            metrics.flush()
+            try:
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+            except OSError as exc:
+                raise naming_the_path(exc, metrics_path) from exc
 
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         progress.message(f"training {job.backend_name} ({trainable:,} trainable of {sum(p.numel() for p in model.parameters()):,} parameters) "
                          f"on {device}, {str(amp_dtype or 'fp32').replace('torch.', '')}, run dir {run_dir}")
         for step in range(start_step, tc.max_steps + 1):
+            if stop.signum is not None and step < tc.max_steps:
+                final = checkpoint(step) if last_saved != step else final
+                raise _interrupted(stop.signum, step, final, job.verb)
             lr = lr_at(step, tc)
             for opt in optimizers.values():
                 for group in opt.param_groups:
@@ -206,13 +273,16 @@ def run_training(cfg: ExperimentConfig, job: TrainingJob, resume: bool = False, 
                 window_start = time.perf_counter()  # evaluation time is not training throughput
 
             # 2. checkpoint
-            if step == tc.max_steps or (tc.save_every and step % tc.save_every == 0 and step > start_step):
+            # Never the step a run starts from: step 0 holds nothing, and rewriting the checkpoint
+            # resumed from would change its identity (and every generation manifest keyed on it).
+            if (step == tc.max_steps or (tc.save_every and step % tc.save_every == 0)) and step > start_step:
                 final = checkpoint(step)
             if step == tc.max_steps:
                 break
 
             # 3. step: the same micro-batches feed every part (a GAN's D and G see the same data)
             batches = [train_data.random_batch(tc.batch_size, block_size, batch_generator) for _ in range(tc.grad_accum_steps)]
+            skipped_now = False
             for part, opt in optimizers.items():
                 opt.zero_grad(set_to_none=True)
                 part_loss = 0.0
@@ -221,9 +291,19 @@ def run_training(cfg: ExperimentConfig, job: TrainingJob, resume: bool = False, 
                         loss = backend.loss(model, (inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)), part)
                     (loss / tc.grad_accum_steps).backward()
                     part_loss += loss.detach()
+                finite = torch.isfinite(part_loss)
                 if tc.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(backend.parameters(model, part), tc.grad_clip)
+                    finite &= torch.isfinite(torch.nn.utils.clip_grad_norm_(backend.parameters(model, part), tc.grad_clip))
+                # One host sync per part and step: a non-finite update must never reach the weights.
+                if not finite.item():
+                    if not tc.skip_nonfinite:
+                        what = "loss" if len(optimizers) == 1 else f"{part} loss"
+                        raise _diverged(what, float(part_loss) / tc.grad_accum_steps, step + 1, final)
+                    opt.zero_grad(set_to_none=True)
+                    skipped_now = True
+                    continue
                 opt.step()
+            skipped += skipped_now
             if after_step is not None:
                 after_step(model)
             window_tokens += sum(inputs.numel() if unit == "tokens" else inputs.size(0) for inputs, _ in batches)
@@ -232,16 +312,29 @@ def run_training(cfg: ExperimentConfig, job: TrainingJob, resume: bool = False, 
             done = step + 1
             if done % tc.log_every == 0 or done == tc.max_steps:
                 train_loss = float(part_loss) / tc.grad_accum_steps
-                if not math.isfinite(train_loss):
-                    raise AigcError(f"training diverged at step {done} (loss {train_loss})", "lower train.learning_rate or enable train.grad_clip", exit_code=EXIT_DIVERGED)
                 elapsed = time.perf_counter() - window_start
                 tokens_per_s = window_tokens / elapsed if elapsed > 0 else 0.0
-                record({"step": done, "train_loss": train_loss, "lr": lr, f"{unit}_per_s": round(tokens_per_s, 1)})
+                row = {"step": done, "train_loss": train_loss, "lr": lr, f"{unit}_per_s": round(tokens_per_s, 1)}
+                record({**row, "skipped_nonfinite": skipped} if tc.skip_nonfinite else row)
                 window_start, window_tokens = time.perf_counter(), 0
             progress.update(done, loss=train_loss, lr=lr, **{"tok/s" if unit == "tokens" else "img/s": tokens_per_s})
 
     _plot_metrics(metrics_path, run_dir / "loss.png")
-    return TrainResult(run_dir, final, val_loss, tc.max_steps, tokens_per_s, unit)
+    return TrainResult(run_dir, final, val_loss, tc.max_steps, tokens_per_s, unit, skipped)
+
+
+def _interrupted(signum: int, step: int, checkpoint: Path | None, verb: str) -> Interrupted:
+    name = signal.Signals(signum).name
+    saved = f"checkpoint {checkpoint} holds step {step}" if checkpoint is not None else "no step was finished"
+    return Interrupted(f"{name} during training: {saved}", f"`aigc {verb} CONFIG --resume` (same config and overrides) continues the run",
+                       exit_code=EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM)
+
+
+def _diverged(what: str, loss: float, step: int, last_good: Path | None) -> AigcError:
+    where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written"
+    return AigcError(f"training diverged: non-finite {what} ({loss}) at step {step}; {where}",
+                     "lower train.learning_rate, set train.grad_clip, or set train.skip_nonfinite=true to skip such batches",
+                     exit_code=EXIT_DIVERGED)
 
 
 def _truncate_metrics(path: Path, keep_through_step: int) -> None:
@@ -250,9 +343,14 @@ def _truncate_metrics(path: Path, keep_through_step: int) -> None:
         return
     from aigc_cli.atomic_files import write_text_atomic
 
-    rows = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    kept = [line for line in rows if json.loads(line).get("step", 0) < keep_through_step or
-            (json.loads(line).get("step") == keep_through_step and "train_loss" in json.loads(line))]
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            continue  # the half-written last line of a killed run (or of a full disk)
+    kept = [line for line, row in rows if row.get("step", 0) < keep_through_step or
+            (row.get("step") == keep_through_step and "train_loss" in row)]
     write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
@@ -275,7 +373,7 @@ def _plot_metrics(metrics_path: Path, out: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    tmp.replace(out)
+    write_bytes_atomic(out, buffer.getvalue())

@@ -124,7 +124,7 @@ def make_raw_config(args, workdir: Path) -> dict:
     model = {**DIGITS_DDPM["model"], "block_out_channels": args.block_out_channels, "layers_per_block": args.layers_per_block,
              "attention_levels": args.attention_levels, "class_conditional": args.class_conditional}
     train = {**DIGITS_DDPM["train"], "batch_size": args.batch_size, "max_steps": args.train_steps, "eval_every": args.train_steps,
-             "eval_batches": 1, "save_every": 0, "keep_checkpoints": 1, "log_every": args.log_every, "device": args.device,
+             "eval_batches": 1, "save_every": 0, "keep_last": 1, "log_every": args.log_every, "device": args.device,
              "precision": "fp32", "out_dir": str(workdir / "unused")}
     data = {"source": "digits", "image": {"size": args.image_size, "channels": 1}, "val_fraction": 0.15,
             "prepared_dir": str(workdir / "prepared")}

@@ -112,7 +112,7 @@ def make_raw_config(args, workdir: Path) -> dict:
     raw["data"] = {"source": source, "tokenizer": {"kind": "char"}, "split": "tail", "val_fraction": 0.1,
                    "prepared_dir": str(workdir / "prepared")}
     raw["train"].update({"max_steps": args.steps, "eval_every": args.steps, "eval_batches": 1, "save_every": 0,
-                         "keep_checkpoints": 1, "log_every": args.log_every, "device": args.device,
+                         "keep_last": 1, "log_every": args.log_every, "device": args.device,
                          "out_dir": str(workdir / "unused")})
     return raw
 

@@ -5,14 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config=configs/quickstart.yaml
-resume=()
-# A second run continues (or just re-reports) the first instead of refusing to overwrite it.
-[[ -f runs/quickstart/checkpoints/latest ]] && resume=(--resume)
 
 echo "== 1/4 prep" >&2
 aigc prep "$config" "$@"
 echo "== 2/4 train" >&2
-aigc train "$config" "$@" "${resume[@]}"
+# --resume: a second run continues (or just re-reports) the first, and a first run simply starts.
+aigc train "$config" "$@" --resume
 echo "== 3/4 generate" >&2
 aigc generate "$config" "$@"
 echo "== 4/4 eval" >&2

@@ -221,6 +221,7 @@ def test_tokenizer_model_mismatch(cli, tmp_path, base_model):
 
     broken = tmp_path / "broken"
     shutil.copytree(base_model, broken)
+    (broken / "checksums.json").unlink()  # a hand-assembled model directory: nothing to verify against
     save_tokenizer(build_char_tokenizer("".join(chr(0x4E00 + i) for i in range(2000))), broken)
     result = cli("finetune", finetune_config(tmp_path, broken))
     assert result.exit_code == 2 and "tokenizer/model mismatch" in result.stderr

@@ -74,8 +74,8 @@ def test_resume_continues_exactly(cli, tmp_path, corpus):
     assert steps == sorted(set(steps))  # one log, no repeated steps
 
 
-def test_keep_checkpoints_prunes_old_ones(cli, prepared, tmp_path):
-    json_out(cli("train", prepared, "train.save_every=5", "train.keep_checkpoints=2", "--json"))
+def test_keep_last_prunes_old_ones(cli, prepared, tmp_path):
+    json_out(cli("train", prepared, "train.save_every=5", "train.keep_last=2", "--json"))
     kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*"))
     assert kept == ["step-000015", "step-000020"]
 

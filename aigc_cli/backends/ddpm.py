@@ -127,13 +127,13 @@ def load(directory: Path, device: str) -> Diffusion:
     if not (directory / "unet").is_dir() or not (directory / "scheduler").is_dir():
         raise AigcError(f"{directory} is not a diffusion pipeline directory (no unet/ and scheduler/)", "pass a checkpoint written by `aigc train` with model.backend=ddpm")
     info = json.loads((directory / IMAGE_INFO).read_text(encoding="utf-8")) if (directory / IMAGE_INFO).is_file() else None
-    ema_unet = UNet2DModel.from_pretrained(directory / "unet")
+    ema_unet = UNet2DModel.from_pretrained(directory / "unet", use_safetensors=True)  # never unpickle
     scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
     if info is None:  # a diffusers pipeline from elsewhere: sample with it as it is
         config = ema_unet.config
         info = {"size": config.sample_size, "channels": config.in_channels, "classes": None, "class_conditional": False, "ema_decay": 0.0}
     has_training = (directory / "unet_training").is_dir()
-    unet = UNet2DModel.from_pretrained(directory / "unet_training") if has_training else ema_unet
+    unet = UNet2DModel.from_pretrained(directory / "unet_training", use_safetensors=True) if has_training else ema_unet
     model = Diffusion(unet, scheduler, info.get("ema_decay", 0.0) if has_training else 0.0,
                       {k: info[k] for k in ("size", "channels", "classes", "class_conditional")})
     if model.ema is not None:

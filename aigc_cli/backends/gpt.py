@@ -66,7 +66,7 @@ def load(directory: Path, device: str) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     _quiet_transformers()
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, use_safetensors=True)  # never unpickle
     return model.to(device)
 
 

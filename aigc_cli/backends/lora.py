@@ -75,7 +75,7 @@ def load(directory: Path, device: str, trainable: bool = False) -> torch.nn.Modu
     if not Path(base_ref).exists():
         raise AigcError(f"the adapter in {directory} needs its base model {base_ref}, which is not there",
                         "restore the base model directory (adapter_config.json: base_model_name_or_path)")
-    base = AutoModelForCausalLM.from_pretrained(base_ref, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(base_ref, dtype=torch.float32, use_safetensors=True)  # never unpickle
     return PeftModel.from_pretrained(base, directory, is_trainable=trainable).to(device)
 
 

@@ -19,8 +19,12 @@ class TokenArray:
         meta_path = data_dir / "meta.json"
         if not meta_path.is_file():
             raise AigcError(f"no prepared data in {data_dir}", "run `aigc prep CONFIG` first (it writes data.prepared_dir)")
-        self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        self.tokens = np.memmap(data_dir / f"{split}.bin", dtype=np.dtype(self.meta["dtype"]), mode="r")
+        try:
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            self.tokens = np.memmap(data_dir / f"{split}.bin", dtype=np.dtype(self.meta["dtype"]), mode="r")
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # ValueError: bad JSON, an empty .bin
+            raise AigcError(f"the prepared data in {data_dir} is damaged (meta.json or {split}.bin: {exc})",
+                            "run `aigc prep CONFIG --force` to prepare it again") from None
         self.split = split
 
     def __len__(self) -> int:

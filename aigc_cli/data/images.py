@@ -18,10 +18,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from aigc_cli.atomic_files import staging_dir, write_json_atomic
+from aigc_cli.atomic_files import remove_stale_temporaries, staging_dir, write_json_atomic
 from aigc_cli.config import DataConfig, ExperimentConfig, require_data
 from aigc_cli.data.prepared_dir import read_meta, reusable_output
 from aigc_cli.errors import AigcError
+from aigc_cli.locks import exclusive_lock
 from aigc_cli.provenance import software_versions, write_provenance
 
 META_FORMAT = "aigc-prepared-images-v1"
@@ -44,6 +45,14 @@ class SourceImage:
 
 
 def prepare_images(cfg: ExperimentConfig, force: bool = False, log: Callable[[str], None] = print) -> ImageResult:
+    """Holds data.prepared_dir's lock throughout (see locks.py)."""
+    out = Path(require_data(cfg).prepared_dir)
+    with exclusive_lock(out, "prepared-data directory"):
+        remove_stale_temporaries(out.parent, (out.name,))
+        return _prepare_images(cfg, force, log)
+
+
+def _prepare_images(cfg: ExperimentConfig, force: bool = False, log: Callable[[str], None] = print) -> ImageResult:
     data = require_data(cfg)
     out = Path(data.prepared_dir)
     items, classes, inputs = _list_source(data)
@@ -202,9 +211,13 @@ class ImageArray:
             raise AigcError(f"no prepared images in {data_dir}", "run `aigc prep CONFIG` with an image backend first (it writes data.prepared_dir)")
         self.meta, self.split = meta, split
         count, c, s = meta[f"{split}_images"], meta["channels"], meta["size"]
-        self.images = np.memmap(data_dir / f"{split}_images.u8", dtype=np.uint8, mode="r", shape=(count, c, s, s))
         labels_path = data_dir / f"{split}_labels.npy"
-        self.labels = np.load(labels_path) if labels_path.is_file() else None
+        try:
+            self.images = np.memmap(data_dir / f"{split}_images.u8", dtype=np.uint8, mode="r", shape=(count, c, s, s))
+            self.labels = np.load(labels_path) if labels_path.is_file() else None  # allow_pickle stays False
+        except (OSError, ValueError) as exc:  # ValueError: a file shorter than meta.json says
+            raise AigcError(f"the prepared images in {data_dir} are damaged ({split}: {exc})",
+                            "run `aigc prep CONFIG --force` to prepare them again") from None
 
     def __len__(self) -> int:
         return len(self.images)

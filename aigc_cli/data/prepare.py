@@ -17,12 +17,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from aigc_cli.atomic_files import staging_dir, write_json_atomic
+from aigc_cli.atomic_files import remove_stale_temporaries, staging_dir, write_json_atomic
 from aigc_cli.config import DataConfig, ExperimentConfig, require_data
 from aigc_cli.data.text_sources import Chunk, SourceStats, iter_chunks
 from aigc_cli.data import tokenization
 from aigc_cli.data.prepared_dir import read_meta, reusable_output
 from aigc_cli.errors import AigcError
+from aigc_cli.locks import exclusive_lock
 from aigc_cli.provenance import software_versions, write_provenance
 
 META_FORMAT = "aigc-prepared-text-v1"
@@ -37,6 +38,14 @@ class PrepResult:
 
 
 def prepare_text_corpus(cfg: ExperimentConfig, force: bool = False, log: Callable[[str], None] = print) -> PrepResult:
+    """Holds data.prepared_dir's lock throughout (see locks.py)."""
+    out = Path(require_data(cfg).prepared_dir)
+    with exclusive_lock(out, "prepared-data directory"):
+        remove_stale_temporaries(out.parent, (out.name,))
+        return _prepare_text_corpus(cfg, force, log)
+
+
+def _prepare_text_corpus(cfg: ExperimentConfig, force: bool = False, log: Callable[[str], None] = print) -> PrepResult:
     data = require_data(cfg)
     out = Path(data.prepared_dir)
     existing = read_meta(out, META_FORMAT)

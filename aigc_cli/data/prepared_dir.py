@@ -12,9 +12,9 @@ def read_meta(out: str | Path, meta_format: str) -> dict | None:
     """The directory's meta.json when it was written by the prep of this format, else None."""
     try:
         meta = json.loads((Path(out) / "meta.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return meta if meta.get("format") == meta_format else None
+    return meta if isinstance(meta, dict) and meta.get("format") == meta_format else None
 
 
 def reusable_output(out: str | Path, existing_meta: dict | None, fingerprint: str, force: bool) -> bool:
