@@ -172,6 +172,3 @@ def test_bad_input(world, tmp_path, monkeypatch, name):
     leftovers = [p.name for p in copy.rglob("*") if p.name.endswith((".tmp", ".partial"))]
     assert leftovers == []
 
-
-def test_there_are_at_least_30_bad_inputs():
-    assert len(CASES) >= 30

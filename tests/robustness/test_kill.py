@@ -8,8 +8,6 @@ import json
 import signal
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import json_out, tiny_config
 from tests.robustness.conftest import freeze, read_text, start_aigc, wait_until
 

@@ -7,7 +7,6 @@ import json
 import os
 import resource
 import signal
-import shutil
 import threading
 import time
 from pathlib import Path
