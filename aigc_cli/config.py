@@ -20,7 +20,7 @@ from aigc_cli.errors import AigcError
 
 class Section(BaseModel):
     # Unknown keys are errors (with a did-you-mean), never silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
 
 
 # ----------------------------------------------------------------------------- data
