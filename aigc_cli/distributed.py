@@ -122,6 +122,8 @@ class ParallelModel:
 
     def __init__(self, backend, model: torch.nn.Module, procs: Processes, device: str, compile: bool = False):
         self.model, self.procs = model, procs
+        if procs.world_size > 1:
+            model.to(device)  # "cuda" is this process's GPU now; a model loaded before that sits on GPU 0
         # The unwrapped root: state-dict helpers name parameters from it ("model.<name>"), alike for every strategy.
         self.root = BackendLoss(backend, model)
         self.module: torch.nn.Module = self.root

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from aigc_cli.backends import get_backend, modality
-from aigc_cli.checkpoints import latest_checkpoint, read_training_state, write_checkpoint
+from aigc_cli.checkpoints import CHECKPOINTS, latest_checkpoint, read_training_state, write_checkpoint
 from aigc_cli.config import ExperimentConfig, TrainConfig, require_data
 from aigc_cli.data.batches import TokenArray
 from aigc_cli.distributed import ParallelModel, Processes, mean_over_processes, seed_own_noise, start_processes, wait_for_all
@@ -179,11 +179,11 @@ def run_training(cfg: ExperimentConfig, job: TrainingJob, resume: bool = False, 
                          processes=procs.world_size, strategy=procs.strategy, **job.provenance)
         _truncate_metrics(metrics_path, start_step)
 
-    def checkpoint(step: int) -> Path | None:
+    def checkpoint(step: int) -> Path:
         # Every process takes part in gathering the full state; process 0 alone writes it.
         optimizer_states = {p: parallel.optimizer_state(o) for p, o in optimizers.items()}
         full_model = parallel.unsharded()
-        path = None
+        path = run_dir / CHECKPOINTS / f"step-{step:06d}"
         if procs.is_main:
             training_state = {"optimizers": optimizer_states, "step": step,
                               "rng": torch.get_rng_state(), "batch_generator": batch_generator.get_state()}
