@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=64, help="max new tokens per completion")
     p.add_argument("--prompts", type=int, default=64, help="prompts in the batched measurement")
     p.add_argument("--single-prompts", type=int, default=4, help="prompts sampled one after another in the single measurement")
-    p.add_argument("--train-steps", type=int, default=300, help="aigc train steps before sampling")
+    p.add_argument("--train-steps", type=int, default=100, help="aigc train steps before sampling (enough to stop predicting end-of-text)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     p.add_argument("--smoke", action="store_true", help="tiny model, 2 prompts, 2 tokens (checks the script runs)")
     p.add_argument("--json", help="write the result rows here")
@@ -55,7 +55,7 @@ def train_model(args, workdir: Path):
     from aigc_cli.training import train_model as aigc_train
 
     source = harness.text_source()
-    model = {"backend": "gpt", "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 256}
+    model = {"backend": "gpt", "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128}
     if args.smoke:
         source = str(workdir / "tiny.txt")
         Path(source).write_text("To be, or not to be, that is the question.\n" * 200, encoding="utf-8")
