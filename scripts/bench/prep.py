@@ -106,17 +106,17 @@ def main(argv=None) -> int:
         for megabytes, corpus in corpora:
             config = write_config(work / "prep.yaml", corpus, work / "prepared", {"kind": "pretrained", "path": str(tokenizer_dir)})
             sides = {
-                "aigc": lambda: measure([*aigc, "prep", str(config), "-q", "--force"]),
+                "aigc": lambda: measure([*aigc, "prep", str(config), "-q"]),
                 "peer": lambda: measure([sys.executable, "-c", PEER, str(tokenizer_dir / "tokenizer.json"), str(corpus), str(work / "peer.bin")]),
             }
             got = {name: [] for name in sides}
             for r in range(args.repeats):
                 for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+                    shutil.rmtree(work / "prepared", ignore_errors=True)  # else aigc prep reuses the finished directory
                     got[name].append(sides[name]())
                 print(f"  prep {megabytes:.0f} MB round {r + 1}: " + "  ".join(
                     f"{n} {megabytes / got[n][-1][0]:.2f} MB/s {got[n][-1][1]:.0f} MB RSS" for n in sides), flush=True)
             results[megabytes] = {name: (harness.median([w for w, _ in v]), max(m for _, m in v)) for name, v in got.items()}
-            shutil.rmtree(work / "prepared", ignore_errors=True)
 
     ordered = sorted(results.items())
     (small, s), (large, l) = ordered[0], ordered[-1]
