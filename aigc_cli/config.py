@@ -20,7 +20,7 @@ from aigc_cli.errors import AigcError
 
 class Section(BaseModel):
     # Unknown keys are errors (with a did-you-mean), never silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
 
 
 # ----------------------------------------------------------------------------- data
@@ -134,7 +134,7 @@ class TrainConfig(Section):
     out_dir: str = Field("runs/default", description="Run directory: resolved config, metrics.jsonl, checkpoints/.")
     seed: int = Field(1337, description="Seeds initialisation, batch order and dropout.")
     max_steps: int = Field(1000, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(12, ge=1, description="Sequences per micro-batch.")
+    batch_size: int = Field(12, ge=1, description="Sequences per micro-batch, over all processes together: under torchrun each of N processes takes batch_size/N of them (it must divide).")
     grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     learning_rate: float = Field(1e-3, gt=0.0, description="Peak AdamW learning rate.")
     min_lr: float = Field(1e-4, ge=0.0, description="Learning rate at the end of the cosine decay.")
@@ -152,6 +152,8 @@ class TrainConfig(Section):
     log_every: int = Field(10, ge=1, description="Steps between metrics.jsonl lines.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast or fp32; auto: bf16 on CUDA GPUs that support it, fp32 on CPU.")
+    strategy: Literal["auto", "ddp", "fsdp"] = Field("auto", description="Under torchrun (WORLD_SIZE > 1): ddp replicates the model on every process (DistributedDataParallel); fsdp shards parameters, gradients and optimizer state (FSDP2 fully_shard; gpt, rnn, vae, lora). auto: ddp. Ignored in a single process.")
+    compile: bool = Field(False, description="torch.compile the training step (the model and its loss); the first steps are slower while it compiles.")
 
 
 # ----------------------------------------------------------------------------- finetune
@@ -221,6 +223,7 @@ class GenerateConfig(Section):
     stop: list[str] = Field(default_factory=list, description="Cut the completion at the first of these strings and stop.")
     rstrip_prompt: bool = Field(False, description="Strip trailing spaces from the final prompt: a base model rarely saw a word-less space token, so 'English: ' invites a newline (the completion then starts with the space). Leave off for models fine-tuned on the template.")
     out: Optional[str] = Field(None, description="JSONL output file for text (default <train.out_dir>/generations.jsonl); the output folder for images (default <train.out_dir>/samples).")
+    batch_size: int = Field(16, ge=1, description="Text: prompts sampled together (left-padded, one key/value cache); 1 samples one at a time. The rnn backend and --stream always go one at a time.")
     images: ImageGenerateConfig = Field(default_factory=ImageGenerateConfig)
 
 

@@ -2,6 +2,8 @@
 
 Every completion has its own random generator, seeded from (seed, prompt, sample number), so
 a completion does not change when other prompts or more samples are added to the batch.
+Prompts are sampled generate.batch_size at a time: left-padded into one batch that shares one
+forward pass per token and one key/value cache, each row still drawing from its own generator.
 """
 
 from __future__ import annotations
@@ -180,7 +182,73 @@ def sample_completion(loaded: LoadedModel, prompt: str, gc: GenerateConfig, seed
 
 # Settings that change no completion: they shape the prompt text (which is in the key itself),
 # pick how many samples there are, or belong to images. Everything else is part of the key.
-_NOT_IN_KEY = {"prompts", "out", "num_samples", "template", "few_shot", "rstrip_prompt", "seed", "images"}
+_NOT_IN_KEY = {"prompts", "out", "num_samples", "template", "few_shot", "rstrip_prompt", "seed", "images", "batch_size"}
+
+
+@torch.no_grad()
+def sample_batch(loaded: LoadedModel, prompts: list[str], gc: GenerateConfig, seeds: list[int],
+                 processors) -> list[tuple[str, int, str]]:
+    """(completion, new tokens, finish reason) per prompt, as `sample_completion` gives them one at
+    a time. Backends without a padded forward (rnn: padding would flow through its state) and
+    prompts that would outgrow the context window (they need the sliding re-encode) go one at a time."""
+    tok, backend = loaded.tokenizer, loaded.backend
+    rows = [(tok.encode(p, add_special_tokens=False).ids if p else []) or [loaded.eos_id] for p in prompts]
+    limit = backend.context_length(loaded.model)
+    together = [i for i, row in enumerate(rows)
+                if hasattr(backend, "padded_next_token_logits") and (limit is None or len(row) + gc.max_new_tokens <= limit)]
+    results: dict[int, tuple[str, int, str]] = {}
+    if len(together) > 1:
+        results.update(zip(together, _sample_padded(loaded, [rows[i] for i in together], gc, [seeds[i] for i in together], processors)))
+    for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
+        if i not in results:
+            results[i] = sample_completion(loaded, prompt, gc, seed, processors)
+    return [results[i] for i in range(len(prompts))]
+
+
+def _sample_padded(loaded: LoadedModel, rows: list[list[int]], gc: GenerateConfig, seeds: list[int],
+                   processors) -> list[tuple[str, int, str]]:
+    device, eos = loaded.device, loaded.eos_id
+    width = max(map(len, rows))
+    ids = torch.tensor([[eos] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    # The repetition penalty looks at every id in a row; padding stands in for the row's first real
+    # token, which the row holds anyway, so each row is penalised for its own tokens only.
+    first_real = torch.tensor([[width - len(r)] for r in rows], device=device)
+    seen = torch.where(mask.bool(), ids, ids.gather(1, first_real))
+    generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+    new: list[list[int]] = [[] for _ in rows]
+    finish, texts = ["length"] * len(rows), [None] * len(rows)
+    active = list(range(len(rows)))
+    state = None
+    for _ in range(gc.max_new_tokens):
+        logits, state = loaded.backend.padded_next_token_logits(loaded.model, ids, mask, state)
+        scores = processors(seen, logits)
+        if gc.temperature == 0:
+            next_ids = scores.argmax(dim=-1, keepdim=True)
+        else:
+            probs = torch.softmax(scores, dim=-1)
+            next_ids = torch.full((len(rows), 1), eos, device=device)
+            for i in active:  # one draw per live row from its own generator, exactly as one at a time
+                next_ids[i] = torch.multinomial(probs[i:i + 1], 1, generator=generators[i])[0]
+        for i, token in zip(list(active), next_ids[:, 0].tolist()):
+            if i not in active:
+                continue
+            if token == eos:
+                finish[i] = "eos"
+                active.remove(i)
+                continue
+            new[i].append(token)
+            if gc.stop:
+                text = loaded.tokenizer.decode(new[i])
+                cut = min((text.find(s) for s in gc.stop if s and s in text), default=-1)
+                if cut >= 0:
+                    texts[i], finish[i] = text[:cut], "stop"
+                    active.remove(i)
+        if not active:
+            break
+        ids, seen = torch.cat([ids, next_ids], dim=1), torch.cat([seen, next_ids], dim=1)
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+    return [(texts[i] if texts[i] is not None else loaded.tokenizer.decode(new[i]), len(new[i]), finish[i]) for i in range(len(rows))]
 
 
 def generate_text(cfg: ExperimentConfig, checkpoint: str | Path | None, prompts: list[dict] | None = None,
@@ -216,19 +284,23 @@ def _generate_text(cfg: ExperimentConfig, checkpoint, prompts, out: Path, stream
         pending = [item for item in items if item[0] not in manifest.done]
         reused = f"; {len(items) - len(pending)} already done (in {manifest.path.name}), generating {len(pending)}" if len(pending) < len(items) else ""
         log(f"generating {len(prompts)} prompt(s) × {gc.num_samples} sample(s) with {loaded.checkpoint}{reused}")
-        for key, shown, prompt, sample, seed in items:
-            if stream:
+        if stream:
+            for key, shown, prompt, sample, seed in items:
                 stream_to.write(f"\n--- prompt {shown!r} sample {sample}\n{prompt}")
-            if key in manifest.done:
-                if stream:
+                if key in manifest.done:
                     stream_to.write(manifest.done[key]["completion"] + "\n")
-                continue
-            on_text = (lambda piece: (stream_to.write(piece), stream_to.flush())) if stream else None
-            completion, n_tokens, finish = sample_completion(loaded, prompt, gc, seed, processors, on_text)
-            if stream:
+                    continue
+                on_text = lambda piece: (stream_to.write(piece), stream_to.flush())  # noqa: E731
+                completion, n_tokens, finish = sample_completion(loaded, prompt, gc, seed, processors, on_text)
                 stream_to.write("\n")
                 stream_to.flush()
-            manifest.add({"key": key, "completion": completion, "new_tokens": n_tokens, "finish_reason": finish})
+                manifest.add({"key": key, "completion": completion, "new_tokens": n_tokens, "finish_reason": finish})
+        else:
+            for first in range(0, len(pending), gc.batch_size):
+                chunk = pending[first:first + gc.batch_size]
+                results = sample_batch(loaded, [item[2] for item in chunk], gc, [item[4] for item in chunk], processors)
+                for item, (completion, n_tokens, finish) in zip(chunk, results):
+                    manifest.add({"key": item[0], "completion": completion, "new_tokens": n_tokens, "finish_reason": finish})
         rows = [{"input": shown, "prompt": prompt, "completion": manifest.done[key]["completion"], "sample": sample, "seed": seed,
                  "new_tokens": manifest.done[key]["new_tokens"], "finish_reason": manifest.done[key]["finish_reason"],
                  "params": params, "checkpoint": str(loaded.checkpoint)} for key, shown, prompt, sample, seed in items]

@@ -84,3 +84,14 @@ def next_token_logits(model: torch.nn.Module, ids: torch.Tensor, state: Any):
         window = ids if limit is None else ids[:, -limit:]
         out = model(input_ids=window, use_cache=True)
     return out.logits[:, -1, :].float(), out.past_key_values
+
+
+def padded_next_token_logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, state: Any):
+    """next_token_logits for a left-padded batch (`mask` is 0 on padding). Positions count real
+    tokens only, so every row is encoded as it would be alone; the caller keeps within the context."""
+    positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+    if state is None:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    else:
+        out = model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:], past_key_values=state, use_cache=True)
+    return out.logits[:, -1, :].float(), out.past_key_values

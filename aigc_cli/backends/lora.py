@@ -23,6 +23,7 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 PARTS = ("model",)
 loss = gpt.loss
 next_token_logits = gpt.next_token_logits
+padded_next_token_logits = gpt.padded_next_token_logits
 
 # Every attention and MLP projection: adapting all of them is what makes LoRA match full
 # fine-tuning (QLoRA paper, §4); peft's own defaults adapt attention only.

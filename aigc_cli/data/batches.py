@@ -35,11 +35,18 @@ class TokenArray:
             raise AigcError(f"the {self.split} split has {len(self.tokens)} tokens, fewer than block_size+1={block_size + 1}",
                             "add more text, raise data.val_fraction, or lower model.block_size")
 
-    def random_batch(self, batch_size: int, block_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets), each batch_size × block_size int64; targets are inputs shifted by one."""
+    def random_batch(self, batch_size: int, block_size: int, generator: torch.Generator,
+                     shard: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets), each int64 rows × block_size; targets are inputs shifted by one.
+
+        `shard=(rank, world_size)`: every process draws the same batch_size starts from the same
+        generator and reads only its own contiguous rows of them, so N processes together see
+        exactly the batch one process would.
+        """
         starts = torch.randint(len(self.tokens) - block_size, (batch_size,), generator=generator).numpy()
-        windows = np.stack([self.tokens[s:s + block_size + 1] for s in starts]).astype(np.int64)
-        windows = torch.from_numpy(windows)
+        starts = own_rows(starts, shard)
+        # One fancy-indexing read of the memory map: no Python loop over rows or tokens.
+        windows = torch.from_numpy(self.tokens[starts[:, None] + np.arange(block_size + 1)].astype(np.int64))
         return windows[:, :-1], windows[:, 1:]
 
     def sequential_batches(self, batch_size: int, block_size: int, max_batches: int | None = None):
@@ -54,3 +61,13 @@ class TokenArray:
             windows = torch.from_numpy(windows)
             emitted += 1
             yield windows[:, :-1], windows[:, 1:]
+
+
+def own_rows(rows, shard: tuple[int, int]):
+    """This process's contiguous slice of a batch drawn identically by every process."""
+    rank, world_size = shard
+    if len(rows) % world_size:
+        raise AigcError(f"a batch of {len(rows)} cannot be split evenly over {world_size} processes",
+                        f"set train.batch_size to a multiple of {world_size}")
+    per_rank = len(rows) // world_size
+    return rows[rank * per_rank:(rank + 1) * per_rank]

@@ -226,12 +226,15 @@ class ImageArray:
     def num_classes(self) -> int:
         return len(self.meta["classes"] or [])
 
-    def random_batch(self, batch_size: int, block_size: int | None, generator) -> tuple["object", "object"]:
-        """(images in [-1, 1] float32 B×C×H×W, labels int64 B; zeros without labels). block_size is unused."""
+    def random_batch(self, batch_size: int, block_size: int | None, generator, shard: tuple[int, int] = (0, 1)) -> tuple["object", "object"]:
+        """(images in [-1, 1] float32 B×C×H×W, labels int64 B; zeros without labels). block_size is unused.
+        shard=(rank, world_size): this process's rows of the batch every process draws alike."""
         import torch
 
+        from aigc_cli.data.batches import own_rows
+
         index = torch.randint(len(self.images), (batch_size,), generator=generator).numpy()
-        return self._tensors(np.sort(index))
+        return self._tensors(own_rows(np.sort(index), shard))
 
     def batches(self, batch_size: int) -> Iterator[tuple["object", "object"]]:
         for start in range(0, len(self.images), batch_size):

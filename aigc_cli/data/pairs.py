@@ -144,5 +144,7 @@ class PairExamples:
         # Right padding needs no attention mask in a causal model: real tokens never see the pads.
         return ids[:, :-1], labels[:, 1:]
 
-    def random_batch(self, batch_size: int, block_size: int, generator: torch.Generator):
-        return self.batch(torch.randint(len(self.rows), (batch_size,), generator=generator).tolist())
+    def random_batch(self, batch_size: int, block_size: int, generator: torch.Generator, shard: tuple[int, int] = (0, 1)):
+        from aigc_cli.data.batches import own_rows
+
+        return self.batch(own_rows(torch.randint(len(self.rows), (batch_size,), generator=generator).tolist(), shard))

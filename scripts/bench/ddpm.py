@@ -26,7 +26,7 @@ Same work on both sides (training)
   losses should agree (to float noise at most); the summary shows them and warns when they do not.
 
 What is timed (training)
-    Only the optimisation steps, as in scripts/bench_train.py. aigc's loop evaluates at step 0 and at the
+    Only the optimisation steps, as in scripts/bench/train.py. aigc's loop evaluates at step 0 and at the
     end (eval_every = steps, eval_batches = 1, save_every = 0: only the final checkpoint); its throughput
     window restarts right after the step-0 evaluation and `images_per_s` is written to metrics.jsonl before
     the final evaluation/checkpoint/plot. With log_every dividing the steps (default: one window) we add up
@@ -65,10 +65,11 @@ configs/digits-ddpm.yaml (block_out_channels [32, 64, 64], layers_per_block 1, a
 cosine schedule, ema_decay 0.995) but unconditional, and its train section (batch 64, lr 2e-3, ...).
 
 Usage:
-    python scripts/bench_ddpm.py                          # 50 steps, 3 repeats, 64 images × 25 DDIM steps
-    python scripts/bench_ddpm.py --train-steps 200 --repeats 5 --threads 2
-    python scripts/bench_ddpm.py --train-steps 4 --repeats 1 --sample-images 4 --sample-steps 2 \\
-        --block-out-channels 16 32 --attention-levels 1   # a smoke run, seconds
+    python scripts/bench/ddpm.py                          # 50 steps, 3 repeats, 64 images × 25 DDIM steps
+    python scripts/bench/ddpm.py --train-steps 200 --repeats 5 --threads 2
+    python scripts/bench/ddpm.py --train-steps 4 --repeats 1 --sample-images 4 --sample-steps 2 \\
+        --block-out-channels 16 32 --attention-levels 1   # a short run, seconds
+    python scripts/bench/ddpm.py --smoke                  # one step of everything at tiny sizes
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
 # configs/digits-ddpm.yaml's model and train sections, unconditional (kept inline so the benchmark does not
 # change when someone edits that file; the CLI flags below shrink or reshape the UNet).
 DIGITS_DDPM = {
@@ -91,7 +95,7 @@ DIGITS_DDPM = {
 SANITY_IMAGES = 4  # images of the untimed float comparison
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train-steps", type=int, default=50, help="optimizer steps per timed training run (default 50)")
     p.add_argument("--warmup-steps", type=int, default=None, help="steps of the untimed warm-up run of each loop (default min(5, --train-steps); 0: none)")
@@ -109,7 +113,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--min-ratio", type=float, default=0.95, help="exit 1 when median(aigc)/median(plain) is below this, for either measurement")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="train.device and sampling device (default cpu; cuda is untested)")
-    args = p.parse_args()
+    p.add_argument("--smoke", action="store_true", help="one step, 2 images × 2 DDIM steps, a tiny UNet (checks the script runs)")
+    p.add_argument("--json", help="write the result rows here")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.train_steps, args.warmup_steps, args.repeats, args.batch_size = 1, 0, 1, 8
+        args.sample_images, args.sample_steps, args.image_size = 2, 2, 8
+        args.block_out_channels, args.attention_levels = [16, 32], [1]
     args.log_every = args.log_every or args.train_steps
     if args.train_steps % args.log_every:
         p.error("--log-every must divide --train-steps (each throughput window must end exactly on a logged step)")
@@ -311,8 +321,8 @@ def interleaved(name: str, unit: str, repeats: int, run_plain, run_aigc) -> dict
     return results
 
 
-def main() -> int:
-    args = parse_args()
+def main(argv=None) -> int:
+    args = parse_args(argv)
     import torch
 
     if args.threads:
@@ -411,12 +421,19 @@ def report(args, train_rates, sample_rates, losses, sanity) -> int:
         print(f"sanity: {line}")
     if abs(losses["plain"][-1] - losses["aigc"][-1]) > 1e-3:
         print(f"warning: final training losses differ ({losses['plain'][-1]:.6f} vs {losses['aigc'][-1]:.6f}): the loops may not do the same work")
+    blocks = "×".join(map(str, args.block_out_channels))
+    what = f"DDPM digits {args.image_size}×{args.image_size}, UNet {blocks}"
+    harness.write_rows(args.json, [
+        harness.row("ddpm", f"training steps/s ({what}, batch {bs}, fp32)", "steps/s", med_train["aigc"] / bs,
+                    "plain diffusers loop (train_unconditional.py)", med_train["plain"] / bs, 0.95),
+        harness.row("ddpm", f"sampling images/s ({what}, {args.sample_steps} DDIM steps)", "images/s", med_sample["aigc"],
+                    "diffusers DDIMPipeline", med_sample["plain"], 0.95),
+    ])
     failed = [name for name, r in ratios.items() if r < args.min_ratio]
     print(f"ratios aigc/plain (medians): training {ratios['training']:.3f}, sampling {ratios['sampling']:.3f}   "
           f"threshold {args.min_ratio:.2f}   → {'SLOWER THAN ALLOWED: ' + ', '.join(failed) if failed else 'OK'}")
 
-    blocks = "×".join(map(str, args.block_out_channels))
-    print(f"\n<!-- scripts/bench_ddpm.py: digits {args.image_size}×{args.image_size}, UNet {blocks}, batch {bs}, "
+    print(f"\n<!-- scripts/bench/ddpm.py: digits {args.image_size}×{args.image_size}, UNet {blocks}, batch {bs}, "
           f"{args.train_steps} steps, {args.sample_images} images × {args.sample_steps} DDIM steps, "
           f"median of {args.repeats}, torch threads {_threads()} -->")
     print("| measurement | side | median | ratio aigc / plain |")

@@ -28,9 +28,10 @@ on the same amount of text and any growth of peak RSS with corpus size is the st
 `--bpe-max-train-mb 0` leaves the config default; `--bpe-max-train-mb 100` shows the old behaviour.
 
 Usage:
-    python scripts/measure_prep_memory.py                    # 20 MB and 200 MB, char and bpe
-    python scripts/measure_prep_memory.py --sizes-mb 20 200 --bpe-max-train-mb 0
-    python scripts/measure_prep_memory.py --keep /tmp/corpora  # keep corpora and prepared dirs
+    python scripts/bench/prep_memory.py                    # 20 MB and 200 MB, char and bpe
+    python scripts/bench/prep_memory.py --sizes-mb 20 200 --bpe-max-train-mb 0
+    python scripts/bench/prep_memory.py --keep /tmp/corpora  # keep corpora and prepared dirs
+    python scripts/bench/prep_memory.py --smoke              # 1 and 2 MB, char only (checks the script runs)
 Exit status 1 when a tokenizer's peak RSS on the largest corpus exceeds the smallest's by more
 than --max-growth-mb (default 100 MB) — i.e. memory is not flat.
 """
@@ -168,7 +169,7 @@ def measure_prep(config: Path, aigc: list[str]) -> dict:
             "tokens": result["train_tokens"] + result["val_tokens"], "vocab": result["vocab_size"]}
 
 
-def main() -> int:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes-mb", type=float, nargs="+", default=[20, 200], help="corpus sizes in MB (default 20 200)")
     p.add_argument("--tokenizers", nargs="+", choices=["char", "bpe"], default=["char", "bpe"])
@@ -178,7 +179,10 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1234, help="corpus seed")
     p.add_argument("--max-growth-mb", type=float, default=100, help="exit 1 when peak RSS grows more than this from the smallest to the largest corpus")
     p.add_argument("--keep", help="write corpora, configs and prepared data here (kept) instead of a temporary directory")
-    args = p.parse_args()
+    p.add_argument("--smoke", action="store_true", help="1 and 2 MB corpora, char tokenizer only (checks the script runs)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.sizes_mb, args.tokenizers = [1, 2], ["char"]
 
     aigc = [shutil.which("aigc")] if shutil.which("aigc") else [sys.executable, "-m", "aigc_cli"]
     if args.keep:
