@@ -314,7 +314,8 @@ def _train(cfg: ExperimentConfig, job: TrainingJob, resume: bool, quiet: bool, s
                     part_loss += loss.detach()
                 finite = torch.isfinite(mean_over_processes(part_loss, procs))  # every process decides alike
                 if tc.grad_clip:
-                    finite &= torch.isfinite(torch.nn.utils.clip_grad_norm_(backend.parameters(model, part), tc.grad_clip))
+                    norm = torch.nn.utils.clip_grad_norm_(backend.parameters(model, part), tc.grad_clip)
+                    finite &= torch.isfinite(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
                 # One host sync per part and step: a non-finite update must never reach the weights.
                 if not finite.item():
                     if not tc.skip_nonfinite:

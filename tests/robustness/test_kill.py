@@ -90,7 +90,8 @@ def test_training_killed_three_ways_ends_bit_identical(cli, tmp_path, corpus):
 
 
 def test_generation_killed_half_way_reruns_only_the_rest(cli, tmp_path, corpus):
-    cfg = tiny_config(tmp_path, corpus, train={"max_steps": 4, "eval_every": 4}, generate={"max_new_tokens": 16, "num_samples": 2})
+    cfg = tiny_config(tmp_path, corpus, train={"max_steps": 4, "eval_every": 4}, generate={"max_new_tokens": 16, "num_samples": 2,
+                                                                                                  "batch_size": 2})  # finished in pairs: a kill can land between them
     json_out(cli("prep", cfg, "--json"))
     json_out(cli("train", cfg, "--json"))
     prompts = tmp_path / "prompts.txt"
