@@ -143,6 +143,10 @@ class TrainConfig(Section):
     save_every: int = Field(1000, ge=0, description="Steps between checkpoints (0: only the final one).")
     keep_checkpoints: int = Field(3, ge=0, description="Keep only the newest N checkpoints (0: keep all).")
     log_every: int = Field(10, ge=1, description="Steps between metrics.jsonl lines.")
+    sample_every_eval: bool = Field(True, description="At each evaluation write samples, from fixed seeds, to <out_dir>/train_samples/step-NNNNNN.txt (text) or .png (an image grid) and to TensorBoard, to watch progress while training.")
+    sample_prompts: list[str] = Field(default_factory=lambda: ["", "The "], description="Text: the prompts of those samples, one completion each with the generate.* sampling settings ('' starts from end-of-text).")
+    sample_tokens: int = Field(64, ge=1, description="Text: new tokens per sample.")
+    sample_images: int = Field(16, ge=1, description="Images: images in each sample grid.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast or fp32; auto: bf16 on CUDA GPUs that support it, fp32 on CPU.")
 

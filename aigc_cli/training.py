@@ -23,6 +23,7 @@ from aigc_cli.data.batches import TokenArray
 from aigc_cli.errors import EXIT_DIVERGED, AigcError
 from aigc_cli.progress import StepProgress
 from aigc_cli.provenance import write_provenance
+from aigc_cli.run_logging import RunLogger
 
 
 @dataclass
@@ -182,11 +183,13 @@ def run_training(cfg: ExperimentConfig, job: TrainingJob, resume: bool = False, 
     val_loss, final, tokens_per_s = float("nan"), previous, 0.0
     window_start, window_tokens, train_loss = time.perf_counter(), 0, float("nan")
     with open(metrics_path, "a", encoding="utf-8") as metrics, \
-            StepProgress(tc.max_steps, start_step, "train", quiet, tc.log_every) as progress:
+            StepProgress(tc.max_steps, start_step, "train", quiet, tc.log_every) as progress, \
+            RunLogger(cfg, run_dir, job.backend_name, backend, job.tokenizer_dir, device, start_step) as run_log:
 
         def record(row: dict) -> None:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
+            run_log.scalars(row)
 
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         progress.message(f"training {job.backend_name} ({trainable:,} trainable of {sum(p.numel() for p in model.parameters()):,} parameters) "
@@ -203,6 +206,7 @@ def run_training(cfg: ExperimentConfig, job: TrainingJob, resume: bool = False, 
                                          tc.seed + 1, device, autocast)
                 record({"step": step, "val_loss": val_loss})
                 progress.message(f"step {step}: val loss {val_loss:.4f}")
+                run_log.evaluated(step, model)
                 window_start = time.perf_counter()  # evaluation time is not training throughput
 
             # 2. checkpoint
@@ -240,7 +244,6 @@ def run_training(cfg: ExperimentConfig, job: TrainingJob, resume: bool = False, 
                 window_start, window_tokens = time.perf_counter(), 0
             progress.update(done, loss=train_loss, lr=lr, **{"tok/s" if unit == "tokens" else "img/s": tokens_per_s})
 
-    _plot_metrics(metrics_path, run_dir / "loss.png")
     return TrainResult(run_dir, final, val_loss, tc.max_steps, tokens_per_s, unit)
 
 
@@ -255,27 +258,3 @@ def _truncate_metrics(path: Path, keep_through_step: int) -> None:
             (json.loads(line).get("step") == keep_through_step and "train_loss" in json.loads(line))]
     write_text_atomic(path, "".join(line + "\n" for line in kept))
 
-
-def _plot_metrics(metrics_path: Path, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if train:
-        ax.plot(*zip(*train), label="train", linewidth=1)
-    if val:
-        ax.plot(*zip(*val), "o-", label="val")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
