@@ -12,6 +12,7 @@ config (`aigc init --template finetune-lora`) fine-tunes on.
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import sysconfig
 from pathlib import Path
@@ -47,7 +48,8 @@ def _docstring(node: ast.AST) -> str | None:
     return ast.get_docstring(node, clean=True) if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) else None
 
 
-def python_function_summaries(max_chars: int = 100) -> list[dict[str, str]]:
+@functools.lru_cache(maxsize=2)  # parsing the standard library takes seconds; its content never changes in a process
+def python_function_summaries(max_chars: int = 100) -> tuple[dict[str, str], ...]:
     """{"source": "json.dumps(obj, *, skipkeys=False, ...)", "target": "Serialize ``obj`` to ..."} for
     every public function and method of the standard library whose signature and summary sentence
     fit in `max_chars` together, sorted by signature (deterministic for a Python version)."""
@@ -65,7 +67,7 @@ def python_function_summaries(max_chars: int = 100) -> list[dict[str, str]]:
         for name, summary in _summaries(tree.body, ".".join(parts)):
             if len(name) + len(summary) <= max_chars:
                 pairs.setdefault(name, summary)
-    return [{"source": name, "target": pairs[name]} for name in sorted(pairs)]
+    return tuple({"source": name, "target": pairs[name]} for name in sorted(pairs))
 
 
 def _summaries(body: list[ast.stmt], prefix: str, in_class: bool = False) -> Iterator[tuple[str, str]]:
