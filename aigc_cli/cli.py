@@ -261,7 +261,7 @@ def init(directory: Annotated[str, typer.Argument(help="Folder to write the conf
 
 
 @app.command()
-def runs(directory: Annotated[str, typer.Argument(help="Folder searched (recursively) for run directories.")] = "runs",
+def runs(directory: Annotated[Optional[str], typer.Argument(help="Folder searched (recursively) for run directories. [default: runs]", show_default=False)] = None,
          as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """List the runs under a folder: backend, steps, best validation loss, last checkpoint, status.
 
@@ -276,9 +276,10 @@ def runs(directory: Annotated[str, typer.Argument(help="Folder searched (recursi
 
         from aigc_cli.run_inspection import find_runs
 
-        found = find_runs(directory)
+        # No ./runs yet just means no runs; a folder that was named and is missing is a mistake.
+        found = [] if directory is None and not Path("runs").is_dir() else find_runs(directory or "runs")
         if not as_json:
-            _print_runs_table(found, directory)
+            _print_runs_table(found, directory or "runs")
         return [asdict(r) for r in found], []
 
     _run_plain(as_json, debug, work)

@@ -85,31 +85,43 @@ def latest_checkpoint_dir(run_dir: Path) -> Path | None:
 
 
 def run_is_locked(run_dir: Path) -> bool:
-    """True when a lock file in the run directory names a live process (a training still going).
+    """True when a lock file of the run names a live process (a training still going).
 
-    A lock holds a PID, as plain text or as JSON {"pid": ..., "host": ...}; a lock of a process
-    that is gone (a killed run) does not count. A lock written on another host cannot be checked
-    here and is believed."""
-    for lock in sorted(run_dir.glob("*.lock")):
-        try:
-            text = lock.read_text(encoding="utf-8").strip()
-        except OSError:
+    The lock is `.NAME.lock` beside the run directory (where `aigc train` keeps it, so that it
+    survives the directory being replaced) or a `*.lock` inside it. It holds the holder's PID as
+    `pid=N` lines, as JSON {"pid": N} or as a bare number; an empty lock, or the PID of a process
+    that is gone (a killed run), does not count. A lock taken on another host cannot be checked
+    from here and is believed."""
+    run_dir = run_dir.resolve()
+    for lock in [run_dir.with_name(f".{run_dir.name}.lock"), *sorted(run_dir.glob("*.lock"))]:
+        holder = _lock_holder(lock)
+        if holder.get("pid") is None:
             continue
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            data = text.split()[0] if text else None
-        info = data if isinstance(data, dict) else {"pid": data}
-        try:
-            pid = int(info.get("pid"))
-        except (TypeError, ValueError):
-            continue
-        host = info.get("host") or info.get("hostname")
-        if host and host != socket.gethostname():
+        if holder.get("host") and holder["host"] != socket.gethostname():
             return True
-        if _process_alive(pid):
+        if _process_alive(holder["pid"]):
             return True
     return False
+
+
+def _lock_holder(lock: Path) -> dict:
+    try:
+        text = lock.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    if "=" in text:
+        fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    else:
+        try:
+            fields = json.loads(text) if text else {}
+        except json.JSONDecodeError:
+            fields = {}
+        fields = fields if isinstance(fields, dict) else {"pid": fields}
+    try:
+        pid = int(fields.get("pid"))
+    except (TypeError, ValueError):
+        pid = None
+    return {"pid": pid, "host": fields.get("host") or fields.get("hostname")}
 
 
 def _process_alive(pid: int) -> bool:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -41,11 +43,12 @@ def runs_dir(tmp_path_factory):
     metrics = [line for line in (cut / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 15]
     (cut / "metrics.jsonl").write_text("\n".join(metrics) + "\n")
     shutil.copytree(cut, tmp_path / "runs" / "group" / "live")
-    (tmp_path / "runs" / "group" / "live" / ".lock").write_text(f"{__import__('os').getpid()}\n")
+    # The lock of `aigc train` sits beside its run directory and names the holder.
+    (tmp_path / "runs" / "group" / ".live.lock").write_text(f"pid={os.getpid()}\nhost={socket.gethostname()}\ncommand=aigc train\n")
     shutil.copytree(cut, tmp_path / "runs" / "group" / "dead")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    (tmp_path / "runs" / "group" / "dead" / "train.lock").write_text(json.dumps({"pid": gone.pid}))
+    (tmp_path / "runs" / "group" / "dead" / "train.lock").write_text(json.dumps({"pid": gone.pid}))  # other formats are read too
     return tmp_path / "runs"
 
 
@@ -111,7 +114,7 @@ def test_runs_and_info_never_import_torch(runs_dir):
             "    try:\n        app(args + ['--json'], prog_name='aigc')\n    except SystemExit as exc:\n        assert exc.code in (0, None), exc.code\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n") % checks
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
 
 
