@@ -12,6 +12,7 @@ import json
 import math
 import signal
 import sys
+from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
@@ -23,9 +24,10 @@ from aigc_cli.errors import EXIT_INTERNAL, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE
 app = typer.Typer(
     name="aigc",
     help="Prepare data for, train, generate with and evaluate generative models. "
-         "Every verb takes an experiment YAML plus section.key=value overrides.",
+         "Every verb takes an experiment YAML plus section.key=value overrides.\n\n"
+         "Start here: aigc init my-first --template text-gpt (aigc init --list names the templates).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -109,7 +111,10 @@ def _terminate_like_ctrl_c() -> None:
 def prep(config: ConfigArg, overrides: OverridesArg = None,
          force: Annotated[bool, typer.Option("--force", help="Replace data.prepared_dir when it holds other data.")] = False,
          as_json: JsonOpt = False, print_config: PrintConfigOpt = False, debug: DebugOpt = False, quiet: QuietOpt = False) -> None:
-    """Clean and tokenize data.source into data.prepared_dir (tokenizer, train.bin, val.bin, meta.json)."""
+    """Clean and tokenize data.source into data.prepared_dir (tokenizer, train.bin, val.bin, meta.json).
+
+    Example: aigc prep configs/quickstart.yaml data.tokenizer.kind=bpe data.tokenizer.vocab_size=4000
+    """
 
     def work(cfg: ExperimentConfig):
         if cfg.model.backend in IMAGE_BACKENDS:
@@ -139,7 +144,10 @@ def prep(config: ConfigArg, overrides: OverridesArg = None,
 def train(config: ConfigArg, overrides: OverridesArg = None,
           resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in train.out_dir.")] = False,
           as_json: JsonOpt = False, print_config: PrintConfigOpt = False, debug: DebugOpt = False, quiet: QuietOpt = False) -> None:
-    """Train model.* on the prepared data; checkpoints and metrics go to train.out_dir."""
+    """Train model.* on the prepared data; checkpoints and metrics go to train.out_dir.
+
+    Example: aigc train configs/quickstart.yaml train.max_steps=200 model.n_layer=2
+    """
 
     def work(cfg: ExperimentConfig):
         from aigc_cli.training import train_model
@@ -159,7 +167,10 @@ def finetune(config: ConfigArg, overrides: OverridesArg = None,
              merge: Annotated[bool, typer.Option("--merge", help="After LoRA training, also write a standalone model with the adapters merged in.")] = False,
              resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in train.out_dir.")] = False,
              as_json: JsonOpt = False, print_config: PrintConfigOpt = False, debug: DebugOpt = False, quiet: QuietOpt = False) -> None:
-    """Fine-tune finetune.base on prompt/response pairs (full or LoRA); the loss covers responses only."""
+    """Fine-tune finetune.base on prompt/response pairs (full or LoRA); the loss covers responses only.
+
+    Example: aigc finetune configs/multi30k-lora.yaml train.max_steps=200 --merge
+    """
 
     def work(cfg: ExperimentConfig):
         from aigc_cli.finetuning import finetune_model
@@ -190,7 +201,10 @@ def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
              stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they are generated.")] = False,
              force: Annotated[bool, typer.Option("--force", help="Regenerate items the output's manifest already holds (by default a re-run generates only what is missing).")] = False,
              as_json: JsonOpt = False, print_config: PrintConfigOpt = False, debug: DebugOpt = False, quiet: QuietOpt = False) -> None:
-    """Sample from a checkpoint: text completions (JSONL) or images (PNG files, grid.png, samples.json)."""
+    """Sample from a checkpoint: text completions (JSONL) or images (PNG files, grid.png, samples.json).
+
+    Example: aigc generate configs/quickstart.yaml --prompt "Return the " --num 3 --seed 7
+    """
 
     def work(cfg: ExperimentConfig):
         if seed is not None:
@@ -249,6 +263,8 @@ def evaluate(config: Annotated[Optional[str], typer.Argument(help="Experiment YA
     Quality gates exit 1 and name every failing metric: --fail-under bleu=25 (repeat the option
     or join pairs with commas: bleu=25,rougeL=0.3), --fail-above ter=60 for lower-is-better
     metrics, --baseline previous.json --max-drop bleu=0.5. Bad input exits 2.
+
+    Example: aigc eval --predictions out.jsonl --references ref.en.txt --metrics bleu,chrf --fail-under bleu=20
     """
     from aigc_cli.eval_report import EXIT_GATE_FAILED, parse_bounds
 
@@ -315,6 +331,156 @@ def _json_safe(value):
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     return value
+
+
+def _template_names() -> list[str]:
+    from aigc_cli.starter_configs import template_names
+
+    return template_names()
+
+
+@app.command()
+def init(directory: Annotated[str, typer.Argument(help="Folder to write the config into (created when missing).")] = ".",
+         template: Annotated[Optional[str], typer.Option("--template", "-t", help="Which starter config (see --list).", autocompletion=_template_names)] = None,
+         list_templates: Annotated[bool, typer.Option("--list", help="Name the templates, one line each, and exit.")] = False,
+         force: Annotated[bool, typer.Option("--force", help="Overwrite files that already exist.")] = False,
+         as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Write a commented starter config that runs as it is (text-gpt, text-rnn, finetune-lora, image-ddpm, image-vae, image-gan).
+
+    Example: aigc init my-first --template text-gpt && aigc prep my-first/text-gpt.yaml
+    """
+
+    def work():
+        from aigc_cli.starter_configs import template_names, template_summary, write_starter
+
+        if list_templates:
+            rows = [{"name": name, "summary": template_summary(name)} for name in template_names()]
+            width = max(len(r["name"]) for r in rows)
+            return {"templates": rows}, [f"{r['name']:<{width}}  {r['summary']}" for r in rows]
+        if template is None:
+            raise AigcError("no template chosen", f"pass --template NAME, one of: {', '.join(template_names())} (aigc init --list)")
+        written = write_starter(template, directory, force)
+        config_path = written[0].as_posix()
+        summary = [f"wrote {path}" for path in written]
+        if template == "finetune-lora":
+            summary.append("next, after the text-gpt template has trained (see the comments in the file):")
+            summary.append(f"  aigc finetune {config_path}")
+        else:
+            summary.append(f"next:  aigc prep {config_path} && aigc train {config_path}")
+        return {"template": template, "written": [str(p) for p in written]}, summary
+
+    _run_plain(as_json, debug, work)
+
+
+@app.command()
+def runs(directory: Annotated[Optional[str], typer.Argument(help="Folder searched (recursively) for run directories. [default: runs]", show_default=False)] = None,
+         as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """List the runs under a folder: backend, steps, best validation loss, last checkpoint, status.
+
+    Status: finished (the last checkpoint is at train.max_steps), running (a live process holds
+    the run's lock file) or interrupted (continue with: aigc train CONFIG --resume).
+
+    Example: aigc runs runs --json
+    """
+
+    def work():
+        from dataclasses import asdict
+
+        from aigc_cli.run_inspection import find_runs
+
+        # No ./runs yet just means no runs; a folder that was named and is missing is a mistake.
+        found = [] if directory is None and not Path("runs").is_dir() else find_runs(directory or "runs")
+        if not as_json:
+            _print_runs_table(found, directory or "runs")
+        return [asdict(r) for r in found], []
+
+    _run_plain(as_json, debug, work)
+
+
+@app.command()
+def info(path: Annotated[str, typer.Argument(help="A checkpoint, a run directory (train.out_dir) or a prepared dataset (data.prepared_dir).", show_default=False)],
+         as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Describe a checkpoint, run or prepared dataset: architecture, parameters, tokenizer, step, config hash, size.
+
+    Reads file headers only (no model is loaded), so it is quick even for large checkpoints.
+
+    Example: aigc info runs/quickstart/checkpoints/step-001500
+    """
+
+    def work():
+        from aigc_cli.run_inspection import describe
+
+        described = describe(path)
+        return described, _info_lines(described)
+
+    _run_plain(as_json, debug, work)
+
+
+def _run_plain(as_json: bool, debug: bool, work: Callable[[], tuple[object, list[str]]]) -> None:
+    """_run for the verbs that read no experiment config (init, runs, info)."""
+    try:
+        result, summary = work()
+    except AigcError as exc:
+        if debug:
+            raise
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
+    except Exception as exc:  # noqa: BLE001 — a bug: one line, and the way to see more
+        if debug:
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc} — rerun with --debug for the traceback and report it", file=sys.stderr)
+        raise typer.Exit(EXIT_INTERNAL) from None
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False))
+    else:
+        for line in summary:
+            print(line)
+
+
+def _print_runs_table(found, directory: str) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    if not found:
+        print(f"no runs under {directory} (a run directory holds config.yaml and metrics.jsonl or checkpoints/)")
+        return
+    table = Table(title=f"runs under {directory}", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column("run", no_wrap=True)
+    for column, justify in (("backend", "left"), ("steps", "right"), ("best val", "right"), ("checkpoint", "left"), ("status", "left")):
+        table.add_column(column, justify=justify)
+    colours = {"finished": "green", "running": "cyan", "interrupted": "yellow"}
+    for run in found:  # Text, not markup: a folder name may hold [brackets]
+        table.add_row(Text(run.name), run.backend, f"{run.steps}/{run.max_steps}" if run.max_steps else str(run.steps),
+                      "—" if run.best_val_loss is None else f"{run.best_val_loss:.4f}",
+                      Path(run.last_checkpoint).name if run.last_checkpoint else "—", Text(run.status, style=colours.get(run.status, "")))
+    Console().print(table)
+
+
+def _info_lines(info: dict, indent: str = "") -> list[str]:
+    from aigc_cli.run_inspection import human_size
+
+    lines = []
+    for key, value in info.items():
+        if key == "latest":
+            lines.append(f"{indent}latest checkpoint:")
+            lines += _info_lines(value, indent + "  ")
+            continue
+        if value is None:
+            continue
+        if key == "size_bytes":
+            key, value = "size on disk", human_size(value)
+        elif key in ("parameters", "base_parameters") or isinstance(value, int) and not isinstance(value, bool) and value >= 10_000:
+            value = f"{value:,}"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in value.items() if v is not None)
+        elif isinstance(value, list):
+            value = ", ".join(str(v.get("path", v)) if isinstance(v, dict) else str(v) for v in value) or "—"
+        elif isinstance(value, float):
+            value = f"{value:.4f}"
+        lines.append(f"{indent}{key.replace('_', ' ')}: {value}")
+    return lines
 
 
 def _preview(path, limit: int = 3) -> list[str]:

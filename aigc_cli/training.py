@@ -6,7 +6,6 @@ log. A backend with several parts (a GAN) is several optimizers here, never a sp
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -22,7 +21,7 @@ from typing import Callable
 import torch
 
 from aigc_cli.backends import get_backend, modality
-from aigc_cli.atomic_files import naming_the_path, remove_stale_temporaries, write_bytes_atomic
+from aigc_cli.atomic_files import naming_the_path, remove_stale_temporaries
 from aigc_cli.checkpoints import (CHECKPOINTS, latest_good_checkpoint, list_checkpoints, load_weights, read_training_state,
                                   write_checkpoint)
 from aigc_cli.config import ExperimentConfig, TrainConfig, require_data
@@ -32,6 +31,7 @@ from aigc_cli.errors import EXIT_DIVERGED, EXIT_SIGINT, EXIT_SIGTERM, AigcError,
 from aigc_cli.locks import exclusive_lock
 from aigc_cli.progress import StepProgress
 from aigc_cli.provenance import write_provenance
+from aigc_cli.run_logging import RunLogger
 
 
 # What the training loop (and finetune) write directly in the run directory; other verbs may
@@ -259,8 +259,11 @@ def _train(cfg: ExperimentConfig, job: TrainingJob, resume: bool, quiet: bool, s
     val_loss, final, tokens_per_s = float("nan"), previous, 0.0
     last_saved = start_step if previous is not None else None
     window_start, window_tokens, train_loss = time.perf_counter(), 0, float("nan")
+    # Process 0 alone writes logs; with FSDP no single process holds the whole model to sample from.
     with (open(metrics_path, "a", encoding="utf-8") if procs.is_main else nullcontext()) as metrics, \
-            StepProgress(tc.max_steps, start_step, "train", quiet or not procs.is_main, tc.log_every) as progress:
+            StepProgress(tc.max_steps, start_step, "train", quiet or not procs.is_main, tc.log_every) as progress, \
+            (RunLogger(cfg, run_dir, job.backend_name, backend, job.tokenizer_dir, device, start_step)
+             if procs.is_main else nullcontext()) as run_log:
 
         def record(row: dict) -> None:
             if metrics is None:
@@ -270,6 +273,7 @@ def _train(cfg: ExperimentConfig, job: TrainingJob, resume: bool, quiet: bool, s
                 metrics.flush()
             except OSError as exc:
                 raise naming_the_path(exc, metrics_path) from exc
+            run_log.scalars(row)
 
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         progress.message(f"training {job.backend_name} ({trainable:,} trainable of {sum(p.numel() for p in model.parameters()):,} parameters) "
@@ -289,6 +293,8 @@ def _train(cfg: ExperimentConfig, job: TrainingJob, resume: bool, quiet: bool, s
                                          tc.seed + 1, device, autocast)
                 record({"step": step, "val_loss": val_loss})
                 progress.message(f"step {step}: val loss {val_loss:.4f}")
+                if run_log is not None:
+                    run_log.evaluated(step, None if parallel.sharded else model)
                 window_start = time.perf_counter()  # evaluation time is not training throughput
 
             # 2. checkpoint
@@ -341,8 +347,6 @@ def _train(cfg: ExperimentConfig, job: TrainingJob, resume: bool, quiet: bool, s
                 window_start, window_tokens = time.perf_counter(), 0
             progress.update(done, loss=train_loss, lr=lr, **{"tok/s" if unit == "tokens" else "img/s": tokens_per_s})
 
-    if procs.is_main:
-        _plot_metrics(metrics_path, run_dir / "loss.png")
     return TrainResult(run_dir, final, val_loss, tc.max_steps, tokens_per_s, unit, skipped)
 
 
@@ -382,27 +386,3 @@ def _truncate_metrics(path: Path, keep_through_step: int) -> None:
             (row.get("step") == keep_through_step and "train_loss" in row)]
     write_text_atomic(path, "".join(line + "\n" for line in kept))
 
-
-def _plot_metrics(metrics_path: Path, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if train:
-        ax.plot(*zip(*train), label="train", linewidth=1)
-    if val:
-        ax.plot(*zip(*val), "o-", label="val")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    write_bytes_atomic(out, buffer.getvalue())

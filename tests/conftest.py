@@ -52,6 +52,7 @@ def tiny_config(tmp_path: Path, source: Path | str, backend: str = "gpt", **sect
         "generate": {"max_new_tokens": 12, "num_samples": 1},
         "eval": {"max_batches": 4},
     }
+    raw["train"]["sample_tokens"] = 4  # the samples written at each evaluation: a few tokens are enough here
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
     tmp_path.mkdir(parents=True, exist_ok=True)

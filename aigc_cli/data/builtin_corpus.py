@@ -3,11 +3,17 @@
 `python-docs`: the docstrings of the Python standard library that runs aigc (about 1.6 MB of
 English technical prose for CPython 3.11). It is deterministic for a given Python version; the
 prepared data records its SHA-256 like any other input.
+
+`python_function_summaries`: prompt/response pairs from the same source — a public function's
+name and parameters, and the first sentence of its docstring — which the finetune-lora starter
+config (`aigc init --template finetune-lora`) fine-tunes on.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
+import re
 import sysconfig
 from pathlib import Path
 from typing import Callable, Iterator
@@ -40,6 +46,54 @@ def _in_source_order(tree: ast.AST) -> Iterator[ast.AST]:
 
 def _docstring(node: ast.AST) -> str | None:
     return ast.get_docstring(node, clean=True) if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) else None
+
+
+@functools.lru_cache(maxsize=2)  # parsing the standard library takes seconds; its content never changes in a process
+def python_function_summaries(max_chars: int = 100) -> tuple[dict[str, str], ...]:
+    """{"source": "json.dumps(obj, *, skipkeys=False, ...)", "target": "Serialize ``obj`` to ..."} for
+    every public function and method of the standard library whose signature and summary sentence
+    fit in `max_chars` together, sorted by signature (deterministic for a Python version)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    pairs: dict[str, str] = {}
+    for path in sorted(p for p in root.rglob("*.py") if not _SKIPPED_DIRS.intersection(p.relative_to(root).parts)):
+        parts = path.relative_to(root).with_suffix("").parts
+        parts = parts[:-1] if parts[-1] == "__init__" else parts
+        if not parts or any(part.startswith("_") for part in parts):
+            continue
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError, OSError):
+            continue
+        for name, summary in _summaries(tree.body, ".".join(parts)):
+            if len(name) + len(summary) <= max_chars:
+                pairs.setdefault(name, summary)
+    return tuple({"source": name, "target": pairs[name]} for name in sorted(pairs))
+
+
+def _summaries(body: list[ast.stmt], prefix: str, in_class: bool = False) -> Iterator[tuple[str, str]]:
+    for node in body:
+        if not isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) or node.name.startswith("_"):
+            continue
+        if isinstance(node, ast.ClassDef):
+            yield from _summaries(node.body, f"{prefix}.{node.name}", in_class=True)
+            continue
+        summary = _first_sentence(ast.get_docstring(node, clean=True) or "")
+        # A summary that restates the signature ("fromfd(fd, family) -> socket") teaches nothing.
+        if len(summary) >= 20 and not summary.startswith(node.name):
+            yield f"{prefix}.{node.name}({_parameters(node.args, in_class)})", summary
+
+
+def _parameters(params: ast.arguments, method: bool) -> str:
+    """The parameter list as written, without a method's self or cls (the tree is ours to change)."""
+    positional = params.posonlyargs or params.args
+    if method and positional and positional[0].arg in ("self", "cls"):
+        positional.pop(0)
+    return ast.unparse(params)
+
+
+def _first_sentence(docstring: str) -> str:
+    paragraph = " ".join(docstring.strip().split("\n\n")[0].split())
+    return re.split(r"(?<=\.)\s", paragraph, maxsplit=1)[0]
 
 
 BUILTIN_CORPORA: dict[str, Callable[[], Iterator[str]]] = {"python-docs": python_docs}

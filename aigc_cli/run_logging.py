@@ -1,0 +1,148 @@
+"""What a person watches while a model trains, beside metrics.jsonl.
+
+- TensorBoard event files in the run directory (`tensorboard --logdir runs` shows every run by
+  name): losses, learning rate and throughput as scalars, the samples as text or images.
+- loss.png (train and validation loss against step), redrawn at every evaluation.
+- Samples at every evaluation, from fixed seeds so that one step's can be compared with the
+  next: <run_dir>/train_samples/step-NNNNNN.txt for text, step-NNNNNN.png (a grid) for images.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import torch
+
+from aigc_cli.atomic_files import write_bytes_atomic, write_text_atomic
+from aigc_cli.backends import modality
+from aigc_cli.config import ExperimentConfig
+
+SAMPLES_DIR = "train_samples"
+# metrics.jsonl key → TensorBoard tag; train and validation loss share the "loss" section.
+_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "lr": "lr",
+         "tokens_per_s": "throughput/tokens_per_s", "images_per_s": "throughput/images_per_s"}
+
+
+class RunLogger:
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, backend_name: str, backend, tokenizer_dir: Path | None,
+                 device: str, start_step: int = 0):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.backend_name, self.backend, self.tokenizer_dir, self.device = backend_name, backend, tokenizer_dir, device
+        # purge_step hides what an interrupted run logged after the checkpoint we resume from.
+        self.writer = SummaryWriter(str(self.run_dir), purge_step=start_step or None)
+        self._tokenizer = None
+
+    def __enter__(self) -> "RunLogger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()  # also after an interruption: loss.png and the events show what was done
+
+    def scalars(self, row: dict) -> None:
+        """One metrics.jsonl row ({"step": N, name: value, ...}) as TensorBoard scalars."""
+        step = row["step"]
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.writer.add_scalar(_TAGS.get(key, key), value, step)
+
+    def text(self, step: int, name: str, text: str) -> None:
+        # TensorBoard renders text as Markdown; a code block keeps the sample's own line breaks.
+        self.writer.add_text(name, "```\n" + text + "\n```", step)
+
+    def images(self, step: int, name: str, grid) -> None:
+        self.writer.add_image(name, grid, step, dataformats="CHW")
+
+    def evaluated(self, step: int, model: torch.nn.Module) -> None:
+        """After each validation estimate: samples (train.sample_every_eval) and a fresh loss.png."""
+        if self.cfg.train.sample_every_eval and model is not None:
+            was_training = model.training
+            model.eval()
+            try:
+                # The samples draw from their own seeded generators; fork_rng guarantees the training
+                # RNG stream is left where it was, so a resumed run still matches an uninterrupted one.
+                with torch.random.fork_rng(devices=[torch.cuda.current_device()] if self.device == "cuda" else []):
+                    if modality(self.backend) == "image":
+                        self._image_samples(step, model)
+                    else:
+                        self._text_samples(step, model)
+            finally:
+                model.train(was_training)
+        plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+        self.writer.flush()
+
+    def close(self) -> None:
+        plot_losses(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+        self.writer.close()
+
+    def _text_samples(self, step: int, model: torch.nn.Module) -> None:
+        from aigc_cli.data.tokenization import load_tokenizer
+        from aigc_cli.generation import LoadedModel, _eos_of, _logits_processors, completion_seed, sample_completion
+
+        if self.tokenizer_dir is None:
+            return
+        tc = self.cfg.train
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.tokenizer_dir)
+        loaded = LoadedModel(self.run_dir, self.backend_name, self.backend, model, self._tokenizer,
+                             _eos_of(Path(self.tokenizer_dir), self._tokenizer), self.device)
+        gc = self.cfg.generate.model_copy(update={"max_new_tokens": tc.sample_tokens})
+        processors = _logits_processors(gc)
+        parts = []
+        for number, prompt in enumerate(tc.sample_prompts):
+            completion, _, _ = sample_completion(loaded, prompt, gc, completion_seed(tc.seed, prompt, number), processors)
+            parts.append(f"--- sample {number + 1}, prompt {prompt!r}\n{prompt}{completion}\n")
+        text = "".join(parts)
+        write_text_atomic(self.run_dir / SAMPLES_DIR / f"step-{step:06d}.txt", text)
+        self.text(step, "samples", text)
+
+    def _image_samples(self, step: int, model: torch.nn.Module) -> None:
+        from aigc_cli.image_generation import LoadedImageModel, make_grid, sample_images, save_png
+
+        loaded = LoadedImageModel(self.run_dir, self.backend_name, self.backend, model, self.device)
+        gc = self.cfg.generate.images
+        images, _ = sample_images(loaded, self.cfg.train.sample_images, self.cfg.train.seed, gc)
+        grid = make_grid(images, gc.grid_columns)
+        path = self.run_dir / SAMPLES_DIR / f"step-{step:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_png(grid, tmp)
+        tmp.replace(path)
+        self.images(step, "samples", grid)
+
+
+def plot_losses(metrics_path: Path, out: Path) -> None:
+    """loss.png: train and validation loss against step, written atomically (a viewer may have it open)."""
+    if not metrics_path.is_file():
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for line in metrics_path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line torn by a killed run
+            continue
+    train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if train:
+        ax.plot(*zip(*train), label="train", linewidth=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if train or val:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes_atomic(out, buffer.getvalue())

@@ -1,0 +1,96 @@
+"""`aigc init`: commented starter configs that run as they are, one per task.
+
+The templates are YAML files shipped in the package (aigc_cli/templates/NAME.yaml); their first
+line, `# NAME: what it does`, is what `aigc init --list` prints. `__DIR__` in a template stands
+for the folder it is written into, so the paths of files written beside it resolve from the
+directory aigc runs in. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import random
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from aigc_cli.atomic_files import write_text_atomic
+from aigc_cli.config import validate_config
+from aigc_cli.errors import AigcError
+
+DIR_MARK = "__DIR__"
+VAL_PAIRS = 200  # held-out function summaries: enough for a stable chrF, quick to generate on a CPU
+
+
+def template_names() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("aigc_cli").joinpath("templates").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def template_text(name: str) -> str:
+    names = template_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise AigcError(f"unknown template '{name}'", f"{hint}available: {', '.join(names)} (aigc init --list)")
+    return resources.files("aigc_cli").joinpath("templates", f"{name}.yaml").read_text(encoding="utf-8")
+
+
+def template_summary(name: str) -> str:
+    first = template_text(name).splitlines()[0]
+    return first.removeprefix("#").strip().removeprefix(f"{name}:").strip()
+
+
+def render_template(name: str, directory: str | Path) -> str:
+    """The template with its files' folder filled in ("." stays "./")."""
+    return template_text(name).replace(DIR_MARK, Path(directory).as_posix())
+
+
+def write_starter(name: str, directory: str | Path, force: bool = False) -> list[Path]:
+    """Write NAME.yaml (and the data files its template needs) into `directory`; the written paths.
+
+    Existing files are left alone unless `force`: a starter config is meant to be edited, and
+    `aigc init` run twice must not throw those edits away."""
+    directory = Path(directory)
+    text = render_template(name, directory)
+    validate_config(yaml.safe_load(text), source=f"template {name}")  # e.g. a folder name that breaks the YAML
+    files = {directory / f"{name}.yaml": lambda: text}
+    if name == "finetune-lora":
+        files.update(_function_summary_files(directory))
+    if directory.exists() and not directory.is_dir():
+        raise AigcError(f"{directory} is a file, not a folder", "pass the folder to write the config into")
+    existing = [str(path) for path in files if path.exists()]
+    if existing and not force:
+        raise AigcError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}",
+                        "pass --force to overwrite, or choose another folder: aigc init DIR --template NAME")
+    contents = {path: make() for path, make in files.items()}  # build everything before writing anything
+    for path, content in contents.items():
+        write_text_atomic(path, content)
+    return list(contents)
+
+
+def _function_summary_files(directory: Path) -> dict:
+    """Prompt/response pairs for finetune-lora from the standard library's docstrings: training
+    pairs as JSONL, and held-out functions and summaries as line-aligned text files (the same
+    files serve `generate --prompts-file` and `eval.references`)."""
+    cache: dict[str, list[dict]] = {}
+
+    def split() -> tuple[list[dict], list[dict]]:
+        if not cache:
+            from aigc_cli.data.builtin_corpus import python_function_summaries
+
+            pairs = python_function_summaries()
+            order = list(range(len(pairs)))
+            random.Random(0).shuffle(order)
+            held_out = set(order[:VAL_PAIRS])
+            cache["train"] = [p for i, p in enumerate(pairs) if i not in held_out]
+            cache["val"] = [p for i, p in enumerate(pairs) if i in held_out]
+        return cache["train"], cache["val"]
+
+    return {
+        directory / "python-summaries.jsonl": lambda: "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in split()[0]),
+        directory / "python-summaries-val.src.txt": lambda: "".join(p["source"] + "\n" for p in split()[1]),
+        directory / "python-summaries-val.ref.txt": lambda: "".join(p["target"] + "\n" for p in split()[1]),
+    }
