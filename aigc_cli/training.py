@@ -294,7 +294,8 @@ def _train(cfg: ExperimentConfig, job: TrainingJob, resume: bool, quiet: bool, s
                 record({"step": step, "val_loss": val_loss})
                 progress.message(f"step {step}: val loss {val_loss:.4f}")
                 if run_log is not None:
-                    run_log.evaluated(step, None if parallel.sharded else model)
+                    # No samples from a model whose loss is not finite (nothing to read, and sampling would fail).
+                    run_log.evaluated(step, None if parallel.sharded or not math.isfinite(val_loss) else model)
                 window_start = time.perf_counter()  # evaluation time is not training throughput
 
             # 2. checkpoint
