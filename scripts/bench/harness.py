@@ -86,7 +86,7 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    facts = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+    facts = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
              "torch": torch.__version__, "os": f"{platform.system()} {platform.release()}"}
     if torch.cuda.is_available():
         facts["gpu"] = torch.cuda.get_device_name()

@@ -43,10 +43,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="one iteration of each at tiny sizes, in this process (what the test runs)")
     p.add_argument("--out", help="Markdown file to write (default docs/benchmarks.md; with --smoke, nothing unless given)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds one benchmark may take")
+    p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every benchmark (on a machine shared with other work, 1 "
+                                               "keeps the peers' and aigc's spinning thread pools from fighting the other load)")
     return p.parse_args(argv)
 
 
-def run_benchmark(name: str, smoke: bool, timeout: int) -> tuple[list[dict], str | None]:
+def run_benchmark(name: str, smoke: bool, timeout: int, threads: int | None = None) -> tuple[list[dict], str | None]:
     """(rows, None) or ([], why it has no rows)."""
     script = HERE / f"{name}.py"
     if not script.is_file():
@@ -60,7 +62,7 @@ def run_benchmark(name: str, smoke: bool, timeout: int) -> tuple[list[dict], str
                 return [], "failed: " + traceback.format_exc(limit=-3).strip().replace("\n", " ⏎ ")[-600:]
         else:
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(harness.REPO), os.environ.get("PYTHONPATH")])),
-                   "HF_HUB_OFFLINE": "1"}
+                   "HF_HUB_OFFLINE": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
             try:
                 done = subprocess.run([sys.executable, str(script), "--json", str(out)], env=env, cwd=harness.REPO,
                                       timeout=timeout, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -90,7 +92,8 @@ def markdown(rows: list[dict], problems: dict[str, str], facts: dict, smoke: boo
         lines += ["**Smoke run (`--smoke`): one iteration at tiny sizes — these numbers mean nothing.**", ""]
     lines += [f"- date: {facts['date']}", f"- machine: {facts['machine']}",
               f"- load average (1 min) before / after: {facts['load_before']:.2f} / {facts['load_after']:.2f} on {facts['cores']} cores",
-              f"- other busy processes at the start: {facts['busy'] or 'none'}", f"- wall time of the whole run: {facts['wall']:.0f} s", "",
+              f"- other busy processes at the start: {facts['busy'] or 'none'}", f"- threads per benchmark (OMP_NUM_THREADS): {facts['threads']}",
+              f"- wall time of the whole run: {facts['wall']:.0f} s", "",
               "| benchmark | measurement | aigc | peer | ratio | target | result |", "|---|---|---:|---|---:|---:|---|"]
     for r in rows:
         verdict = {True: "met", False: "**missed**", None: "info"}[harness.met(r)]
@@ -118,11 +121,12 @@ def main(argv=None) -> int:
     machine = harness.machine()
     facts = {"date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "cores": machine["cores"],
              "machine": ", ".join(f"{k} {v}" for k, v in machine.items()), "load_before": os.getloadavg()[0],
-             "busy": "; ".join(harness.busy_processes()) if not args.smoke else "not checked (smoke run)"}
+             "busy": "; ".join(harness.busy_processes()) if not args.smoke else "not checked (smoke run)",
+             "threads": args.threads or os.environ.get("OMP_NUM_THREADS") or "torch's default"}
     rows, problems = [], {}
     for name in names:
         print(f"== {name}", flush=True)
-        got, why = run_benchmark(name, args.smoke, args.timeout)
+        got, why = run_benchmark(name, args.smoke, args.timeout, args.threads)
         rows += got
         if why:
             problems[name] = why
