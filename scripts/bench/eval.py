@@ -42,6 +42,9 @@ REPO = Path(__file__).resolve().parents[2]
 MULTI30K = REPO.parent / "shared" / "data" / "multi30k" / "train.en.gz"
 METRICS = ["bleu", "chrf", "rouge1", "rouge2", "rougeL"]
 WARM_UP = 1000
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
 WORDS = "a man woman dog child red blue ball street runs sits plays with in on the of near big small green".split()
 
 
@@ -160,7 +163,7 @@ def memory(pairs: int, folder: Path, sides: tuple[str, ...]) -> dict:
     return growth
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", type=int, default=10_000, help="pairs for the speed run and the smaller memory run (default 10,000)")
     p.add_argument("--iterations", type=int, default=3, help="interleaved timed rounds (default 3)")
@@ -168,7 +171,8 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="200 pairs, 1 round, memory of aigc's side only, no ratio check (a quick run that everything works)")
     p.add_argument("--memory-child", choices=["aigc", "direct"], help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    p.add_argument("--json", help="write the result rows here (for run_all.py)")
+    args = p.parse_args(argv)
     if args.memory_child:
         memory_child(args.memory_child, args.pairs, Path(args.folder))
         return
@@ -180,6 +184,12 @@ def main() -> None:
         growth = memory(args.pairs, Path(tmp), ("aigc",) if args.smoke else ("aigc", "direct"))
     small, large = growth[("aigc", args.pairs)], growth[("aigc", 4 * args.pairs)]
     print(f"memory: aigc peaked at {small:.1f} MiB for {args.pairs:,} pairs and {large:.1f} MiB for {4 * args.pairs:,}")
+    harness.write_rows(args.json, [
+        harness.row("eval", f"eval BLEU+chrF+ROUGE-1/2/L, {args.pairs:,} pairs", "pairs/s", args.pairs / aigc,
+                    "sacrebleu + rouge-score directly", args.pairs / direct, target=0.85),
+        harness.row("eval", f"eval peak memory, {args.pairs:,} → {4 * args.pairs:,} pairs", "MiB", large - small,
+                    note="growth of aigc's peak Python allocations with 4× the pairs (flat = streamed)"),
+    ])
     if not args.smoke and ratio > args.max_ratio:
         sys.exit(f"aigc is {ratio:.2f}x slower than the libraries called directly (target ≤ {args.max_ratio})")
 
