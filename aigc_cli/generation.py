@@ -49,10 +49,10 @@ def load_checkpoint_for_inference(path: str | Path, device: str = "auto") -> Loa
     tokenizer = load_tokenizer(checkpoint)
     model = load_weights(backend, checkpoint, device)
     model.eval()
-    return LoadedModel(checkpoint, name, backend, model, tokenizer, _eos_of(checkpoint, tokenizer), device)
+    return LoadedModel(checkpoint, name, backend, model, tokenizer, checkpoint_eos_id(checkpoint, tokenizer), device)
 
 
-def _eos_of(checkpoint: Path, tokenizer) -> int:
+def checkpoint_eos_id(checkpoint: Path, tokenizer) -> int:
     """The end-of-text id named in tokenizer_config.json, else the usual names."""
     try:
         token = json.loads((checkpoint / "tokenizer_config.json").read_text(encoding="utf-8")).get("eos_token")
@@ -127,7 +127,7 @@ def completion_seed(seed: int, prompt: str, sample: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def _logits_processors(gc: GenerateConfig):
+def logits_processors(gc: GenerateConfig):
     from transformers.generation.logits_process import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
                                                         TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
@@ -270,7 +270,7 @@ def _generate_text(cfg: ExperimentConfig, checkpoint, prompts, out: Path, stream
     gc = cfg.generate
     loaded = load_checkpoint_for_inference(checkpoint or cfg.train.out_dir)
     prompts = build_prompts(gc, prompts if prompts else [{"source": p} for p in gc.prompts])
-    processors = _logits_processors(gc)
+    processors = logits_processors(gc)
     params = gc.model_dump(mode="json", exclude={"prompts", "out"})
     identity = checkpoint_identity(loaded.checkpoint)
     decoding = gc.model_dump(mode="json", exclude=_NOT_IN_KEY)

@@ -80,7 +80,7 @@ class RunLogger:
 
     def _text_samples(self, step: int, model: torch.nn.Module) -> None:
         from aigc_cli.data.tokenization import load_tokenizer
-        from aigc_cli.generation import LoadedModel, _eos_of, _logits_processors, completion_seed, sample_completion
+        from aigc_cli.generation import LoadedModel, checkpoint_eos_id, logits_processors, completion_seed, sample_completion
 
         if self.tokenizer_dir is None:
             return
@@ -88,9 +88,9 @@ class RunLogger:
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.tokenizer_dir)
         loaded = LoadedModel(self.run_dir, self.backend_name, self.backend, model, self._tokenizer,
-                             _eos_of(Path(self.tokenizer_dir), self._tokenizer), self.device)
+                             checkpoint_eos_id(Path(self.tokenizer_dir), self._tokenizer), self.device)
         gc = self.cfg.generate.model_copy(update={"max_new_tokens": tc.sample_tokens})
-        processors = _logits_processors(gc)
+        processors = logits_processors(gc)
         parts = []
         for number, prompt in enumerate(tc.sample_prompts):
             completion, _, _ = sample_completion(loaded, prompt, gc, completion_seed(tc.seed, prompt, number), processors)

@@ -196,11 +196,6 @@ def _fingerprint(data: DataConfig, inputs: list[dict]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-
-def is_image_data(data_dir: str | Path) -> bool:
-    return read_meta(data_dir, META_FORMAT) is not None
-
-
 class ImageArray:
     """One prepared split as a read-only (N, C, H, W) uint8 memory map, plus labels when there are any."""
 

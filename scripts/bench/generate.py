@@ -86,14 +86,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from aigc_cli.generation import _logits_processors, completion_seed, load_checkpoint_for_inference, sample_batch, sample_completion
+    from aigc_cli.generation import logits_processors, completion_seed, load_checkpoint_for_inference, sample_batch, sample_completion
 
     with tempfile.TemporaryDirectory(prefix="aigc-bench-generate-") as tmp:
         cfg = train_model(args, Path(tmp))
         loaded = load_checkpoint_for_inference(cfg.train.out_dir, "cpu")
         prompts = read_prompts(cfg, args.prompts, min(60, cfg.model.block_size - args.new_tokens))
     gc = cfg.generate.model_copy(update={"max_new_tokens": args.new_tokens, "batch_size": len(prompts)})
-    processors = _logits_processors(gc)
+    processors = logits_processors(gc)
     seeds = [completion_seed(gc.seed, p, 0) for p in prompts]
     model, eos, tok = loaded.model, loaded.eos_id, loaded.tokenizer
     print(f"generate: gpt2 {model.config.n_layer}×{model.config.n_embd}, {len(prompts)} prompts, ≤{args.new_tokens} new tokens, "
