@@ -18,11 +18,12 @@ from aigc_cli.atomic_files import write_json_atomic, write_text_atomic
 from aigc_cli.errors import AigcError
 
 EXIT_GATE_FAILED = 1
-LOWER_IS_BETTER = frozenset({"ter", "loss", "perplexity", "bits_per_token", "fid", "kid", "self_bleu", "repetition"})
+LOWER_IS_BETTER = frozenset({"ter", "loss", "perplexity", "bits_per_token", "prediction_perplexity", "prediction_loss", "fid", "kid", "self_bleu", "repetition"})
 NO_DIRECTION = frozenset({"length_mean", "length_median", "length_min", "length_max", "kid_std", "fid_real_floor"})
 _LM = ("loss", "perplexity", "bits_per_token")
 # What each requested metric puts into the report (the rest put in their own name).
-OUTPUTS = {"loss": _LM, "perplexity": _LM, "length": ("length_mean", "length_median", "length_min", "length_max"),
+OUTPUTS = {"loss": _LM, "perplexity": _LM, "prediction_perplexity": ("prediction_perplexity", "prediction_loss"),
+           "length": ("length_mean", "length_median", "length_min", "length_max"),
            "fid": ("fid", "fid_real_floor"), "kid": ("kid", "kid_std"), "coverage": ("confident_share", "min_class_share")}
 
 

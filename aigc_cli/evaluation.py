@@ -70,7 +70,9 @@ def _evaluate(cfg: ExperimentConfig, checkpoint, log, config_free: bool) -> Eval
     signatures: dict[str, str] = {}
     text_names = [m for m in ec.metrics if m in TEXT_METRICS]
     if text_names:  # (never with an image backend: the config refuses it)
-        text_metrics, text_details, signatures, text_inputs = score_text(ec, text_names, log)
+        if "prediction_perplexity" in text_names and checkpoint is None and config_free:
+            raise AigcError("prediction_perplexity scores the predictions under a model, and none was given", "pass --checkpoint DIR (a model or adapter directory)")
+        text_metrics, text_details, signatures, text_inputs = score_text(ec, text_names, log, checkpoint or cfg.train.out_dir)
         metrics.update(text_metrics)
         details.update(text_details)
         inputs += text_inputs
@@ -101,7 +103,7 @@ def _beside(predictions: str) -> Path:
 
 
 # ----------------------------------------------------------------------------- text
-def score_text(ec: EvalConfig, names: list[str], log) -> tuple[dict, dict, dict, list]:
+def score_text(ec: EvalConfig, names: list[str], log, checkpoint: str | Path | None = None) -> tuple[dict, dict, dict, list]:
     """Stream predictions (and references) through every requested scorer: metrics, details,
     signatures and input hashes."""
     from aigc_cli.eval_inputs import sha256_file
@@ -113,6 +115,8 @@ def score_text(ec: EvalConfig, names: list[str], log) -> tuple[dict, dict, dict,
     if needing and not references:
         raise AigcError(f"{needing} compare with references, and none were given", "pass --references FILE (eval.references), once per reference set")
     scorers = _scorers(ec, names)
+    if "prediction_perplexity" in names:
+        scorers["prediction_perplexity"] = PredictionPerplexity(checkpoint, ec.batch_size)
     items = lambda: _chunks(ec, references)  # noqa: E731 — read twice when CIDEr-D needs its document frequencies first
     if "cider" in scorers:
         for predictions, refs in items():
@@ -129,6 +133,8 @@ def score_text(ec: EvalConfig, names: list[str], log) -> tuple[dict, dict, dict,
         metrics.update(scorer.result())
     if "labels" in scorers:
         details.update(scorers["labels"].report()[1])
+    if "prediction_perplexity" in scorers:
+        details["prediction_perplexity"] = scorers["prediction_perplexity"].details()
     signatures = {name: s.signature() for name, s in scorers.items() if hasattr(s, "signature")}
     inputs = [{"role": role, "path": str(path), "sha256": sha256_file(path)}
               for role, path in [("predictions", ec.generations)] + [("references", r) for r in references]]
@@ -175,6 +181,57 @@ def _chunks(ec: EvalConfig, references: list[str]):
 
 
 # ----------------------------------------------------------------------------- language model
+class PredictionPerplexity:
+    """Perplexity of the predictions under a checkpoint: how fluent the model finds them, with no
+    references needed. Each prediction is scored as a document of its own, every token predicted
+    after the end-of-text token (the context a generated document starts from); text longer than
+    the model's context goes in consecutive windows. exp(mean loss over all scored tokens)."""
+
+    def __init__(self, checkpoint: str | Path, batch_size: int):
+        from aigc_cli.generation import load_checkpoint_for_inference
+
+        self.loaded = load_checkpoint_for_inference(checkpoint)
+        self.window = self.loaded.backend.context_length(self.loaded.model) or 1024
+        self.batch_size = batch_size
+        self.total_loss, self.tokens, self.items, self.empty = 0.0, 0, 0, 0
+
+    def add(self, predictions: list[str], references=None) -> None:
+        loaded = self.loaded
+        windows: list[list[int]] = []
+        for text in predictions:
+            ids = [loaded.eos_id] + (loaded.tokenizer.encode(text, add_special_tokens=False).ids if text else [])
+            self.items += 1
+            self.empty += len(ids) == 1
+            windows += [ids[i:i + self.window + 1] for i in range(0, len(ids) - 1, self.window)]
+        windows.sort(key=len)  # similar lengths share a batch: less padding
+        for start in range(0, len(windows), self.batch_size):
+            self._score(windows[start:start + self.batch_size])
+
+    def _score(self, windows: list[list[int]]) -> None:
+        import torch
+
+        width = max(len(w) for w in windows) - 1
+        inputs = torch.full((len(windows), width), self.loaded.eos_id, dtype=torch.long)
+        targets = torch.full((len(windows), width), -100, dtype=torch.long)  # cross_entropy's ignore_index: padding
+        for row, ids in enumerate(windows):
+            inputs[row, :len(ids) - 1] = torch.tensor(ids[:-1])
+            targets[row, :len(ids) - 1] = torch.tensor(ids[1:])
+        count = int((targets != -100).sum())
+        with torch.no_grad():  # padding sits after each row's tokens, which a causal model never looks at
+            loss = self.loaded.backend.loss(self.loaded.model, (inputs.to(self.loaded.device), targets.to(self.loaded.device)), self.loaded.backend.PARTS[0])
+        self.total_loss += float(loss) * count
+        self.tokens += count
+
+    def result(self) -> dict[str, float]:
+        if not self.tokens:
+            raise AigcError("prediction_perplexity: every prediction is empty, so there is nothing to score", "check the predictions file (and --predictions-field)")
+        loss = self.total_loss / self.tokens
+        return {"prediction_perplexity": math.exp(min(loss, 700.0)), "prediction_loss": loss}
+
+    def details(self) -> dict:
+        return {"checkpoint": str(self.loaded.checkpoint), "backend": self.loaded.backend_name, "tokens": self.tokens,
+                "items": self.items, "empty_predictions": self.empty, "context": self.window}
+
 def evaluate_language_model(cfg: ExperimentConfig, checkpoint: str | Path | None) -> tuple[dict, dict]:
     import torch
 

@@ -121,6 +121,46 @@ def test_eval_writes_report(cli, trained, tmp_path):
     assert again["metrics"] == report["metrics"]
 
 
+def test_prediction_perplexity_agrees_with_the_model_and_ranks_fluency(cli, prepared, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from aigc_cli.data.tokenization import load_tokenizer
+    from tests.conftest import TINY_TEXT
+
+    out = json_out(cli("train", prepared, "train.max_steps=150", "train.eval_every=150", "train.save_every=150", "--json"))
+    fluent = TINY_TEXT.splitlines()[:6]
+    garbled = ["".join(sorted(line, key=lambda c: (ord(c) * 7919) % 101)) for line in fluent]  # same characters, scrambled
+    scores = {}
+    for name, lines in (("fluent", fluent), ("garbled", garbled)):
+        path = tmp_path / f"{name}.txt"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        scores[name] = json_out(cli("eval", "--predictions", path, "--metrics", "prediction_perplexity", "--checkpoint", out["checkpoint"], "--json"))
+    assert scores["fluent"]["metrics"]["prediction_perplexity"] < 0.8 * scores["garbled"]["metrics"]["prediction_perplexity"]
+
+    # The same number from the model's logits, window by window (block_size 16: most lines need several).
+    model = AutoModelForCausalLM.from_pretrained(out["checkpoint"]).eval()
+    tokenizer = load_tokenizer(out["checkpoint"])
+    scored = scores["fluent"]["prediction_perplexity"]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for line in fluent:
+            ids = [model.config.eos_token_id] + tokenizer.encode(line, add_special_tokens=False).ids
+            for start in range(0, len(ids) - 1, 16):
+                window = torch.tensor(ids[start:start + 17])
+                logits = model(input_ids=window[None, :-1]).logits[0]
+                total += torch.nn.functional.cross_entropy(logits, window[1:], reduction="sum").item()
+                count += len(window) - 1
+    assert scored["tokens"] == count and scored["items"] == len(fluent)
+    assert scores["fluent"]["metrics"]["prediction_loss"] == pytest.approx(total / count, rel=1e-4)
+
+
+def test_prediction_perplexity_without_a_checkpoint_is_a_clear_error(cli, tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("a line\n", encoding="utf-8")
+    result = cli("eval", "--predictions", path, "--metrics", "prediction_perplexity")
+    assert result.exit_code == 2 and "pass --checkpoint DIR" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("verb, extra, message", [
     ("generate", ["--checkpoint", "/nonexistent/ckpt"], "checkpoint not found"),
     ("eval", ["--checkpoint", "/nonexistent/ckpt"], "checkpoint not found"),
