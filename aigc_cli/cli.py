@@ -153,7 +153,8 @@ def train(config: ConfigArg, overrides: OverridesArg = None,
         from aigc_cli.training import train_model
 
         result = train_model(cfg, resume=resume, quiet=quiet)
-        summary = [f"run directory: {result.run_dir}  (config.yaml, metrics.jsonl, loss.png)",
+        written = "config.yaml, metrics.jsonl, loss.png" + (", train_samples/" if cfg.train.sample_every_eval else "") + ", TensorBoard events"
+        summary = [f"run directory: {result.run_dir}  ({written}; watch with: tensorboard --logdir {result.run_dir})",
                    f"final checkpoint: {result.checkpoint}",
                    f"validation loss: {result.val_loss:.4f} after {result.steps} steps"]
         return {"run_dir": str(result.run_dir), "checkpoint": str(result.checkpoint), "val_loss": result.val_loss,
@@ -344,7 +345,8 @@ def init(directory: Annotated[str, typer.Argument(help="Folder to write the conf
          template: Annotated[Optional[str], typer.Option("--template", "-t", help="Which starter config (see --list).", autocompletion=_template_names)] = None,
          list_templates: Annotated[bool, typer.Option("--list", help="Name the templates, one line each, and exit.")] = False,
          force: Annotated[bool, typer.Option("--force", help="Overwrite files that already exist.")] = False,
-         as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+         as_json: JsonOpt = False, debug: DebugOpt = False,
+         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False) -> None:
     """Write a commented starter config that runs as it is (text-gpt, text-rnn, finetune-lora, image-ddpm, image-vae, image-gan).
 
     Example: aigc init my-first --template text-gpt && aigc prep my-first/text-gpt.yaml
@@ -367,7 +369,7 @@ def init(directory: Annotated[str, typer.Argument(help="Folder to write the conf
             summary.append(f"  aigc finetune {config_path}")
         else:
             summary.append(f"next:  aigc prep {config_path} && aigc train {config_path}")
-        return {"template": template, "written": [str(p) for p in written]}, summary
+        return {"template": template, "written": [str(p) for p in written]}, [] if quiet else summary
 
     _run_plain(as_json, debug, work)
 

@@ -2,7 +2,8 @@
 
 Nothing here imports torch: parameter counts come from the safetensors headers (tensor shapes,
 no weights loaded), the rest from the JSON and YAML files every verb writes. So a listing of a
-hundred runs, or the description of a checkpoint, takes a fraction of a second.
+hundred runs, or the description of a checkpoint, takes a fraction of a second. (The exception:
+a downloaded checkpoint with only pickled .bin weights, whose shapes torch must read.)
 """
 
 from __future__ import annotations
@@ -210,12 +211,14 @@ def describe_checkpoint(path: Path) -> dict:
 
 
 def count_parameters(directory: Path) -> int | None:
-    """Elements of every tensor in the directory's *.safetensors files, from their headers only."""
+    """Elements of every tensor in the directory's *.safetensors files, from their headers only
+    (or, for a checkpoint with only pickled pytorch_model*.bin / adapter_model.bin weights, from
+    torch.load with weights_only and mmap: shapes are read, the tensor data stays on disk)."""
     from safetensors import safe_open
 
     files = sorted(directory.glob("*.safetensors"))
     if not files:
-        return None
+        return _count_pickled_parameters(sorted(directory.glob("*.bin")))
     total = 0
     for file in files:
         try:
@@ -223,6 +226,22 @@ def count_parameters(directory: Path) -> int | None:
                 total += sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
         except Exception as exc:  # noqa: BLE001 — safetensors raises its own error types for damaged files
             raise AigcError(f"cannot read {file}: {exc}", "the checkpoint is damaged; use another one") from None
+    return total
+
+
+def _count_pickled_parameters(files: list[Path]) -> int | None:
+    files = [f for f in files if f.name.startswith(("pytorch_model", "adapter_model", "model"))]
+    if not files:
+        return None
+    import torch  # only here: a .bin-only checkpoint is the one case that needs it
+
+    total = 0
+    for file in files:
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)  # never runs pickled code
+        except Exception as exc:  # noqa: BLE001 — a damaged zip or a pickle that is not plain tensors
+            raise AigcError(f"cannot read {file}: {exc}", "the checkpoint is damaged or not a weights file; use another one") from None
+        total += sum(t.numel() for t in state.values() if isinstance(t, torch.Tensor))
     return total
 
 

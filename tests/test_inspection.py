@@ -96,6 +96,22 @@ def test_info_describes_a_checkpoint_like_the_loaded_model(cli, runs_dir):
     assert f"parameters: {info['parameters']:,}" in text and "tokenizer: kind=char" in text
 
 
+def test_info_counts_parameters_of_a_pickled_bin_checkpoint(cli, runs_dir, tmp_path):
+    """Older hub checkpoints ship pytorch_model.bin only: the count comes from its tensors' shapes."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    checkpoint = tmp_path / "bin-only"
+    shutil.copytree(runs_dir / "done" / "checkpoints" / "step-000020", checkpoint)
+    weights = load_file(checkpoint / "model.safetensors")
+    (checkpoint / "model.safetensors").unlink()
+    torch.save(weights, checkpoint / "pytorch_model.bin")
+    info = json_out(cli("info", checkpoint, "--json"))
+    assert info["parameters"] == sum(t.numel() for t in weights.values()) > 0
+
+
 def test_info_describes_prepared_text(cli, runs_dir):
     prepared = runs_dir.parent / "prepared"
     info = json_out(cli("info", prepared, "--json"))

@@ -21,8 +21,9 @@ def read_events(run_dir: Path):
 def test_text_run_writes_tensorboard_samples_and_plot(cli, tmp_path, corpus):
     cfg = tiny_config(tmp_path, corpus, train={"sample_prompts": ["To be", ""]})
     json_out(cli("prep", cfg, "--json"))
-    json_out(cli("train", cfg, "--json"))
+    trained = cli("train", cfg)
     run = tmp_path / "run"
+    assert trained.exit_code == 0 and f"train_samples/, TensorBoard events; watch with: tensorboard --logdir {run}" in trained.stdout
     assert (run / "loss.png").stat().st_size > 1000
     assert list(run.glob("events.out.tfevents.*"))
 
@@ -45,7 +46,8 @@ def test_text_run_writes_tensorboard_samples_and_plot(cli, tmp_path, corpus):
 def test_samples_can_be_switched_off(cli, tmp_path, corpus):
     cfg = tiny_config(tmp_path, corpus, train={"sample_every_eval": False})
     json_out(cli("prep", cfg, "--json"))
-    json_out(cli("train", cfg, "--json"))
+    trained = cli("train", cfg)
+    assert trained.exit_code == 0 and "train_samples/" not in trained.stdout
     assert not (tmp_path / "run" / "train_samples").exists()
     assert (tmp_path / "run" / "loss.png").is_file()
 

@@ -57,7 +57,8 @@ def test_init_writes_and_never_overwrites_without_force(cli, tmp_path):
     assert len(again.stderr.strip().splitlines()) == 1
     assert target.read_text(encoding="utf-8") == "# my edits\n"
 
-    assert cli("init", tmp_path / "exp", "--template", "text-gpt", "--force").exit_code == 0
+    forced = cli("init", tmp_path / "exp", "--template", "text-gpt", "--force", "--quiet")
+    assert forced.exit_code == 0 and forced.stdout == "" and forced.stderr == ""
     assert target.read_text(encoding="utf-8").startswith("# text-gpt: ")
 
 
