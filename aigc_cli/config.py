@@ -168,6 +168,8 @@ class LoraConfig(Section):
     target_modules: Optional[list[str]] = Field(None, description="Module names to adapt (null: every attention and MLP projection of the architecture, e.g. c_attn/c_proj/c_fc for GPT-2, q/k/v/o/gate/up/down_proj for Llama). A dotted suffix picks one kind, e.g. mlp.c_proj.")
     modules_to_save: Optional[list[str]] = Field(None, description="Modules trained in full beside the adapters and saved with them (peft's modules_to_save), e.g. h.3.attn.c_proj: a full-rank matrix where a low-rank update is too narrow.")
     rslora: bool = Field(False, description="Rank-stabilised LoRA: scale by alpha/sqrt(r) instead of alpha/r.")
+    loraplus_lr_ratio: Optional[float] = Field(None, gt=0.0, description="LoRA+ (Hayou et al. 2024): the B matrices learn this many times faster than train.learning_rate (the paper suggests 16); null: one rate for all.")
+    dora: bool = Field(False, description="DoRA (peft's use_dora): learn each weight column's magnitude apart from its LoRA-updated direction; closer to full fine-tuning at low rank, slower per step.")
 
 
 class FinetuneConfig(Section):

@@ -147,7 +147,9 @@ def _finetune(cfg: ExperimentConfig, resume: bool, merge: bool, quiet: bool) -> 
 
     def make_model(previous: Path | None, device: str) -> torch.nn.Module:
         if backend_name == "lora":
-            return backend.load(previous, device, trainable=True) if previous else backend.add_adapters(base_model, fc.lora)
+            model = backend.load(previous, device, trainable=True) if previous else backend.add_adapters(base_model, fc.lora)
+            backend.set_loraplus_ratio(model, fc.lora.loraplus_lr_ratio)
+            return model
         model = backend.load(previous, device) if previous else base_model
         freeze_bottom_layers(model, fc.freeze_layers)
         return model

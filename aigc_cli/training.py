@@ -81,9 +81,13 @@ def lr_at(step: int, tc: TrainConfig) -> float:
 
 def make_optimizer(params, tc: TrainConfig, device: str, sharded: bool = False) -> torch.optim.AdamW:
     # Matrices get weight decay; biases, norms and other vectors do not (GPT-2 / nanoGPT practice).
+    # A parameter may carry `lr_scale` (LoRA+'s B matrices): its group's rate is the schedule's × that.
     params = list(params)
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": tc.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = []
+    for scale in sorted({getattr(p, "lr_scale", 1.0) for p in params}):
+        scaled = [p for p in params if getattr(p, "lr_scale", 1.0) == scale]
+        groups += [{"params": [p for p in scaled if p.dim() >= 2], "weight_decay": tc.weight_decay, "lr_scale": scale},
+                   {"params": [p for p in scaled if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
     # One fused kernel per step on CUDA and CPU alike (on CPU ~15x faster than the default per-tensor
     # loop); FSDP's sharded DTensor parameters take the multi-tensor (foreach) path instead.
     kind = {"foreach": True} if sharded else {"fused": True}
@@ -285,7 +289,7 @@ def _train(cfg: ExperimentConfig, job: TrainingJob, resume: bool, quiet: bool, s
             lr = lr_at(step, tc)
             for opt in optimizers.values():
                 for group in opt.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
 
             # 1. evaluate
             if step % tc.eval_every == 0 or step == tc.max_steps:

@@ -121,6 +121,21 @@ def test_lora_trains_only_adapters_and_merge_matches(cli, tmp_path, base_model):
     assert texts[0] == texts[1]
 
 
+def test_loraplus_ratio_scales_only_the_b_matrices_step(cli, tmp_path, base_model):
+    """One step from the same start: B begins at zero and A gets no gradient through a zero B, so
+    after it B is exactly (Adam's step is linear in the rate) ratio × B of the plain run."""
+    adapters = {}
+    for name, ratio in (("plain", None), ("plus", 16.0)):
+        lora = {"r": 4, "alpha": 8, "dropout": 0.0, "loraplus_lr_ratio": ratio}
+        out = json_out(cli("finetune", finetune_config(tmp_path / name, base_model, lora=lora), "train.max_steps=1", "--json"))
+        adapters[name] = load_file(f"{out['checkpoint']}/adapter_model.safetensors")
+    b_names = [n for n in adapters["plain"] if "lora_B" in n]
+    assert b_names and all(adapters["plain"][n].abs().sum() > 0 for n in b_names)
+    for name, plain in adapters["plain"].items():
+        expected = plain * 16 if name in b_names else plain
+        torch.testing.assert_close(adapters["plus"][name], expected, rtol=1e-5, atol=1e-7)
+
+
 def test_merge_of_an_adapter_on_tied_embeddings_keeps_the_logits(cli, tmp_path, base_model):
     # GPT-2 ties the output head to the token embeddings; an adapter on `wte` changes only the
     # input side, so a naive merge into the shared matrix would change the head as well.

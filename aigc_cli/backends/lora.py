@@ -44,12 +44,22 @@ def add_adapters(model: torch.nn.Module, lora_cfg) -> torch.nn.Module:
 
     targets = lora_cfg.target_modules or DEFAULT_TARGETS.get(model.config.model_type)  # None: peft's default for the architecture
     config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout, target_modules=targets,
-                        modules_to_save=lora_cfg.modules_to_save, use_rslora=lora_cfg.rslora,
+                        modules_to_save=lora_cfg.modules_to_save, use_rslora=lora_cfg.rslora, use_dora=lora_cfg.dora,
                         task_type="CAUSAL_LM", fan_in_fan_out=model.config.model_type == "gpt2")
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
         raise AigcError(f"cannot add LoRA adapters: {exc}", "set finetune.lora.target_modules to module names of this model") from None
+
+
+def set_loraplus_ratio(model: torch.nn.Module, ratio: float | None) -> None:
+    """LoRA+: the B matrices (which start at zero) get `ratio` × the learning rate; make_optimizer
+    reads the mark. None leaves every rate alone."""
+    if ratio is None:
+        return
+    for name, param in model.named_parameters():
+        if param.requires_grad and (".lora_B." in name or ".lora_embedding_B." in name):
+            param.lr_scale = ratio
 
 
 def parameters(model: torch.nn.Module, part: str):
