@@ -138,9 +138,13 @@ class ParallelModel:
 
             if procs.is_main:
                 self._skeleton = _skeleton(model)
+            marks = {name: p.lr_scale for name, p in model.named_parameters() if hasattr(p, "lr_scale")}
             for block in _repeated_blocks(model):
                 fully_shard(block)
             fully_shard(self.module)
+            for name, p in model.named_parameters():  # sharding made new Parameter objects: keep LoRA+'s marks
+                if name in marks:
+                    p.lr_scale = marks[name]
         if compile:
             self.module.compile()
 
