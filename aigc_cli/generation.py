@@ -218,7 +218,7 @@ def _sample_padded(loaded: LoadedModel, rows: list[list[int]], gc: GenerateConfi
     generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
     new: list[list[int]] = [[] for _ in rows]
     finish, texts = ["length"] * len(rows), [None] * len(rows)
-    active = list(range(len(rows)))
+    live = list(range(len(rows)))  # the rows still in the batch tensors, in order
     state = None
     for _ in range(gc.max_new_tokens):
         logits, state = loaded.backend.padded_next_token_logits(loaded.model, ids, mask, state)
@@ -227,15 +227,13 @@ def _sample_padded(loaded: LoadedModel, rows: list[list[int]], gc: GenerateConfi
             next_ids = scores.argmax(dim=-1, keepdim=True)
         else:
             probs = torch.softmax(scores, dim=-1)
-            next_ids = torch.full((len(rows), 1), eos, device=device)
-            for i in active:  # one draw per live row from its own generator, exactly as one at a time
-                next_ids[i] = torch.multinomial(probs[i:i + 1], 1, generator=generators[i])[0]
-        for i, token in zip(list(active), next_ids[:, 0].tolist()):
-            if i not in active:
-                continue
+            next_ids = torch.cat([torch.multinomial(probs[j:j + 1], 1, generator=generators[i])[0]  # each row's own generator,
+                                  for j, i in enumerate(live)]).unsqueeze(1)                        # exactly as one at a time
+        done = []
+        for j, (i, token) in enumerate(zip(live, next_ids[:, 0].tolist())):
             if token == eos:
                 finish[i] = "eos"
-                active.remove(i)
+                done.append(j)
                 continue
             new[i].append(token)
             if gc.stop:
@@ -243,11 +241,16 @@ def _sample_padded(loaded: LoadedModel, rows: list[list[int]], gc: GenerateConfi
                 cut = min((text.find(s) for s in gc.stop if s and s in text), default=-1)
                 if cut >= 0:
                     texts[i], finish[i] = text[:cut], "stop"
-                    active.remove(i)
-        if not active:
+                    done.append(j)
+        if len(done) == len(live):
             break
         ids, seen = torch.cat([ids, next_ids], dim=1), torch.cat([seen, next_ids], dim=1)
-        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+        mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
+        if done:  # finished rows leave the batch (and the key/value cache): no more work spent on them
+            keep = torch.tensor([j for j in range(len(live)) if j not in done], device=device)
+            ids, seen, mask = ids[keep], seen[keep], mask[keep]
+            state.batch_select_indices(keep)
+            live = [live[j] for j in keep.tolist()]
     return [(texts[i] if texts[i] is not None else loaded.tokenizer.decode(new[i]), len(new[i]), finish[i]) for i in range(len(rows))]
 
 
