@@ -144,6 +144,21 @@ def logits_processors(gc: GenerateConfig):
     return processors
 
 
+def completion_uniforms(seeds: list[int], steps: int, device: str) -> torch.Tensor:
+    """(rows, steps) uniforms in (0, 1], one seeded stream per completion, drawn up front: a whole
+    batch then samples in one vectorised call per step and still gets each row's own draws."""
+    return torch.stack([1.0 - torch.rand(steps, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+                        for seed in seeds]).to(device)
+
+
+def draw_tokens(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """One token per row by inverse-CDF sampling: the first id whose cumulative probability
+    reaches u × total. A zero-probability id (cut by top-k/top-p) never is the first, since u > 0."""
+    cumulative = probs.double().cumsum(dim=-1)
+    targets = (uniforms.unsqueeze(1) * cumulative[:, -1:]).contiguous()
+    return torch.searchsorted(cumulative, targets).clamp_(max=probs.size(-1) - 1)
+
+
 @torch.no_grad()
 def sample_completion(loaded: LoadedModel, prompt: str, gc: GenerateConfig, seed: int, processors,
                       on_text: Callable[[str], None] | None = None) -> tuple[str, int, str]:
@@ -151,18 +166,18 @@ def sample_completion(loaded: LoadedModel, prompt: str, gc: GenerateConfig, seed
     tok = loaded.tokenizer
     prompt_ids = tok.encode(prompt, add_special_tokens=False).ids if prompt else []
     ids = torch.tensor([[loaded.eos_id, *prompt_ids]] if not prompt_ids else [prompt_ids], device=loaded.device)
-    generator = torch.Generator(device=loaded.device).manual_seed(seed)
+    uniforms = completion_uniforms([seed], gc.max_new_tokens, loaded.device)
     new: list[int] = []
     shown = ""
     state = None
     finish = "length"
-    for _ in range(gc.max_new_tokens):
+    for step in range(gc.max_new_tokens):
         logits, state = loaded.backend.next_token_logits(loaded.model, ids, state)
         scores = processors(ids, logits)
         if gc.temperature == 0:
             next_id = scores.argmax(dim=-1, keepdim=True)
         else:
-            next_id = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)
+            next_id = draw_tokens(torch.softmax(scores, dim=-1), uniforms[:, step])
         if next_id.item() == loaded.eos_id:
             finish = "eos"
             break
@@ -215,20 +230,18 @@ def _sample_padded(loaded: LoadedModel, rows: list[list[int]], gc: GenerateConfi
     # token, which the row holds anyway, so each row is penalised for its own tokens only.
     first_real = torch.tensor([[width - len(r)] for r in rows], device=device)
     seen = torch.where(mask.bool(), ids, ids.gather(1, first_real))
-    generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+    uniforms = completion_uniforms(seeds, gc.max_new_tokens, device)
     new: list[list[int]] = [[] for _ in rows]
     finish, texts = ["length"] * len(rows), [None] * len(rows)
     live = list(range(len(rows)))  # the rows still in the batch tensors, in order
     state = None
-    for _ in range(gc.max_new_tokens):
+    for step in range(gc.max_new_tokens):
         logits, state = loaded.backend.padded_next_token_logits(loaded.model, ids, mask, state)
         scores = processors(seen, logits)
         if gc.temperature == 0:
             next_ids = scores.argmax(dim=-1, keepdim=True)
-        else:
-            probs = torch.softmax(scores, dim=-1)
-            next_ids = torch.cat([torch.multinomial(probs[j:j + 1], 1, generator=generators[i])[0]  # each row's own generator,
-                                  for j, i in enumerate(live)]).unsqueeze(1)                        # exactly as one at a time
+        else:  # each row's own random numbers: the draw is the one that row gets alone
+            next_ids = draw_tokens(torch.softmax(scores, dim=-1), uniforms[live, step])
         done = []
         for j, (i, token) in enumerate(zip(live, next_ids[:, 0].tolist())):
             if token == eos:

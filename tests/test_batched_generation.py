@@ -36,3 +36,18 @@ def test_batched_generation_matches_one_at_a_time(cli, tmp_path, corpus, backend
         assert [{k: r[k] for k in keys} for r in together] == [{k: r[k] for k in keys} for r in alone], overrides
         if number == 0 and backend == "gpt":
             assert any(r["finish_reason"] == "stop" for r in together)  # the stop strings were exercised
+
+
+def test_draw_tokens_follows_the_distribution_and_never_picks_a_cut_token():
+    import torch
+
+    from aigc_cli.generation import completion_uniforms, draw_tokens
+
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3, 0.0]]).repeat(20_000, 1)
+    uniforms = completion_uniforms([7], 20_000, "cpu")[0]
+    drawn = draw_tokens(probs, uniforms)[:, 0]
+    counts = torch.bincount(drawn, minlength=5).double() / len(drawn)
+    assert counts[1] == 0 and counts[4] == 0
+    torch.testing.assert_close(counts, torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0], dtype=torch.float64), atol=0.01, rtol=0)
+    # The edge: u = 1 takes the last id with probability > 0.
+    assert draw_tokens(probs[:1], torch.tensor([1.0], dtype=torch.float64)).item() == 3
