@@ -136,6 +136,21 @@ def test_loraplus_ratio_scales_only_the_b_matrices_step(cli, tmp_path, base_mode
         torch.testing.assert_close(adapters["plus"][name], expected, rtol=1e-5, atol=1e-7)
 
 
+def test_dora_trains_magnitudes_and_merges_exactly(cli, tmp_path, base_model):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = finetune_config(tmp_path, base_model, lora={"r": 4, "alpha": 8, "dropout": 0.0, "dora": True})
+    out = json_out(cli("finetune", cfg, "--merge", "--json"))
+    adapters = load_file(f"{out['checkpoint']}/adapter_model.safetensors")
+    assert any("lora_magnitude_vector" in name for name in adapters)  # DoRA's per-column magnitudes were saved
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), out["checkpoint"]).eval()
+    merged = AutoModelForCausalLM.from_pretrained(out["merged"]).eval()
+    ids = torch.tensor([[5, 9, 12, 40, 41, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, tuned(ids).logits, atol=1e-4, rtol=1e-4)
+
+
 def test_merge_of_an_adapter_on_tied_embeddings_keeps_the_logits(cli, tmp_path, base_model):
     # GPT-2 ties the output head to the token embeddings; an adapter on `wte` changes only the
     # input side, so a naive merge into the shared matrix would change the head as well.
