@@ -51,3 +51,38 @@ def test_draw_tokens_follows_the_distribution_and_never_picks_a_cut_token():
     torch.testing.assert_close(counts, torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0], dtype=torch.float64), atol=0.01, rtol=0)
     # The edge: u = 1 takes the last id with probability > 0.
     assert draw_tokens(probs[:1], torch.tensor([1.0], dtype=torch.float64)).item() == 3
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_kv_cache_steps_match_a_full_forward_without_deprecation_warnings(architecture):
+    # transformers renames the cache keyword across 5.x; the backend passes whichever the model
+    # takes, so decoding neither warns on every step nor silently drops the cache.
+    import warnings
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from aigc_cli.backends.gpt import next_token_logits, padded_next_token_logits
+
+    torch.manual_seed(0)
+    if architecture == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=32, n_layer=2, n_head=2))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=2, max_position_embeddings=32))
+    model.eval()
+    ids = torch.randint(0, 50, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # row 1 is left-padded
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("error")
+        _, state = next_token_logits(model, ids[:, :6], None)
+        _, padded_state = padded_next_token_logits(model, ids[:, :6], mask[:, :6], None)
+        for length in range(7, 10):
+            cached, state = next_token_logits(model, ids[:, :length], state)
+            padded, padded_state = padded_next_token_logits(model, ids[:, :length], mask[:, :length], padded_state)
+            full = model(input_ids=ids[:, :length]).logits[:, -1]
+            torch.testing.assert_close(cached, full, atol=1e-4, rtol=0)
+            torch.testing.assert_close(padded[0], full[0], atol=1e-4, rtol=0)
+            alone = model(input_ids=ids[1:, 3:length]).logits[0, -1]  # the padded row as if it stood alone
+            torch.testing.assert_close(padded[1], alone, atol=1e-4, rtol=0)

@@ -6,6 +6,8 @@ loads it unchanged.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -75,15 +77,31 @@ def context_length(model: torch.nn.Module) -> int | None:
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
 
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    # transformers 5.x renamed forward's `past_key_values` to `cache` (the old name warns on
+    # every call from 5.2x on); models not yet migrated, and older 5.x, only know the old name.
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def _with_cache(model: torch.nn.Module, state: Any) -> dict:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wrapper
+    return {_cache_keyword(type(base)): state}
+
+
+def _returned_cache(out: Any) -> Any:
+    return out["cache"] if "cache" in out else out.past_key_values
+
+
 def next_token_logits(model: torch.nn.Module, ids: torch.Tensor, state: Any):
     """Incremental decoding with the key/value cache; past the context window, re-encode its tail."""
     limit = context_length(model)
     if state is not None and (limit is None or ids.size(1) <= limit):
-        out = model(input_ids=ids[:, -1:], past_key_values=state, use_cache=True)
+        out = model(input_ids=ids[:, -1:], use_cache=True, **_with_cache(model, state))
     else:
         window = ids if limit is None else ids[:, -limit:]
         out = model(input_ids=window, use_cache=True)
-    return out.logits[:, -1, :].float(), out.past_key_values
+    return out.logits[:, -1, :].float(), _returned_cache(out)
 
 
 def padded_next_token_logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, state: Any):
@@ -93,5 +111,5 @@ def padded_next_token_logits(model: torch.nn.Module, ids: torch.Tensor, mask: to
     if state is None:
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
     else:
-        out = model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:], past_key_values=state, use_cache=True)
-    return out.logits[:, -1, :].float(), out.past_key_values
+        out = model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:], use_cache=True, **_with_cache(model, state))
+    return out.logits[:, -1, :].float(), _returned_cache(out)
