@@ -21,6 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 WORDS = "a man woman dog child red blue ball street runs sits plays with in on the of near big small green".split()
 ZH = ["今天天气很好，我们去公园散步。", "他在图书馆里看书。", "这只小猫非常可爱。", "我喜欢吃苹果和香蕉。", "明天我们要去北京开会。",
       "孩子们在操场上踢足球。", "妈妈正在厨房做饭。", "这本书的故事很有意思。", "火车站离这里不远。", "老师给学生们讲了一个故事。"]
+JA = ["今日はとても良い天気です。", "私は毎朝コーヒーを飲みます。", "駅の前に新しい本屋ができました。", "子供たちは公園でサッカーをしています。",
+      "明日は東京で会議があります。", "この映画はとても面白かった。", "母は台所で料理を作っています。", "電車が遅れて学校に遅刻しました。",
+      "週末に友達と海へ行きたいです。", "先生が学生に新しい話をしました。"]
+KO = ["오늘은 날씨가 정말 좋습니다.", "나는 매일 아침 커피를 마십니다.", "역 앞에 새로운 서점이 생겼어요.", "아이들이 공원에서 축구를 하고 있습니다.",
+      "내일은 서울에서 회의가 있습니다.", "이 영화는 아주 재미있었어요.", "어머니가 부엌에서 요리를 하고 계십니다.", "기차가 늦어서 학교에 지각했습니다.",
+      "주말에 친구와 바다에 가고 싶어요.", "선생님이 학생들에게 새로운 이야기를 해 주셨습니다."]
 
 
 def _sentences(n: int, seed: int) -> list[str]:
@@ -57,7 +63,8 @@ def _sacrebleu_cli(refs: list[Path], hyp: Path, *extra: str) -> list[float]:
     return json.loads(out.stdout)
 
 
-@pytest.mark.parametrize("lang", ["en", "zh"])
+# ja and ko: sacrebleu's MeCab tokenizers (the dev extra installs sacrebleu[ja,ko]).
+@pytest.mark.parametrize("lang", ["en", "zh", "ja", "ko"])
 def test_bleu_chrf_ter_equal_the_sacrebleu_command_line(cli, tmp_path, monkeypatch, lang):
     """Chunks of 7 items summed by aigc give the numbers sacrebleu prints for the whole files."""
     import aigc_cli.evaluation
@@ -67,10 +74,10 @@ def test_bleu_chrf_ter_equal_the_sacrebleu_command_line(cli, tmp_path, monkeypat
         refs_a = _sentences(60, 1)
         refs_b, hyps, extra = _edit(refs_a, 2), _edit(refs_a, 3), []
     else:
-        refs_a = ZH * 3
-        refs_b = [s.replace("我们", "大家") for s in refs_a]
+        refs_a = {"zh": ZH, "ja": JA, "ko": KO}[lang] * 3
+        refs_b = [s.replace("我们", "大家").replace("私は", "僕は").replace("나는", "저는") for s in refs_a]
         hyps = [s[: len(s) // 2] + "的" + s[len(s) // 2 + 1:] if i % 3 else s[::-1] for i, s in enumerate(refs_a)]
-        extra = ["-tok", "zh", "--ter-normalized", "--ter-asian-support"]
+        extra = ["-tok", {"zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}[lang], "--ter-normalized", "--ter-asian-support"]
     ref_files = [_write(tmp_path / "a.txt", refs_a), _write(tmp_path / "b.txt", refs_b)]
     hyp = _write(tmp_path / "hyp.txt", hyps)
     out = json_out(cli("eval", "--predictions", hyp, "--references", ref_files[0], "--references", ref_files[1],
@@ -81,7 +88,19 @@ def test_bleu_chrf_ter_equal_the_sacrebleu_command_line(cli, tmp_path, monkeypat
     assert out["metrics"]["chrf"] == pytest.approx(chrf, abs=6e-5)
     assert out["metrics"]["ter"] == pytest.approx(ter, abs=6e-5)
     assert list(out["metrics"]) == ["bleu", "chrf", "ter"]
-    assert out["signatures"]["bleu"].startswith("nrefs:2|") and ("tok:zh" if lang == "zh" else "tok:13a") in out["signatures"]["bleu"]
+    tokenizer = {"en": "13a", "zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}[lang]
+    assert out["signatures"]["bleu"].startswith("nrefs:2|") and f"tok:{tokenizer}" in out["signatures"]["bleu"]
+
+
+def test_a_missing_mecab_is_a_clear_error(cli, tmp_path, monkeypatch):
+    from sacrebleu.tokenizers import tokenizer_ja_mecab
+
+    monkeypatch.setattr(tokenizer_ja_mecab, "MeCab", None)  # as when sacrebleu[ja] is not installed
+    files = _write(tmp_path / "h.txt", JA), _write(tmp_path / "r.txt", JA)
+    result = cli("eval", "--predictions", files[0], "--references", files[1], "--metrics", "bleu", "--lang", "ja")
+    assert result.exit_code == 2
+    assert "ja-mecab tokenizer needs packages that are not installed" in result.output and "sacrebleu[ja]" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_rouge_equals_rouge_score(cli, tmp_path):
