@@ -56,8 +56,17 @@ def pick_device(requested: str) -> str:
     return "cuda" if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()) else "cpu"
 
 
-def pick_precision(requested: str, device: str) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. fp16 is never chosen: on CPU it is ~100× slower."""
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matmuls at several times the fp32 rate (measured here: ≈820 against
+    ≈195 GFLOP/s). Without them oneDNN emulates bf16, slower than fp32."""
+    cpu = torch.cpu
+    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def pick_precision(requested: str, device: str, backend=None) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. fp16 is never chosen: on CPU it is ~100× slower.
+    auto: bf16 on CUDA GPUs that have it, and on CPUs with native bf16 for backends measured to
+    gain there (`CPU_BF16 = True`: gpt and lora 1.3-1.4×, ddpm 1.2×)."""
     if requested == "fp32":
         return None
     supported = torch.cuda.is_bf16_supported() if device == "cuda" else torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -65,7 +74,9 @@ def pick_precision(requested: str, device: str) -> torch.dtype | None:
         if not supported:
             raise AigcError(f"train.precision=bf16 but this {device} has no native bfloat16 support", "use train.precision=fp32 (or auto)")
         return torch.bfloat16
-    return torch.bfloat16 if device == "cuda" and supported else None
+    if device == "cuda":
+        return torch.bfloat16 if supported else None
+    return torch.bfloat16 if getattr(backend, "CPU_BF16", False) and cpu_has_native_bf16() else None
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -198,7 +209,7 @@ def _train(cfg: ExperimentConfig, job: TrainingJob, resume: bool, quiet: bool, s
     run_dir = Path(tc.out_dir)
     device = pick_device(tc.device)
     procs = start_processes(tc.strategy, tc.batch_size, job.backend_name, device)
-    amp_dtype = pick_precision(tc.precision, device)
+    amp_dtype = pick_precision(tc.precision, device, backend)
     autocast = (lambda: torch.autocast(device, dtype=amp_dtype)) if amp_dtype else nullcontext
 
     if run_dir.exists() and not run_dir.is_dir():

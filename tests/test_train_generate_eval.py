@@ -175,3 +175,32 @@ def test_bad_input_exits_2_with_one_line(cli, prepared, verb, extra, message):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_auto_precision_is_bf16_on_cpu_only_where_it_pays(monkeypatch):
+    from aigc_cli import training
+    from aigc_cli.backends import get_backend
+
+    transformers_, others = [get_backend(n) for n in ("gpt", "lora", "ddpm")], [get_backend(n) for n in ("rnn", "vae", "gan")]
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    assert all(training.pick_precision("auto", "cpu", b) is torch.bfloat16 for b in transformers_)
+    assert all(training.pick_precision("auto", "cpu", b) is None for b in others)
+    assert training.pick_precision("fp32", "cpu", transformers_[0]) is None
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)  # emulated bf16 would be slower than fp32
+    assert training.pick_precision("auto", "cpu", transformers_[0]) is None
+
+
+def test_a_bf16_run_records_its_precision_and_learns_like_fp32(cli, tmp_path, corpus, monkeypatch):
+    from aigc_cli import training
+
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    cfg = tiny_config(tmp_path, corpus, train={"max_steps": 40, "eval_every": 40, "save_every": 0})
+    json_out(cli("prep", cfg, "--json"))
+    losses = {}
+    for precision in ("auto", "fp32"):
+        out = json_out(cli("train", cfg, f"train.precision={precision}", f"train.out_dir={tmp_path / precision}", "--json"))
+        provenance = json.loads((tmp_path / precision / "provenance.json").read_text())
+        assert provenance["precision"] == {"auto": "torch.bfloat16", "fp32": "fp32"}[precision]
+        losses[precision] = out["val_loss"]
+    assert losses["auto"] != losses["fp32"]  # bf16 really ran ...
+    assert losses["auto"] == pytest.approx(losses["fp32"], rel=0.03)  # ... and learned as much
