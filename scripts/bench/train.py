@@ -20,7 +20,9 @@ character-level tinyshakespeare (or Python's own docs when ../shared is absent):
            evaluation, saving, logging or progress bar. Timed by its own `train_runtime`.
   aigc_bf16, trainer_bf16  on a CPU where aigc's `train.precision: auto` picks bf16 autocast
            (native AVX512-BF16 or AMX): aigc and Trainer (`bf16=True`) again, both in bf16 — a
-           like-for-like row — and an informational row of each tool at its default precision.
+           like-for-like row — and an informational row of each tool at its default precision;
+           unless --no-compile, also both compiled in bf16 (Trainer's `torch_compile=True`, timed
+           over the second half of twice the steps).
 
 Each side first runs an untimed warm-up, then `--repeats` interleaved rounds (rotating who goes
 first); the medians are compared. Model FLOP utilisation is nanoGPT's estimate (6N + 12·L·H·Q·T
@@ -187,18 +189,21 @@ def with_precision(cfg, precision: str):
     return cfg
 
 
-def run_trainer(cfg, steps: int, out_dir: Path) -> float:
+def run_trainer(cfg, steps: int, out_dir: Path, compile: bool = False) -> float:
+    """Timed by Trainer's own `train_runtime`; with `torch_compile=True` it runs twice the steps and
+    the second half is timed (steady state, as for aigc+compile)."""
     import numpy as np
     import torch
     from torch.utils.data import Dataset, SequentialSampler
-    from transformers import PrinterCallback, Trainer, TrainingArguments
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     tc, block = cfg.train, cfg.model.block_size
+    total = 2 * steps if compile else steps
     model = build_model(cfg)
     tokens = np.memmap(Path(cfg.data.prepared_dir) / "train.bin", dtype=np.uint16, mode="r")
-    starts = torch.cat(window_starts(cfg, steps)).tolist()
+    starts = torch.cat(window_starts(cfg, total)).tolist()
 
     class Windows(Dataset):
         def __len__(self):
@@ -212,15 +217,25 @@ def run_trainer(cfg, steps: int, out_dir: Path) -> float:
         def _get_train_sampler(self, *args, **kwargs):
             return SequentialSampler(self.train_dataset)
 
+    class StepClock(TrainerCallback):
+        ends: dict[int, float] = {}
+
+        def on_step_end(self, args, state, control, **kwargs):
+            _sync(tc.device)
+            self.ends[state.global_step] = time.perf_counter()
+
     arguments = TrainingArguments(
-        output_dir=str(out_dir), per_device_train_batch_size=tc.batch_size, max_steps=steps, learning_rate=tc.learning_rate,
+        output_dir=str(out_dir), per_device_train_batch_size=tc.batch_size, max_steps=total, learning_rate=tc.learning_rate,
         weight_decay=tc.weight_decay, adam_beta1=tc.beta1, adam_beta2=tc.beta2, max_grad_norm=tc.grad_clip,
         lr_scheduler_type="cosine", warmup_steps=tc.warmup_steps, logging_steps=10 ** 9, save_strategy="no",
         report_to="none", disable_tqdm=True, dataloader_num_workers=0, use_cpu=tc.device == "cpu",
-        bf16=tc.precision == "bf16", seed=tc.seed)
-    trainer = InOrder(model=model, args=arguments, train_dataset=Windows())
+        bf16=tc.precision == "bf16", seed=tc.seed, torch_compile=compile)
+    clock = StepClock()
+    trainer = InOrder(model=model, args=arguments, train_dataset=Windows(), callbacks=[clock])
     trainer.remove_callback(PrinterCallback)  # it prints the final metrics dict
     runtime = trainer.train().metrics["train_runtime"]
+    if compile:
+        runtime = clock.ends[total] - clock.ends[steps]
     return steps * tc.batch_size * block / runtime
 
 
@@ -262,6 +277,9 @@ def main(argv=None) -> int:
             bf16 = with_precision(cfg, "bf16")
             sides["aigc_bf16"] = lambda steps: run_aigc(bf16, steps, workdir / f"aigc-{next(counter)}")
             sides["trainer_bf16"] = lambda steps: run_trainer(bf16, steps, workdir / f"trainer-{next(counter)}")
+            if "aigc_compile" in sides:
+                sides["aigc_bf16_compile"] = lambda steps: run_aigc(bf16, steps, workdir / f"aigc-{next(counter)}", compile=True)
+                sides["trainer_bf16_compile"] = lambda steps: run_trainer(bf16, steps, workdir / f"trainer-{next(counter)}", compile=True)
         if args.warmup_steps:
             for side in sides.values():
                 side(args.warmup_steps)
@@ -290,6 +308,12 @@ def main(argv=None) -> int:
                  harness.row("train", "training tokens/s, each tool's default precision (aigc auto → bf16 on this CPU; Trainer fp32)",
                              "tokens/s", med["aigc_bf16"], "transformers.Trainer (default fp32)", med["trainer"], None,
                              "not a like-for-like row: what each tool does when left at its defaults")]
+    if "aigc_bf16_compile" in med:
+        what_compiled = what_bf16.replace("training tokens/s", "training tokens/s with train.compile")
+        rows += [harness.row("train", what_compiled, "tokens/s", med["aigc_bf16_compile"], "transformers.Trainer, bf16=True", med["trainer_bf16"], 1.3,
+                             "both in bf16; Trainer as it runs unless told to compile (next row)"),
+                 harness.row("train", what_compiled, "tokens/s", med["aigc_bf16_compile"], "transformers.Trainer, bf16=True, torch_compile=True",
+                             med["trainer_bf16_compile"], None, "both compiled, both steady state after compiling")]
     harness.write_rows(args.json, rows)
     return 0
 
