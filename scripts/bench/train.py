@@ -217,8 +217,9 @@ def run_trainer(cfg, steps: int, out_dir: Path, compile: bool = False) -> float:
         def _get_train_sampler(self, *args, **kwargs):
             return SequentialSampler(self.train_dataset)
 
-    class StepClock(TrainerCallback):
-        ends: dict[int, float] = {}
+    class StepClock(TrainerCallback):  # only on compiled runs: its per-step sync would slow a GPU run
+        def __init__(self):
+            self.ends: dict[int, float] = {}
 
         def on_step_end(self, args, state, control, **kwargs):
             _sync(tc.device)
@@ -231,7 +232,7 @@ def run_trainer(cfg, steps: int, out_dir: Path, compile: bool = False) -> float:
         report_to="none", disable_tqdm=True, dataloader_num_workers=0, use_cpu=tc.device == "cpu",
         bf16=tc.precision == "bf16", seed=tc.seed, torch_compile=compile)
     clock = StepClock()
-    trainer = InOrder(model=model, args=arguments, train_dataset=Windows(), callbacks=[clock])
+    trainer = InOrder(model=model, args=arguments, train_dataset=Windows(), callbacks=[clock] if compile else None)
     trainer.remove_callback(PrinterCallback)  # it prints the final metrics dict
     runtime = trainer.train().metrics["train_runtime"]
     if compile:
