@@ -64,7 +64,10 @@ def _sacrebleu_cli(refs: list[Path], hyp: Path, *extra: str) -> list[float]:
 
 
 # ja and ko: sacrebleu's MeCab tokenizers (the dev extra installs sacrebleu[ja,ko]).
-@pytest.mark.parametrize("lang", ["en", "zh", "ja", "ko"])
+BLEU_TOKENIZER = {"en": "13a", "zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}
+
+
+@pytest.mark.parametrize("lang", list(BLEU_TOKENIZER))
 def test_bleu_chrf_ter_equal_the_sacrebleu_command_line(cli, tmp_path, monkeypatch, lang):
     """Chunks of 7 items summed by aigc give the numbers sacrebleu prints for the whole files."""
     import aigc_cli.evaluation
@@ -77,7 +80,7 @@ def test_bleu_chrf_ter_equal_the_sacrebleu_command_line(cli, tmp_path, monkeypat
         refs_a = {"zh": ZH, "ja": JA, "ko": KO}[lang] * 3
         refs_b = [s.replace("我们", "大家").replace("私は", "僕は").replace("나는", "저는") for s in refs_a]
         hyps = [s[: len(s) // 2] + "的" + s[len(s) // 2 + 1:] if i % 3 else s[::-1] for i, s in enumerate(refs_a)]
-        extra = ["-tok", {"zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}[lang], "--ter-normalized", "--ter-asian-support"]
+        extra = ["-tok", BLEU_TOKENIZER[lang], "--ter-normalized", "--ter-asian-support"]
     ref_files = [_write(tmp_path / "a.txt", refs_a), _write(tmp_path / "b.txt", refs_b)]
     hyp = _write(tmp_path / "hyp.txt", hyps)
     out = json_out(cli("eval", "--predictions", hyp, "--references", ref_files[0], "--references", ref_files[1],
@@ -88,8 +91,7 @@ def test_bleu_chrf_ter_equal_the_sacrebleu_command_line(cli, tmp_path, monkeypat
     assert out["metrics"]["chrf"] == pytest.approx(chrf, abs=6e-5)
     assert out["metrics"]["ter"] == pytest.approx(ter, abs=6e-5)
     assert list(out["metrics"]) == ["bleu", "chrf", "ter"]
-    tokenizer = {"en": "13a", "zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}[lang]
-    assert out["signatures"]["bleu"].startswith("nrefs:2|") and f"tok:{tokenizer}" in out["signatures"]["bleu"]
+    assert out["signatures"]["bleu"].startswith("nrefs:2|") and f"tok:{BLEU_TOKENIZER[lang]}" in out["signatures"]["bleu"]
 
 
 def test_a_missing_mecab_is_a_clear_error(cli, tmp_path, monkeypatch):
