@@ -71,3 +71,27 @@ def test_save_load_round_trip_and_incremental_logits(name, tmp_path: Path):
     torch.testing.assert_close(full, original)
     torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-4)
     assert full.shape == (1, VOCAB)
+
+
+def test_gpt2_uses_the_fused_gelu_and_loads_old_checkpoints_onto_it(tmp_path: Path):
+    from transformers.activations import GELUTanh
+
+    backend = get_backend("gpt")
+    _, cfg = MODEL_CONFIGS["gpt2"]
+    torch.manual_seed(0)
+    model = backend.build(cfg, {"vocab_size": VOCAB, "eos_id": 0}).eval()
+    assert model.config.activation_function == "gelu_pytorch_tanh"
+    assert any(isinstance(m, GELUTanh) for m in model.modules())
+    # A checkpoint written before the switch (GPT-2's stock "gelu_new") is the same function:
+    # it loads onto the fused kernel and gives the logits its own activation gives.
+    model.config.activation_function = "gelu_new"
+    backend.save(model, tmp_path)
+    from transformers import AutoModelForCausalLM
+
+    stock = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert stock.config.activation_function == "gelu_new"
+    restored = backend.load(tmp_path, "cpu").eval()
+    assert restored.config.activation_function == "gelu_pytorch_tanh"
+    ids = _batch()[0][:2]
+    with torch.no_grad():
+        torch.testing.assert_close(restored(input_ids=ids).logits, stock(input_ids=ids).logits, atol=1e-5, rtol=1e-5)

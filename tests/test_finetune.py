@@ -175,6 +175,32 @@ def test_full_finetune_with_frozen_layers(cli, tmp_path, base_model):
     AutoModelForCausalLM.from_pretrained(out["checkpoint"])  # a standalone Hugging Face model
 
 
+def test_a_stock_gpt2_base_is_fine_tuned_on_the_fused_gelu(tmp_path, base_model):
+    # Hub GPT-2s say "gelu_new" (five tensor ops); the base is loaded onto the fused kernel of the
+    # same function, and its logits stay those of the stock activation.
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+    from transformers.activations import GELUTanh
+
+    from aigc_cli.finetuning import load_base_model
+
+    from transformers import AutoTokenizer
+
+    stock_dir = tmp_path / "stock"
+    stock = AutoModelForCausalLM.from_pretrained(base_model).eval()
+    stock.config.activation_function = "gelu_new"
+    stock.save_pretrained(stock_dir)
+    AutoTokenizer.from_pretrained(base_model).save_pretrained(stock_dir)
+    stock = AutoModelForCausalLM.from_pretrained(stock_dir).eval()
+    assert stock.config.activation_function == "gelu_new"
+    _, model, _ = load_base_model(SimpleNamespace(base=str(stock_dir), trust_remote_code=False), "cpu")
+    assert any(isinstance(m, GELUTanh) for m in model.modules())
+    ids = torch.tensor([[5, 9, 12, 40, 41, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(ids).logits, stock(ids).logits, atol=1e-5, rtol=1e-5)
+
+
 def test_freeze_layers_keeps_bottom_block(cli, tmp_path, base_model):
     # The tiny base has one block; freezing it all is refused, which proves the count is checked.
     result = cli("finetune", finetune_config(tmp_path, base_model, method="full", freeze_layers=1))

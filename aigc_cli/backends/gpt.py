@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 PARTS = ("model",)
-CPU_BF16 = True  # train.precision auto: bf16 autocast on CPUs with native bf16 (1.3-1.4× the tokens/s, same loss)
+CPU_BF16 = True  # train.precision auto: bf16 autocast on CPUs with native bf16 (1.15× the tokens/s 128 wide, 1.95× 256 wide; same loss)
 
 
 def _quiet_transformers() -> None:
@@ -24,6 +24,22 @@ def _quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+# GPT-2's "gelu_new" is tanh-GELU written as five Python-level tensor ops; "gelu_pytorch_tanh" is
+# the same function (within 5e-7 in fp32) as one fused kernel. Measured on the nanoGPT-sized
+# model on CPU: 1.16x the training tokens/s in fp32 (1.03x in bf16). Only transformers' own
+# model classes are switched (they look the name up in ACT2FN); remote code may read it its own way.
+FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
+
+
+def use_fused_activation(config: Any) -> Any:
+    """Point a transformers config at the fused kernel of its activation, where one exists."""
+    for key in ("activation_function", "hidden_act"):
+        name = getattr(config, key, None)
+        if isinstance(name, str) and name in FUSED_ACTIVATIONS:
+            setattr(config, key, FUSED_ACTIVATIONS[name])
+    return config
 
 
 def build(model_cfg: Any, data_meta: dict) -> torch.nn.Module:
@@ -36,7 +52,7 @@ def build(model_cfg: Any, data_meta: dict) -> torch.nn.Module:
             vocab_size=vocab_size, n_positions=model_cfg.block_size, n_embd=model_cfg.n_embd,
             n_layer=model_cfg.n_layer, n_head=model_cfg.n_head, n_inner=model_cfg.intermediate_size,
             resid_pdrop=model_cfg.dropout, embd_pdrop=model_cfg.dropout, attn_pdrop=model_cfg.dropout,
-            bos_token_id=eos_id, eos_token_id=eos_id,
+            bos_token_id=eos_id, eos_token_id=eos_id, activation_function=FUSED_ACTIVATIONS["gelu_new"],
         )
     else:
         # SwiGLU's usual width: 8/3 × hidden, rounded up to a multiple of 64 (Llama's convention).
@@ -66,10 +82,11 @@ def save(model: torch.nn.Module, directory: Path) -> None:
 
 
 def load(directory: Path, device: str) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     _quiet_transformers()
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, use_safetensors=True)  # never unpickle
+    config = use_fused_activation(AutoConfig.from_pretrained(directory))  # checkpoints from before the switch
+    model = AutoModelForCausalLM.from_pretrained(directory, config=config, dtype=torch.float32, use_safetensors=True)  # never unpickle
     return model.to(device)
 
 

@@ -93,8 +93,10 @@ def make_config(args, workdir: Path):
     return validate_config(raw, source="bench")
 
 
-def build_model(cfg):
-    """The gpt backend's model, as every side starts from it."""
+def build_model(cfg, stock_gelu: bool = False):
+    """The gpt backend's model, as every side starts from it. `stock_gelu`: the same weights with
+    GPT2Config's default activation, "gelu_new" (the same function as aigc's fused
+    "gelu_pytorch_tanh", computed in five tensor ops): the model a Trainer user builds by default."""
     import torch
 
     from aigc_cli.backends import get_backend
@@ -102,7 +104,14 @@ def build_model(cfg):
 
     torch.manual_seed(cfg.train.seed)
     meta = TokenArray(cfg.data.prepared_dir, "train").meta
-    return get_backend("gpt").build(cfg.model, meta).to(cfg.train.device)
+    model = get_backend("gpt").build(cfg.model, meta).to(cfg.train.device)
+    if stock_gelu:
+        from transformers.activations import ACT2FN
+
+        model.config.activation_function = "gelu_new"
+        for block in model.transformer.h:
+            block.mlp.act = ACT2FN["gelu_new"]
+    return model
 
 
 def window_starts(cfg, steps: int) -> "object":
@@ -189,9 +198,9 @@ def with_precision(cfg, precision: str):
     return cfg
 
 
-def run_trainer(cfg, steps: int, out_dir: Path, compile: bool = False) -> float:
+def run_trainer(cfg, steps: int, out_dir: Path, compile: bool = False, stock_gelu: bool = False) -> float:
     """Timed by Trainer's own `train_runtime`; with `torch_compile=True` it runs twice the steps and
-    the second half is timed (steady state, as for aigc+compile)."""
+    the second half is timed (steady state, as for aigc+compile). `stock_gelu`: see build_model."""
     import numpy as np
     import torch
     from torch.utils.data import Dataset, SequentialSampler
@@ -201,7 +210,7 @@ def run_trainer(cfg, steps: int, out_dir: Path, compile: bool = False) -> float:
     hf_logging.set_verbosity_error()
     tc, block = cfg.train, cfg.model.block_size
     total = 2 * steps if compile else steps
-    model = build_model(cfg)
+    model = build_model(cfg, stock_gelu)
     tokens = np.memmap(Path(cfg.data.prepared_dir) / "train.bin", dtype=np.uint16, mode="r")
     starts = torch.cat(window_starts(cfg, total)).tolist()
 
@@ -271,7 +280,8 @@ def main(argv=None) -> int:
         counter = iter(range(10 ** 6))
         sides = {"aigc": lambda steps: run_aigc(cfg, steps, workdir / f"aigc-{next(counter)}"),
                  "plain": lambda steps: run_plain(cfg, steps),
-                 "trainer": lambda steps: run_trainer(cfg, steps, workdir / f"trainer-{next(counter)}")}
+                 "trainer": lambda steps: run_trainer(cfg, steps, workdir / f"trainer-{next(counter)}"),
+                 "trainer_stock": lambda steps: run_trainer(cfg, steps, workdir / f"trainer-{next(counter)}", stock_gelu=True)}
         if not (args.smoke or args.no_compile):
             sides["aigc_compile"] = lambda steps: run_aigc(cfg, steps, workdir / f"aigc-{next(counter)}", compile=True)
         if bf16_by_default(cfg):  # a CPU with native bf16: aigc's default (auto) is bf16 there, Trainer's is fp32
@@ -297,6 +307,9 @@ def main(argv=None) -> int:
             f"aigc's rounds spread {min(rates['aigc']):,.0f}–{max(rates['aigc']):,.0f} tokens/s")
     rows = [harness.row("train", what, "tokens/s", med["aigc"], "plain PyTorch loop (nanoGPT-style)", med["plain"], 1.0, note),
             harness.row("train", what, "tokens/s", med["aigc"], "transformers.Trainer", med["trainer"], 1.3)]
+    rows.append(harness.row("train", what, "tokens/s", med["aigc"], "transformers.Trainer, GPT2Config's default gelu_new", med["trainer_stock"], None,
+                            "not the same kernels: the same weights and function, with GPT-2's stock five-op tanh-GELU "
+                            "where aigc builds the fused one; the rows above give Trainer aigc's model"))
     if "aigc_compile" in med:
         rows.append(harness.row("train", what.replace("training tokens/s", "training tokens/s with train.compile"), "tokens/s",
                                 med["aigc_compile"], "transformers.Trainer", med["trainer"], 1.3,
@@ -306,8 +319,9 @@ def main(argv=None) -> int:
         what_bf16 = what.replace(f", {tc.precision},", ", bf16 autocast,")
         rows += [harness.row("train", what_bf16, "tokens/s", med["aigc_bf16"], "transformers.Trainer, bf16=True", med["trainer_bf16"], 1.3,
                              f"aigc's bf16 is {med['aigc_bf16'] / med['aigc']:.2f}× its fp32 on this CPU"),
-                 harness.row("train", "training tokens/s, each tool's default precision (aigc auto → bf16 on this CPU; Trainer fp32)",
-                             "tokens/s", med["aigc_bf16"], "transformers.Trainer (default fp32)", med["trainer"], None,
+                 harness.row("train", "training tokens/s, each tool's defaults (aigc: auto → bf16 on this CPU, fused GELU; "
+                             "Trainer: fp32, GPT2Config's gelu_new)", "tokens/s", med["aigc_bf16"],
+                             "transformers.Trainer, its defaults", med["trainer_stock"], None,
                              "not a like-for-like row: what each tool does when left at its defaults")]
     if "aigc_bf16_compile" in med:
         what_compiled = what_bf16.replace("training tokens/s", "training tokens/s with train.compile")
