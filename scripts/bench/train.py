@@ -18,6 +18,9 @@ character-level tinyshakespeare (or Python's own docs when ../shared is absent):
   trainer  `transformers.Trainer` with the same hyper-parameters (its default fused AdamW, cosine
            schedule with warm-up, clipping), a Dataset of the same windows in the same order, no
            evaluation, saving, logging or progress bar. Timed by its own `train_runtime`.
+  trainer_stock  the same Trainer on the same weights, but with GPT2Config's default activation
+           ("gelu_new", five tensor ops) where aigc builds the fused "gelu_pytorch_tanh" (the same
+           function): the model a Trainer user gets by default. An information row, not like-for-like.
   aigc_bf16, trainer_bf16  on a CPU where aigc's `train.precision: auto` picks bf16 autocast
            (native AVX512-BF16 or AMX): aigc and Trainer (`bf16=True`) again, both in bf16 — a
            like-for-like row — and an informational row of each tool at its default precision;
