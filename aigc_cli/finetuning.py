@@ -61,10 +61,10 @@ def resolve_base(base: str | None) -> str:
 
 
 def load_base_model(fc: FinetuneConfig, device: str):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from aigc_cli.backends.gpt import _quiet_transformers, use_fused_activation
+    from aigc_cli.backends.gpt import _quiet_transformers, load_pretrained
 
     _quiet_transformers()
     ref = resolve_base(fc.base)
@@ -73,11 +73,7 @@ def load_base_model(fc: FinetuneConfig, device: str):
         if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not fc.trust_remote_code:
             raise AigcError(f"finetune.base {ref} is a '{config.model_type}' model, not a causal language model",
                             "fine-tune a decoder-only model (GPT-2, Llama, Qwen, ... or a checkpoint of `aigc train` with backend gpt)")
-        if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-            use_fused_activation(config)
-        # use_safetensors: never unpickle weights (a hub repo may hold only pytorch_model.bin).
-        model = AutoModelForCausalLM.from_pretrained(ref, config=config, dtype=torch.float32,
-                                                     trust_remote_code=fc.trust_remote_code, use_safetensors=True)
+        model = load_pretrained(ref, fc.trust_remote_code, config)
         tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=fc.trust_remote_code)
     except AigcError:
         raise

@@ -95,3 +95,15 @@ def test_gpt2_uses_the_fused_gelu_and_loads_old_checkpoints_onto_it(tmp_path: Pa
     ids = _batch()[0][:2]
     with torch.no_grad():
         torch.testing.assert_close(restored(input_ids=ids).logits, stock(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_activation_leaves_remote_code_configs_alone():
+    from transformers import GPT2Config
+
+    from aigc_cli.backends.gpt import use_fused_activation
+
+    assert use_fused_activation(GPT2Config(activation_function="gelu_new")).activation_function == "gelu_pytorch_tanh"
+    assert use_fused_activation(GPT2Config(activation_function="relu")).activation_function == "relu"
+    # A repo's own modelling code (auto_map) may not look the name up in transformers' ACT2FN.
+    remote = GPT2Config(activation_function="gelu_new", auto_map={"AutoModelForCausalLM": "modeling_x.XForCausalLM"})
+    assert use_fused_activation(remote).activation_function == "gelu_new"

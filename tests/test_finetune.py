@@ -180,12 +180,10 @@ def test_a_stock_gpt2_base_is_fine_tuned_on_the_fused_gelu(tmp_path, base_model)
     # same function, and its logits stay those of the stock activation.
     from types import SimpleNamespace
 
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.activations import GELUTanh
 
     from aigc_cli.finetuning import load_base_model
-
-    from transformers import AutoTokenizer
 
     stock_dir = tmp_path / "stock"
     stock = AutoModelForCausalLM.from_pretrained(base_model).eval()

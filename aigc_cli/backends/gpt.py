@@ -28,13 +28,18 @@ def _quiet_transformers() -> None:
 
 # GPT-2's "gelu_new" is tanh-GELU written as five Python-level tensor ops; "gelu_pytorch_tanh" is
 # the same function (within 5e-7 in fp32) as one fused kernel. Measured on the nanoGPT-sized
-# model on CPU: 1.16x the training tokens/s in fp32 (1.03x in bf16). Only transformers' own
-# model classes are switched (they look the name up in ACT2FN); remote code may read it its own way.
+# model on CPU: 1.16x the training tokens/s in fp32 (1.03x in bf16).
 FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
 
 
 def use_fused_activation(config: Any) -> Any:
-    """Point a transformers config at the fused kernel of its activation, where one exists."""
+    """Point a transformers config at the fused kernel of its activation, where one exists. Only
+    for transformers' own model classes (they look the name up in ACT2FN); remote code may read
+    the name its own way."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or getattr(config, "auto_map", None):
+        return config
     for key in ("activation_function", "hidden_act"):
         name = getattr(config, key, None)
         if isinstance(name, str) and name in FUSED_ACTIVATIONS:
@@ -82,12 +87,18 @@ def save(model: torch.nn.Module, directory: Path) -> None:
 
 
 def load(directory: Path, device: str) -> torch.nn.Module:
+    _quiet_transformers()
+    return load_pretrained(directory).to(device)
+
+
+def load_pretrained(ref: str | Path, trust_remote_code: bool = False, config: Any = None) -> torch.nn.Module:
+    """A causal LM in fp32, on the fused activation (also checkpoints saved before the switch)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    _quiet_transformers()
-    config = use_fused_activation(AutoConfig.from_pretrained(directory))  # checkpoints from before the switch
-    model = AutoModelForCausalLM.from_pretrained(directory, config=config, dtype=torch.float32, use_safetensors=True)  # never unpickle
-    return model.to(device)
+    config = use_fused_activation(config or AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code))
+    # use_safetensors: never unpickle weights (a hub repo may hold only pytorch_model.bin).
+    return AutoModelForCausalLM.from_pretrained(ref, config=config, dtype=torch.float32,
+                                                trust_remote_code=trust_remote_code, use_safetensors=True)
 
 
 def context_length(model: torch.nn.Module) -> int | None:

@@ -80,15 +80,13 @@ def base_of(directory: Path) -> str:
 
 def load(directory: Path, device: str, trainable: bool = False) -> torch.nn.Module:
     from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     gpt._quiet_transformers()
     base_ref = base_of(directory)
     if not Path(base_ref).exists():
         raise AigcError(f"the adapter in {directory} needs its base model {base_ref}, which is not there",
                         "restore the base model directory (adapter_config.json: base_model_name_or_path)")
-    config = gpt.use_fused_activation(AutoConfig.from_pretrained(base_ref))
-    base = AutoModelForCausalLM.from_pretrained(base_ref, config=config, dtype=torch.float32, use_safetensors=True)  # never unpickle
+    base = gpt.load_pretrained(base_ref)
     return PeftModel.from_pretrained(base, directory, is_trainable=trainable).to(device)
 
 
