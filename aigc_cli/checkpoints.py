@@ -99,12 +99,31 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+_verified: set[tuple] = set()  # the (path, mtime, size) of every file of checkpoints this process found intact
+
+
 def checkpoint_problem(checkpoint: Path) -> str | None:
     """What is wrong with a checkpoint according to its checksums.json, or None when it is intact
-    (or has no checksums.json to check against: a model directory from elsewhere)."""
+    (or has no checksums.json to check against: a model directory from elsewhere). A checkpoint
+    found intact once is not hashed again by the same process (a verb checks its inputs before
+    loading them)."""
     record = Path(checkpoint) / CHECKSUMS
     if not record.is_file():
         return None
+    seen = _file_stats(Path(checkpoint))
+    if seen in _verified:
+        return None
+    problem = _checksum_problem(checkpoint, record)
+    if problem is None:
+        _verified.add(seen)
+    return problem
+
+
+def _file_stats(directory: Path) -> tuple:
+    return tuple((str(p.resolve()), s.st_mtime_ns, s.st_size) for p in sorted(directory.rglob("*")) if p.is_file() for s in [p.stat()])
+
+
+def _checksum_problem(checkpoint: Path, record: Path) -> str | None:
     try:
         expected = json.loads(record.read_text(encoding="utf-8"))["files"]
         if not isinstance(expected, dict):
@@ -210,6 +229,30 @@ def refuse_pickled_weights(directory: str | Path) -> None:
                             "aigc loads only safetensors, because unpickling a file can run arbitrary code",
                             "convert it in a trusted environment (e.g. load it and call save_pretrained(dir, safe_serialization=True)), "
                             "or use a safetensors checkpoint")
+
+
+def resolve_base(base: str | None) -> str:
+    """A local model directory (as an absolute path) or a hub id; offline, a hub id fails fast."""
+    if not base:
+        raise AigcError("finetune.base is not set", "set finetune.base to a model directory (e.g. runs/x/checkpoints/step-001000) or a hub id")
+    path = Path(base).expanduser()
+    if path.exists():
+        path = latest_good_checkpoint(path) or path  # a run directory means its latest intact checkpoint
+        if not (path / "config.json").is_file():
+            raise AigcError(f"finetune.base {base} is not a model directory (no config.json)",
+                            "point it at a Hugging Face model directory, e.g. a checkpoint of `aigc train`")
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise AigcError(f"finetune.base {path} is damaged: {problem}", "use an earlier checkpoint of that run (or the run directory)")
+        refuse_pickled_weights(path)
+        return str(path.resolve())
+    looks_like_path = base.startswith((".", "/", "~")) or base.count("/") > 1 or os.sep != "/" and os.sep in base
+    if looks_like_path:
+        raise AigcError(f"finetune.base not found: {base}", "check the path")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise AigcError(f"finetune.base '{base}' is a hub id, but HF_HUB_OFFLINE is set so nothing can be downloaded",
+                        "pass a local model directory instead (or unset HF_HUB_OFFLINE when online)")
+    return base
 
 
 def load_weights(backend, checkpoint: Path, device: str, **options):

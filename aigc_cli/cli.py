@@ -13,13 +13,15 @@ import math
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
 
 from aigc_cli import __version__
-from aigc_cli.config import IMAGE_BACKENDS, ExperimentConfig, dump_config, load_config
 from aigc_cli.errors import EXIT_INTERNAL, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, AigcError, Terminated
+
+if TYPE_CHECKING:  # imported inside the verbs: `aigc --help` needs neither pydantic nor yaml
+    from aigc_cli.config import ExperimentConfig
 
 app = typer.Typer(
     name="aigc",
@@ -32,13 +34,27 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-ConfigArg = Annotated[str, typer.Argument(help="Experiment YAML file (see configs/).", show_default=False)]
-OverridesArg = Annotated[Optional[list[str]], typer.Argument(help="Overrides such as train.max_steps=200 model.n_layer=2.", show_default=False)]
+
+def _readable_type(param, ctx) -> str | None:
+    """What the help's type column shows: the metavar people read (FILE, DIR, N), nothing for a
+    flag or an argument (its name column already holds its metavar) — never a Python type
+    (<str>, <bool>, <list[str]>) as Typer would."""
+    if isinstance(param, typer.core.TyperArgument) or getattr(param, "is_flag", False):
+        return None
+    return param.metavar or param.name.upper()
+
+
+typer.core.TyperArgument.display_type_rich = _readable_type
+typer.core.TyperOption.display_type_rich = _readable_type
+
+# Metavars people read: CONFIG, FILE, DIR, N.
+ConfigArg = Annotated[str, typer.Argument(metavar="CONFIG", help="Experiment YAML file (see configs/).", show_default=False)]
+OverridesArg = Annotated[Optional[list[str]], typer.Argument(metavar="SECTION.KEY=VALUE", help="Overrides such as train.max_steps=200 model.n_layer=2.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs go to stderr).")]
 PrintConfigOpt = Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
-CheckpointOpt = Annotated[Optional[str], typer.Option("--checkpoint", help="Checkpoint directory, or a run directory (its latest checkpoint). Default: train.out_dir.")]
+CheckpointOpt = Annotated[Optional[str], typer.Option("--checkpoint", metavar="DIR", help="Checkpoint directory, or a run directory (its latest checkpoint). Default: train.out_dir.")]
 
 
 def _log(quiet: bool) -> Callable[[str], None]:
@@ -48,6 +64,8 @@ def _log(quiet: bool) -> Callable[[str], None]:
 def _run(config: str, overrides: list[str] | None, print_config: bool, as_json: bool, debug: bool,
          work: Callable[[ExperimentConfig], tuple[dict, list[str]]], load: Callable[[], ExperimentConfig] | None = None) -> None:
     """Load the config (or call `load`), run the verb's work, report. Errors become one line and an exit code."""
+    from aigc_cli.config import dump_config, load_config
+
     try:
         cfg = load() if load else load_config(config, overrides or [])
         if print_config:
@@ -117,6 +135,8 @@ def prep(config: ConfigArg, overrides: OverridesArg = None,
     """
 
     def work(cfg: ExperimentConfig):
+        from aigc_cli.config import IMAGE_BACKENDS
+
         if cfg.model.backend in IMAGE_BACKENDS:
             from aigc_cli.data.images import prepare_images
 
@@ -150,6 +170,9 @@ def train(config: ConfigArg, overrides: OverridesArg = None,
     """
 
     def work(cfg: ExperimentConfig):
+        from aigc_cli.preflight import check_train
+
+        check_train(config, cfg)
         from aigc_cli.training import train_model
 
         result = train_model(cfg, resume=resume, quiet=quiet)
@@ -174,6 +197,9 @@ def finetune(config: ConfigArg, overrides: OverridesArg = None,
     """
 
     def work(cfg: ExperimentConfig):
+        from aigc_cli.preflight import check_finetune
+
+        check_finetune(cfg)
         from aigc_cli.finetuning import finetune_model
 
         result = finetune_model(cfg, resume=resume, merge=merge, quiet=quiet)
@@ -194,11 +220,11 @@ def finetune(config: ConfigArg, overrides: OverridesArg = None,
 
 @app.command()
 def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: CheckpointOpt = None,
-             prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="A prompt (repeatable).")] = None,
-             prompts_file: Annotated[Optional[str], typer.Option("--prompts-file", help="One prompt per line, or JSONL with a 'prompt' field.")] = None,
-             out: Annotated[Optional[str], typer.Option("--out", help="Text: JSONL output file (default generate.out, else <train.out_dir>/generations.jsonl). Images: output folder (default <train.out_dir>/samples).")] = None,
-             num: Annotated[Optional[int], typer.Option("--num", min=1, help="Images to sample (generate.images.num_images); for text, completions per prompt.")] = None,
-             seed: Annotated[Optional[int], typer.Option("--seed", help="Sampling seed (generate.seed); the same seed gives the same output.")] = None,
+             prompt: Annotated[Optional[list[str]], typer.Option("--prompt", metavar="TEXT", help="A prompt (repeatable).")] = None,
+             prompts_file: Annotated[Optional[str], typer.Option("--prompts-file", metavar="FILE", help="One prompt per line, or JSONL with a 'prompt' field.")] = None,
+             out: Annotated[Optional[str], typer.Option("--out", metavar="PATH", help="Text: JSONL output file (default generate.out, else <train.out_dir>/generations.jsonl). Images: output folder (default <train.out_dir>/samples).")] = None,
+             num: Annotated[Optional[int], typer.Option("--num", min=1, metavar="N", help="Images to sample (generate.images.num_images); for text, completions per prompt.")] = None,
+             seed: Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Sampling seed (generate.seed); the same seed gives the same output.")] = None,
              stream: Annotated[bool, typer.Option("--stream", help="Print tokens as they are generated.")] = False,
              force: Annotated[bool, typer.Option("--force", help="Regenerate items the output's manifest already holds (by default a re-run generates only what is missing).")] = False,
              as_json: JsonOpt = False, print_config: PrintConfigOpt = False, debug: DebugOpt = False, quiet: QuietOpt = False) -> None:
@@ -208,14 +234,20 @@ def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
     """
 
     def work(cfg: ExperimentConfig):
+        from aigc_cli.config import IMAGE_BACKENDS
+        from aigc_cli.preflight import check_generate
+
         if seed is not None:
             cfg.generate.seed = seed
+        if prompt and prompts_file:
+            raise AigcError("--prompt and --prompts-file both given", "use one of them")
+        if cfg.model.backend in IMAGE_BACKENDS and (prompt or prompts_file or stream):
+            raise AigcError("--prompt, --prompts-file and --stream are for text models", f"model.backend={cfg.model.backend} samples images; use --num and --seed")
+        checkpoint_dir = check_generate(config, cfg, checkpoint, prompts_file)
         if cfg.model.backend in IMAGE_BACKENDS:
-            if prompt or prompts_file or stream:
-                raise AigcError("--prompt, --prompts-file and --stream are for text models", f"model.backend={cfg.model.backend} samples images; use --num and --seed")
             from aigc_cli.image_generation import generate_images
 
-            result = generate_images(cfg, checkpoint, num, None, out, log=_log(quiet), force=force)
+            result = generate_images(cfg, checkpoint_dir, num, None, out, log=_log(quiet), force=force)
             summary = [f"images: {result.out_dir} ({len(result.files)} PNG files)", f"grid: {result.grid}"]
             payload = {"outputs": [str(f) for f in result.files], "grid": str(result.grid), "count": len(result.files), "out_dir": str(result.out_dir)}
             if result.reconstruction_grid is not None:
@@ -227,10 +259,8 @@ def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
 
         if num is not None:
             cfg.generate.num_samples = num
-        if prompt and prompts_file:
-            raise AigcError("--prompt and --prompts-file both given", "use one of them")
         prompts = read_prompts_file(prompts_file) if prompts_file else [{"source": p} for p in prompt or []]
-        path, count = generate_text(cfg, checkpoint, prompts, out, stream=stream,
+        path, count = generate_text(cfg, checkpoint_dir, prompts, out, stream=stream,
                                     stream_to=sys.stderr if as_json else sys.stdout, log=_log(quiet), force=force)
         summary = [f"generations: {path} ({count} completions)"]
         if not stream:
@@ -245,18 +275,18 @@ EVAL_DEFAULT_METRICS = {True: ["bleu", "chrf", "ter", "rouge1", "rouge2", "rouge
 
 
 @app.command("eval")
-def evaluate(config: Annotated[Optional[str], typer.Argument(help="Experiment YAML file. Leave out to score files alone (--predictions, --references).", show_default=False)] = None,
+def evaluate(config: Annotated[Optional[str], typer.Argument(metavar="CONFIG", help="Experiment YAML file. Leave out to score files alone (--predictions, --references).", show_default=False)] = None,
              overrides: OverridesArg = None, checkpoint: CheckpointOpt = None,
-             predictions: Annotated[Optional[str], typer.Option("--predictions", help="Predictions: the JSONL of `aigc generate`, any JSONL (--predictions-field) or a text file, one item per line; .gz allowed (eval.generations).")] = None,
-             references: Annotated[Optional[list[str]], typer.Option("--references", help="References: a text file aligned by line, or JSONL (--references-field). Repeat for several references per item (eval.references).")] = None,
-             metrics: Annotated[Optional[list[str]], typer.Option("--metrics", help="Comma-separated, e.g. bleu,chrf,ter,rouge1,rouge2,rougeL,cider (eval.metrics). Default without a config: bleu,chrf,ter,rouge1,rouge2,rougeL; with no references: distinct1,distinct2,self_bleu,repetition,length.")] = None,
-             lang: Annotated[Optional[str], typer.Option("--lang", help="Language of the texts: zh, ja, ko switch to their tokenizers (eval.lang).")] = None,
-             predictions_field: Annotated[Optional[str], typer.Option("--predictions-field", help="JSONL field of the predictions (default completion).")] = None,
-             references_field: Annotated[Optional[str], typer.Option("--references-field", help="JSONL field of the references (default reference).")] = None,
-             out: Annotated[Optional[str], typer.Option("--out", help="Report path (eval.out); the Markdown table goes beside it (.md).")] = None,
+             predictions: Annotated[Optional[str], typer.Option("--predictions", metavar="FILE", help="Predictions: the JSONL of `aigc generate`, any JSONL (--predictions-field) or a text file, one item per line; .gz allowed (eval.generations).")] = None,
+             references: Annotated[Optional[list[str]], typer.Option("--references", metavar="FILE", help="References: a text file aligned by line, or JSONL (--references-field). Repeat for several references per item (eval.references).")] = None,
+             metrics: Annotated[Optional[list[str]], typer.Option("--metrics", metavar="NAMES", help="Comma-separated, e.g. bleu,chrf,ter,rouge1,rouge2,rougeL,cider (eval.metrics). Default without a config: bleu,chrf,ter,rouge1,rouge2,rougeL; with no references: distinct1,distinct2,self_bleu,repetition,length.")] = None,
+             lang: Annotated[Optional[str], typer.Option("--lang", metavar="LANG", help="Language of the texts: zh, ja, ko switch to their tokenizers (eval.lang).")] = None,
+             predictions_field: Annotated[Optional[str], typer.Option("--predictions-field", metavar="FIELD", help="JSONL field of the predictions (default completion).")] = None,
+             references_field: Annotated[Optional[str], typer.Option("--references-field", metavar="FIELD", help="JSONL field of the references (default reference).")] = None,
+             out: Annotated[Optional[str], typer.Option("--out", metavar="FILE", help="Report path (eval.out); the Markdown table goes beside it (.md).")] = None,
              fail_under: Annotated[Optional[list[str]], typer.Option("--fail-under", metavar="NAME=VALUE", help="Exit 1 when the metric is below VALUE, e.g. bleu=25 or bleu=25,rougeL=0.3; repeatable (eval.fail_under).")] = None,
              fail_above: Annotated[Optional[list[str]], typer.Option("--fail-above", metavar="NAME=VALUE", help="Exit 1 when a lower-is-better metric (ter, perplexity, fid, ...) is above VALUE; repeatable (eval.fail_above).")] = None,
-             baseline: Annotated[Optional[str], typer.Option("--baseline", help="A previous report.json, for --max-drop (eval.baseline).")] = None,
+             baseline: Annotated[Optional[str], typer.Option("--baseline", metavar="FILE", help="A previous report.json, for --max-drop (eval.baseline).")] = None,
              max_drop: Annotated[Optional[list[str]], typer.Option("--max-drop", metavar="NAME=VALUE", help="Exit 1 when the metric is worse than in --baseline by more than VALUE; repeatable (eval.max_drop).")] = None,
              as_json: JsonOpt = False, print_config: PrintConfigOpt = False, debug: DebugOpt = False, quiet: QuietOpt = False) -> None:
     """Score a checkpoint (loss, perplexity), text (BLEU, chrF, TER, ROUGE, CIDEr-D, labels, diversity) or images: report.json, report.md and a table.
@@ -282,9 +312,12 @@ def evaluate(config: Annotated[Optional[str], typer.Argument(help="Experiment YA
         return _eval_config(config, overrides, options)
 
     def work(cfg: ExperimentConfig):
+        from aigc_cli.preflight import check_eval
+
+        checkpoint_dir = check_eval(config, cfg, checkpoint)
         from aigc_cli.evaluation import evaluate
 
-        result = evaluate(cfg, checkpoint, log=_log(quiet), config_free=config is None)
+        result = evaluate(cfg, checkpoint_dir, log=_log(quiet), config_free=config is None)
         outcome["failures"] = result.failures
         if not quiet:
             print(result.table, file=sys.stderr if as_json else sys.stdout, end="")
@@ -301,7 +334,7 @@ def _eval_config(config: str | None, overrides: list[str] | None, options: dict)
     an eval section made of the options alone."""
     from pathlib import Path
 
-    from aigc_cli.config import IMAGE_METRICS, MODEL_METRICS, validate_config
+    from aigc_cli.config import IMAGE_METRICS, MODEL_METRICS, load_config, validate_config
 
     if config is None:
         if "generations" not in options:
@@ -341,8 +374,8 @@ def _template_names() -> list[str]:
 
 
 @app.command()
-def init(directory: Annotated[str, typer.Argument(help="Folder to write the config into (created when missing).")] = ".",
-         template: Annotated[Optional[str], typer.Option("--template", "-t", help="Which starter config (see --list).", autocompletion=_template_names)] = None,
+def init(directory: Annotated[str, typer.Argument(metavar="DIR", help="Folder to write the config into (created when missing).")] = ".",
+         template: Annotated[Optional[str], typer.Option("--template", "-t", metavar="NAME", help="Which starter config (see --list).", autocompletion=_template_names)] = None,
          list_templates: Annotated[bool, typer.Option("--list", help="Name the templates, one line each, and exit.")] = False,
          force: Annotated[bool, typer.Option("--force", help="Overwrite files that already exist.")] = False,
          as_json: JsonOpt = False, debug: DebugOpt = False,
@@ -375,7 +408,7 @@ def init(directory: Annotated[str, typer.Argument(help="Folder to write the conf
 
 
 @app.command()
-def runs(directory: Annotated[Optional[str], typer.Argument(help="Folder searched (recursively) for run directories. [default: runs]", show_default=False)] = None,
+def runs(directory: Annotated[Optional[str], typer.Argument(metavar="DIR", help="Folder searched (recursively) for run directories. [default: runs]", show_default=False)] = None,
          as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """List the runs under a folder: backend, steps, best validation loss, last checkpoint, status.
 
@@ -400,7 +433,7 @@ def runs(directory: Annotated[Optional[str], typer.Argument(help="Folder searche
 
 
 @app.command()
-def info(path: Annotated[str, typer.Argument(help="A checkpoint, a run directory (train.out_dir) or a prepared dataset (data.prepared_dir).", show_default=False)],
+def info(path: Annotated[str, typer.Argument(metavar="PATH", help="A checkpoint, a run directory (train.out_dir) or a prepared dataset (data.prepared_dir).", show_default=False)],
          as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Describe a checkpoint, run or prepared dataset: architecture, parameters, tokenizer, step, config hash, size.
 

@@ -7,7 +7,6 @@ then hand everything to `training.run_training`.
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 
 from aigc_cli.atomic_files import staging_dir
 from aigc_cli.backends import get_backend
-from aigc_cli.checkpoints import checkpoint_problem, latest_good_checkpoint, refuse_pickled_weights
+from aigc_cli.checkpoints import resolve_base
 from aigc_cli.config import ExperimentConfig, FinetuneConfig
 from aigc_cli.data.pairs import PairExamples, read_pair_records
 from aigc_cli.data.tokenization import copy_tokenizer_files
@@ -34,30 +33,6 @@ class FinetuneResult:
     total_params: int
     truncated: int
     merged: Path | None = None
-
-
-def resolve_base(base: str | None) -> str:
-    """A local model directory (as an absolute path) or a hub id; offline, a hub id fails fast."""
-    if not base:
-        raise AigcError("finetune.base is not set", "set finetune.base to a model directory (e.g. runs/x/checkpoints/step-001000) or a hub id")
-    path = Path(base).expanduser()
-    if path.exists():
-        path = latest_good_checkpoint(path) or path  # a run directory means its latest intact checkpoint
-        if not (path / "config.json").is_file():
-            raise AigcError(f"finetune.base {base} is not a model directory (no config.json)",
-                            "point it at a Hugging Face model directory, e.g. a checkpoint of `aigc train`")
-        problem = checkpoint_problem(path)
-        if problem is not None:
-            raise AigcError(f"finetune.base {path} is damaged: {problem}", "use an earlier checkpoint of that run (or the run directory)")
-        refuse_pickled_weights(path)
-        return str(path.resolve())
-    looks_like_path = base.startswith((".", "/", "~")) or base.count("/") > 1 or os.sep != "/" and os.sep in base
-    if looks_like_path:
-        raise AigcError(f"finetune.base not found: {base}", "check the path")
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        raise AigcError(f"finetune.base '{base}' is a hub id, but HF_HUB_OFFLINE is set so nothing can be downloaded",
-                        "pass a local model directory instead (or unset HF_HUB_OFFLINE when online)")
-    return base
 
 
 def load_base_model(fc: FinetuneConfig, device: str):

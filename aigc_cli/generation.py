@@ -284,11 +284,10 @@ def generate_text(cfg: ExperimentConfig, checkpoint: str | Path | None, prompts:
 
 def _generate_text(cfg: ExperimentConfig, checkpoint, prompts, out: Path, stream: bool, stream_to, log, force: bool) -> tuple[Path, int]:
     gc = cfg.generate
-    loaded = load_checkpoint_for_inference(checkpoint or cfg.train.out_dir)
+    checkpoint = resolve_checkpoint(checkpoint or cfg.train.out_dir)
     prompts = build_prompts(gc, prompts if prompts else [{"source": p} for p in gc.prompts])
-    processors = logits_processors(gc)
     params = gc.model_dump(mode="json", exclude={"prompts", "out"})
-    identity = checkpoint_identity(loaded.checkpoint)
+    identity = checkpoint_identity(checkpoint)
     decoding = gc.model_dump(mode="json", exclude=_NOT_IN_KEY)
     items = []  # (key, input as shown, full prompt, sample number, seed)
     for shown, prompt in prompts:
@@ -299,7 +298,10 @@ def _generate_text(cfg: ExperimentConfig, checkpoint, prompts, out: Path, stream
     with OutputManifest(out.with_name(out.name + ".manifest.jsonl"), force) as manifest:
         pending = [item for item in items if item[0] not in manifest.done]
         reused = f"; {len(items) - len(pending)} already done (in {manifest.path.name}), generating {len(pending)}" if len(pending) < len(items) else ""
-        log(f"generating {len(prompts)} prompt(s) × {gc.num_samples} sample(s) with {loaded.checkpoint}{reused}")
+        log(f"generating {len(prompts)} prompt(s) × {gc.num_samples} sample(s) with {checkpoint}{reused}")
+        # The model loads only when something is missing: a finished re-run (cron) returns at once.
+        loaded = load_checkpoint_for_inference(checkpoint) if pending else None
+        processors = logits_processors(gc) if pending else None
         if stream:
             for key, shown, prompt, sample, seed in items:
                 stream_to.write(f"\n--- prompt {shown!r} sample {sample}\n{prompt}")
@@ -319,10 +321,10 @@ def _generate_text(cfg: ExperimentConfig, checkpoint, prompts, out: Path, stream
                     manifest.add({"key": item[0], "completion": completion, "new_tokens": n_tokens, "finish_reason": finish})
         rows = [{"input": shown, "prompt": prompt, "completion": manifest.done[key]["completion"], "sample": sample, "seed": seed,
                  "new_tokens": manifest.done[key]["new_tokens"], "finish_reason": manifest.done[key]["finish_reason"],
-                 "params": params, "checkpoint": str(loaded.checkpoint)} for key, shown, prompt, sample, seed in items]
+                 "params": params, "checkpoint": str(checkpoint)} for key, shown, prompt, sample, seed in items]
         write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         write_json_atomic(out.with_name(out.name + ".provenance.json"), {
-            "outputs": str(out), "checkpoint": str(loaded.checkpoint), "backend": loaded.backend_name,
+            "outputs": str(out), "checkpoint": str(checkpoint), "backend": backend_of_checkpoint(checkpoint),
             "count": len(rows), "versions": software_versions(), "config": json.loads(json.dumps(cfg.model_dump(mode="json"))),
         })
         manifest.finish([item[0] for item in items])

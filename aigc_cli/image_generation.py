@@ -68,9 +68,9 @@ def image_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def class_labels(loaded: LoadedImageModel, count: int, gc: ImageGenerateConfig) -> list[int] | None:
+def class_labels(loaded: LoadedImageModel, count: int, gc: ImageGenerateConfig, info: dict | None = None) -> list[int] | None:
     """The class of each image when the model is class-conditional (generate.images.class_labels, cycled)."""
-    info = loaded.info
+    info = info or loaded.info
     if not info["class_conditional"]:
         return None
     wanted = gc.class_labels or list(range(len(info["classes"])))
@@ -153,7 +153,7 @@ def generate_images(cfg: ExperimentConfig, checkpoint: str | Path | None, num: i
     if out_dir.exists() and not out_dir.is_dir():
         raise AigcError(f"--out {out_dir} is a file; image generation writes a folder", "pass a directory path to --out")
     with exclusive_lock(out_dir, "output folder"):
-        loaded = load_image_checkpoint(checkpoint or cfg.train.out_dir)
+        loaded = _LazyImageModel(resolve_checkpoint(checkpoint or cfg.train.out_dir))
         out_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out_dir)
         remove_stale_temporaries(out_dir / "reconstructions")
@@ -161,7 +161,7 @@ def generate_images(cfg: ExperimentConfig, checkpoint: str | Path | None, num: i
             images, labels, names, keys = _sample_into(out_dir, loaded, count, seed, gc, manifest, log)
             result = ImageOutputs(out_dir, [out_dir / n for n in names], out_dir / "grid.png")
             save_png(make_grid(images, gc.grid_columns), result.grid)
-            recon_names = _write_reconstructions(out_dir, loaded, gc, cfg) if gc.reconstruct else _remove_reconstructions(out_dir)
+            recon_names = _write_reconstructions(out_dir, loaded.model, gc, cfg) if gc.reconstruct else _remove_reconstructions(out_dir)
             if recon_names:
                 result.reconstructions = [out_dir / n for n in recon_names]
                 result.reconstruction_grid = out_dir / "reconstructions_grid.png"
@@ -175,13 +175,47 @@ def generate_images(cfg: ExperimentConfig, checkpoint: str | Path | None, num: i
     return result
 
 
+class _LazyImageModel:
+    """A checkpoint whose model loads on first use: a re-run whose images are all in the manifest
+    reads the image size and classes from the checkpoint's JSON files and never loads it."""
+
+    def __init__(self, checkpoint: Path):
+        self.checkpoint = checkpoint
+        self.backend_name = backend_of_checkpoint(checkpoint)
+        self._model: LoadedImageModel | None = None
+        self.info = _image_info_from_files(checkpoint)
+
+    @property
+    def model(self) -> LoadedImageModel:
+        if self._model is None:
+            self._model = load_image_checkpoint(self.checkpoint)
+            self.info = self._model.info
+        return self._model
+
+
+def _image_info_from_files(checkpoint: Path) -> dict | None:
+    """size, channels, classes and class_conditional as written by aigc's image backends, or None."""
+    import json
+
+    for name in ("aigc_image.json", "config.json"):
+        try:
+            record = json.loads((checkpoint / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and {"size", "channels"} <= record.keys():
+            return {"size": record["size"], "channels": record["channels"], "classes": record.get("classes"),
+                    "class_conditional": bool(record.get("class_conditional", False))}
+    return None
+
+
 MANIFEST = "manifest.jsonl"
 _IMAGE_NAME = re.compile(r"\d{5,}\.png")
 
 
-def _sample_into(out_dir: Path, loaded: LoadedImageModel, count: int, seed: int, gc: ImageGenerateConfig,
+def _sample_into(out_dir: Path, loaded: _LazyImageModel, count: int, seed: int, gc: ImageGenerateConfig,
                  manifest: OutputManifest, log) -> tuple[np.ndarray, list[int] | None, list[str], list[str]]:
-    labels = class_labels(loaded, count, gc)
+    info = loaded.info or loaded.model.info
+    labels = class_labels(None, count, gc, info)
     names = [f"{i:05d}.png" for i in range(count)]
     identity = checkpoint_identity(loaded.checkpoint)
     # batch_size is part of the key: it decides which images are denoised together, and batched
@@ -190,7 +224,6 @@ def _sample_into(out_dir: Path, loaded: LoadedImageModel, count: int, seed: int,
     batches = batch_ranges(count, gc.batch_size)
     keys = {i: item_key(checkpoint=identity, seed=seed, index=i, batch=[b.start, b.stop], params=params,
                         label=labels[i] if labels else None) for b in batches for i in b}
-    info = loaded.info
     images = np.zeros((count, info["channels"], info["size"], info["size"]), np.uint8)
     todo = []
     for indices in batches:
@@ -203,7 +236,7 @@ def _sample_into(out_dir: Path, loaded: LoadedImageModel, count: int, seed: int,
     reused = f"; {count - remaining} already done (in {MANIFEST}), sampling {remaining}" if remaining < count else ""
     log(f"sampling {count} image(s) from {loaded.checkpoint} with seed {seed}{reused}")
     for indices in todo:
-        batch = sample_batch(loaded, indices, seed, gc, labels)
+        batch = sample_batch(loaded.model, indices, seed, gc, labels)
         for i, pixels in zip(indices, batch):
             data = png_bytes(pixels)
             write_bytes_atomic(out_dir / names[i], data)

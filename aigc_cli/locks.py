@@ -49,8 +49,13 @@ def exclusive_lock(target: str | Path, what: str) -> Iterator[None]:
         finally:
             _held[path] -= 1
         return
+    created = _missing_folders(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(path, target, what)
+    try:
+        fd = _acquire(path, target, what)
+    except BaseException:
+        _remove_if_empty(created)
+        raise
     try:
         previous = _parse_holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
         if previous["pid"] and previous["pid"] != os.getpid():
@@ -61,11 +66,32 @@ def exclusive_lock(target: str | Path, what: str) -> Iterator[None]:
         _held[path] = 1
         try:
             yield
+        except BaseException:
+            path.unlink(missing_ok=True)
+            _remove_if_empty(created)  # a refused or failed command leaves no empty folders behind
+            raise
         finally:
             del _held[path]
             path.unlink(missing_ok=True)  # while still holding it: see _acquire
     finally:
         os.close(fd)  # closing the descriptor releases the flock
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # something was written there (or it is gone): leave it and its parents
 
 
 def _acquire(path: Path, target, what: str) -> int:

@@ -165,7 +165,7 @@ def test_prediction_perplexity_without_a_checkpoint_is_a_clear_error(cli, tmp_pa
     ("generate", ["--checkpoint", "/nonexistent/ckpt"], "checkpoint not found"),
     ("eval", ["--checkpoint", "/nonexistent/ckpt"], "checkpoint not found"),
     ("generate", ["--prompts-file", "/nonexistent/prompts.txt"], "prompts file not found"),
-    ("train", ["data.prepared_dir=/nonexistent/prepared"], "run `aigc prep CONFIG` first"),
+    ("train", ["data.prepared_dir=/nonexistent/prepared"], "run `aigc prep {config}` first"),  # names the user's config
     ("train", ["model.block_size=100000"], "fewer than block_size+1"),
     ("train", ["train.device=cuda"] if not torch.cuda.is_available() else ["model.block_size=100000"], "cuda" if not torch.cuda.is_available() else "block_size"),
 ])
@@ -173,7 +173,7 @@ def test_bad_input_exits_2_with_one_line(cli, prepared, verb, extra, message):
     result = cli(verb, prepared, *extra)
     assert result.exit_code == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert len(errors) == 1 and message.format(config=prepared) in errors[0], result.stderr
     assert "Traceback" not in result.stderr
 
 
