@@ -179,7 +179,7 @@ def train(config: ConfigArg, overrides: OverridesArg = None,
         written = "config.yaml, metrics.jsonl, loss.png" + (", train_samples/" if cfg.train.sample_every_eval else "") + ", TensorBoard events"
         summary = [f"run directory: {result.run_dir}  ({written}; watch with: tensorboard --logdir {result.run_dir})",
                    f"final checkpoint: {result.checkpoint}",
-                   f"validation loss: {result.val_loss:.4f} after {result.steps} steps"]
+                   f"validation loss{'' if result.val_loss_name == 'loss' else f' ({result.val_loss_name})'}: {result.val_loss:.4f} after {result.steps} steps"]
         return {"run_dir": str(result.run_dir), "checkpoint": str(result.checkpoint), "val_loss": result.val_loss,
                 "steps": result.steps, f"{result.unit}_per_s": result.tokens_per_s, "skipped_batches": result.skipped_batches}, summary
 

@@ -157,7 +157,8 @@ def markdown_table(report: dict) -> str:
         header, rule = header + ["gate"], rule + ["---"]
     if baseline:
         header, rule = header + ["baseline"], rule + ["---:"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
+    lines = [f"scored: {report['scored']}", ""] if report.get("scored") else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
     for name, value in report["metrics"].items():
         row = [name, _fmt(value)]
         if bounds:
@@ -167,6 +168,8 @@ def markdown_table(report: dict) -> str:
         lines.append("| " + " | ".join(row) + " |")
     if "items" in report:
         lines += ["", f"{report['items']:,} items"]
+    if "kid" in report["metrics"]:  # KID is an unscaled squared MMD: tiny numbers, often quoted × 1000
+        lines += ["", f"kid is the unscaled squared MMD of the features (×10³ it is {_fmt(report['metrics']['kid'] * 1000)}, the scale papers often quote)"]
     if report.get("per_class"):
         lines += ["", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
         lines += [f"| {label} | {_fmt(s['precision'])} | {_fmt(s['recall'])} | {_fmt(s['f1'])} | {s['support']:,} |"

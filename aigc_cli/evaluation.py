@@ -66,6 +66,9 @@ def _evaluate(cfg: ExperimentConfig, checkpoint, log, config_free: bool) -> Eval
             raise AigcError(f"{[m for m in ec.metrics if m in MODEL_METRICS]} score a checkpoint on prepared data",
                             "pass the experiment config too: aigc eval CONFIG --checkpoint DIR")
         metrics, details = evaluate_language_model(cfg, checkpoint)
+        details["scored"] = (f"{details['checkpoint']} on the {details['split']} split of {details['prepared_data']}: "
+                             f"{details['windows']:,} windows of {details['context']} tokens ({details['tokens']:,} tokens)")
+        log(f"scored {details['scored']}")
     inputs = [{"role": "prepared data", **i} for i in details.pop("inputs", None) or []]
     signatures: dict[str, str] = {}
     text_names = [m for m in ec.metrics if m in TEXT_METRICS]
@@ -74,7 +77,8 @@ def _evaluate(cfg: ExperimentConfig, checkpoint, log, config_free: bool) -> Eval
             raise AigcError("prediction_perplexity scores the predictions under a model, and none was given", "pass --checkpoint DIR (a model or adapter directory)")
         text_metrics, text_details, signatures, text_inputs = score_text(ec, text_names, log, checkpoint or cfg.train.out_dir)
         metrics.update(text_metrics)
-        details.update(text_details)
+        scored = [d["scored"] for d in (details, text_details) if d.get("scored")]
+        details.update(text_details, scored="; ".join(scored))
         inputs += text_inputs
     metrics = {name: metrics[name] for name in produced if name in metrics} | metrics
     return _report(cfg, config_free, metrics, details, signatures, inputs, gates, text_names)
@@ -126,9 +130,10 @@ def score_text(ec: EvalConfig, names: list[str], log, checkpoint: str | Path | N
         for scorer in scorers.values():
             scorer.add(predictions, refs)
         count += len(predictions)
-    log(f"scored {count:,} items")
+    scored = f"{count:,} items of {ec.generations}" + (f" against {', '.join(map(str, references))}" if references else "")
+    log(f"scored {scored}")
     metrics: dict[str, float] = {}
-    details: dict = {"items": count}
+    details: dict = {"items": count, "scored": scored}
     for scorer in scorers.values():
         metrics.update(scorer.result())
     if "labels" in scorers:
@@ -248,15 +253,16 @@ def evaluate_language_model(cfg: ExperimentConfig, checkpoint: str | Path | None
                         "evaluate on the prepared data the model was trained on (data.prepared_dir)")
     block = min(cfg.model.block_size, loaded.backend.context_length(loaded.model) or cfg.model.block_size)
     data.check_fits(block)
-    total_loss, total_tokens = 0.0, 0
+    total_loss, total_tokens, windows = 0.0, 0, 0
     with torch.no_grad():
         for inputs, targets in data.sequential_batches(ec.batch_size, block, ec.max_batches):
             batch = (inputs.to(loaded.device), targets.to(loaded.device))
             n = targets.numel()
+            windows += targets.size(0)
             total_loss += loaded.backend.loss(loaded.model, batch, loaded.backend.PARTS[0]).item() * n
             total_tokens += n
     loss = total_loss / total_tokens
     metrics = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bits_per_token": loss / math.log(2)}
     return metrics, {"checkpoint": str(loaded.checkpoint), "backend": loaded.backend_name, "split": ec.split,
-                     "prepared_data": cfg.data.prepared_dir, "tokens": total_tokens, "context": block,
+                     "prepared_data": cfg.data.prepared_dir, "tokens": total_tokens, "windows": windows, "context": block,
                      "inputs": data.meta.get("inputs")}

@@ -79,7 +79,24 @@ def evaluate_images(cfg: ExperimentConfig, checkpoint: str | Path | None, log=la
             details["class_shares"] = dict(zip(real_train.meta["classes"], coverage["class_shares"]))
             details["classes_covered"] = coverage["classes_covered"]
         details["generated_images"] = len(generated)
+    details["scored"] = _what_was_scored(details, names)
+    log(f"scored {details['scored']}")
     return metrics, details
+
+
+def _what_was_scored(details: dict, names: set[str]) -> str:
+    parts = []
+    if "checkpoint" in details:
+        parts.append(f"{details['checkpoint']} ({details['backend']})")
+    if "loss" in names:
+        parts.append(f"loss on the val split of {details['prepared_data']}")
+    if "reconstructed_images" in details:
+        parts.append(f"{details['reconstructed_images']:,} reconstructed val images")
+    if "generated_images" in details:
+        source = details.get("generations") or f"sampled with seed {details['sampled']['seed']}"
+        parts.append(f"{details['generated_images']:,} generated images ({source}) against {details.get('real_images', 0):,} "
+                     f"real val images in {details.get('feature_space', 'classifier')} features")
+    return "; ".join(parts)
 
 
 def _classifier(data_dir, real_train: ImageArray, log):

@@ -48,6 +48,7 @@ class TrainResult:
     tokens_per_s: float  # images per second for image backends (see `unit`)
     unit: str = "tokens"
     skipped_batches: int = 0  # steps whose non-finite loss was skipped (train.skip_nonfinite)
+    val_loss_name: str = "loss"  # which loss val_loss is: a GAN's is its discriminator's
 
 
 def pick_device(requested: str) -> str:
@@ -269,6 +270,7 @@ def _train(cfg: ExperimentConfig, job: TrainingJob, resume: bool, quiet: bool, s
         last_saved = step
         return path
 
+    val_loss_name = "loss" if len(backend.PARTS) == 1 else f"{backend.PARTS[0]} loss"
     after_step = getattr(backend, "after_step", None)
     unit = "images" if modality(backend) == "image" else "tokens"
     val_loss, final, tokens_per_s = float("nan"), previous, 0.0
@@ -291,8 +293,9 @@ def _train(cfg: ExperimentConfig, job: TrainingJob, resume: bool, quiet: bool, s
             run_log.scalars(row)
 
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        progress.message(f"training {job.backend_name} ({trainable:,} trainable of {sum(p.numel() for p in model.parameters()):,} parameters) "
-                         f"on {_where(device, procs)}, {str(amp_dtype or 'fp32').replace('torch.', '')}, run dir {run_dir}")
+        evaluations = sum(1 for s in range(start_step, tc.max_steps + 1) if s % tc.eval_every == 0 or s == tc.max_steps)
+        progress.announce(f"training {job.backend_name} ({trainable:,} trainable of {sum(p.numel() for p in model.parameters()):,} parameters) "
+                          f"on {_where(device, procs)}, {str(amp_dtype or 'fp32').replace('torch.', '')}, run dir {run_dir}", evaluations)
         for step in range(start_step, tc.max_steps + 1):
             if stop.signum is not None and step < tc.max_steps:
                 final = checkpoint(step) if last_saved != step else final
@@ -304,14 +307,16 @@ def _train(cfg: ExperimentConfig, job: TrainingJob, resume: bool, quiet: bool, s
 
             # 1. evaluate
             if step % tc.eval_every == 0 or step == tc.max_steps:
+                eval_start = time.perf_counter()
                 val_loss = estimate_loss(parallel, backend.PARTS[0], val_data, tc.batch_size, block_size, tc.eval_batches,
                                          tc.seed + 1, device, autocast)
                 record({"step": step, "val_loss": val_loss})
-                progress.message(f"step {step}: val loss {val_loss:.4f}")
+                progress.message(f"step {step}: val {val_loss_name} {val_loss:.4f}")
                 if run_log is not None:
                     # No samples from a model whose loss is not finite (nothing to read, and sampling would fail).
                     run_log.evaluated(step, None if parallel.sharded or not math.isfinite(val_loss) else model)
                 window_start = time.perf_counter()  # evaluation time is not training throughput
+                progress.evaluated(window_start - eval_start)
 
             # 2. checkpoint
             # Never the step a run starts from: step 0 holds nothing, and rewriting the checkpoint
@@ -363,7 +368,7 @@ def _train(cfg: ExperimentConfig, job: TrainingJob, resume: bool, quiet: bool, s
                 window_start, window_tokens = time.perf_counter(), 0
             progress.update(done, loss=train_loss, lr=lr, **{"tok/s" if unit == "tokens" else "img/s": tokens_per_s})
 
-    return TrainResult(run_dir, final, val_loss, tc.max_steps, tokens_per_s, unit, skipped)
+    return TrainResult(run_dir, final, val_loss, tc.max_steps, tokens_per_s, unit, skipped, val_loss_name)
 
 
 def _interrupted(signum: int, step: int, checkpoint: Path | None, verb: str) -> Interrupted:
