@@ -376,7 +376,7 @@ def _template_names() -> list[str]:
 @app.command()
 def init(directory: Annotated[str, typer.Argument(metavar="DIR", help="Folder to write the config into (created when missing).")] = ".",
          template: Annotated[Optional[str], typer.Option("--template", "-t", metavar="NAME", help="Which starter config (see --list).", autocompletion=_template_names)] = None,
-         list_templates: Annotated[bool, typer.Option("--list", help="Name the templates, one line each, and exit.")] = False,
+         list_templates: Annotated[bool, typer.Option("--list", help="A table of the templates (task, data, measured time) and exit.")] = False,
          force: Annotated[bool, typer.Option("--force", help="Overwrite files that already exist.")] = False,
          as_json: JsonOpt = False, debug: DebugOpt = False,
          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False) -> None:
@@ -386,12 +386,11 @@ def init(directory: Annotated[str, typer.Argument(metavar="DIR", help="Folder to
     """
 
     def work():
-        from aigc_cli.starter_configs import template_names, template_summary, write_starter
+        from aigc_cli.starter_configs import template_facts, template_names, template_summary, template_table, write_starter
 
         if list_templates:
-            rows = [{"name": name, "summary": template_summary(name)} for name in template_names()]
-            width = max(len(r["name"]) for r in rows)
-            return {"templates": rows}, [f"{r['name']:<{width}}  {r['summary']}" for r in rows]
+            rows = [{"name": name, "summary": template_summary(name), **template_facts(name)} for name in template_names()]
+            return {"templates": rows}, template_table(rows)
         if template is None:
             raise AigcError("no template chosen", f"pass --template NAME, one of: {', '.join(template_names())} (aigc init --list)")
         written = write_starter(template, directory, force)

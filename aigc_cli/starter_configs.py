@@ -1,7 +1,9 @@
 """`aigc init`: commented starter configs that run as they are, one per task.
 
-The templates are YAML files shipped in the package (aigc_cli/templates/NAME.yaml); their first
-line, `# NAME: what it does`, is what `aigc init --list` prints. `__DIR__` in a template stands
+The templates are YAML files shipped in the package (aigc_cli/templates/NAME.yaml). Their first
+line is `# NAME: what it does`; the header lines after it, `# task: ...`, `# data: ...`, `# time: ...`
+and `# measured: ...` (where and how the time was measured), are the table `aigc init --list`
+prints, so a starter's time is written once, in its template. `__DIR__` in a template stands
 for the folder it is written into, so the paths of files written beside it resolve from the
 directory aigc runs in. Nothing here imports torch.
 """
@@ -21,6 +23,7 @@ from aigc_cli.config import validate_config
 from aigc_cli.errors import AigcError
 
 DIR_MARK = "__DIR__"
+FACTS = ("task", "data", "time", "measured")  # the header lines `aigc init --list` prints
 VAL_PAIRS = 200  # held-out function summaries: enough for a stable chrF, quick to generate on a CPU
 
 
@@ -41,6 +44,33 @@ def template_text(name: str) -> str:
 def template_summary(name: str) -> str:
     first = template_text(name).splitlines()[0]
     return first.removeprefix("#").strip().removeprefix(f"{name}:").strip()
+
+
+def template_facts(name: str) -> dict[str, str]:
+    """The `# KEY: value` lines of the template's header, for KEY in FACTS ("" where one is missing)."""
+    found = {}
+    for line in template_text(name).splitlines()[1:]:
+        if not line.startswith("#"):
+            break
+        key, sep, value = line.removeprefix("#").strip().partition(": ")
+        if sep and key in FACTS:
+            found[key] = value.strip()
+    return {key: found.get(key, "") for key in FACTS}
+
+
+def template_table(rows: list[dict]) -> list[str]:
+    """`aigc init --list`: a header and one aligned line per template, then where its times were measured."""
+    columns = {"name": "name", "task": "task", "data": "data", "time": "measured time"}
+    widths = {key: max(len(title), *(len(row[key]) for row in rows)) for key, title in columns.items()}
+    lines = ["  ".join(f"{row[key]:<{widths[key]}}" for key in columns).rstrip() for row in [columns, *rows]]
+    measured: dict[str, list[str]] = {}
+    for row in rows:
+        measured.setdefault(row["measured"], []).append(row["name"])
+    measured.pop("", None)
+    for place, names in measured.items():
+        whose = "" if len(measured) == 1 else f"of {', '.join(names)} "
+        lines.append(f"times {whose}measured {place}")
+    return lines + ["a CPU without native bf16 (no AVX512-BF16 or AMX) trains in fp32 and takes longer: README \"On a CPU without native bf16\""]
 
 
 def render_template(name: str, directory: str | Path) -> str:

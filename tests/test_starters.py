@@ -4,6 +4,7 @@ an image template runs end to end (the text ones run in tests/test_readme.py's q
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from aigc_cli.config import validate_config
 from aigc_cli.starter_configs import render_template, template_names
 from tests.conftest import json_out
 
+REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = ["finetune-lora", "image-ddpm", "image-gan", "image-vae", "text-gpt", "text-rnn"]
 
 
@@ -34,14 +36,72 @@ def test_template_is_a_valid_commented_config(name):
         assert cfg.data.source in ("builtin:python-docs", "digits"), "a starter runs offline, on data every machine has"
 
 
-def test_init_list_names_each_template_on_one_line(cli):
+def test_init_list_is_a_table_of_the_templates_headers(cli):
     result = cli("init", "--list")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == TEMPLATES
-    assert all(len(line.split(None, 1)[1]) > 20 for line in lines)
+    assert lines[0].split()[:3] == ["name", "task", "data"]
+    assert [line.split()[0] for line in lines[1:len(TEMPLATES) + 1]] == TEMPLATES
     listed = json_out(cli("init", "--list", "--json"))["templates"]
     assert [t["name"] for t in listed] == TEMPLATES
+    for row in listed:
+        assert set(row) == {"name", "summary", "task", "data", "time", "measured"} and all(row.values()), row
+        assert re.search(r"\b(bf16|fp32)\b", row["time"]), "a time names its precision"
+        assert "AVX" in row["measured"] and re.search(r"\d-core", row["measured"]), "and the CPU it was measured on"
+        assert f"measured {row['measured']}" in result.stdout
+
+
+def test_init_doc_shows_what_init_list_prints(cli):
+    doc = (REPO / "docs" / "verbs" / "init.md").read_text(encoding="utf-8")
+    shown = re.search(r"```\n\$ aigc init --list\n(.*?)```", doc, flags=re.S)
+    assert shown, "docs/verbs/init.md shows the output of `aigc init --list` in a code block"
+    assert shown.group(1) == cli("init", "--list").stdout, "paste the output of `aigc init --list` into docs/verbs/init.md"
+
+
+# A time figure: "1 min 54 s", "52 s", "0.35 s", "about 2 minutes".
+TIME = re.compile(r"\b\d+ min \d+ s\b|\b\d+(?:\.\d+)? s\b|\b\d+(?:\.\d+)? (?:min|minutes?)\b")
+
+
+def doc_sentences(text: str) -> list[str]:
+    """A Markdown text's sentences: a table row or a line of code is one; prose splits at sentence ends."""
+    units, prose, fenced = [], [], False
+
+    def flush():
+        units.extend(re.split(r"(?<=[.!?])\s+(?=[A-Z`(*])", " ".join(prose)) if prose else [])
+        prose.clear()
+
+    for line in text.splitlines():
+        if line.startswith("```") or fenced or line.lstrip().startswith("|"):
+            flush()
+            fenced ^= line.startswith("```")
+            units.append(line)
+            continue
+        if not line.strip() or line.lstrip().startswith(("- ", "#")):
+            flush()
+        if line.strip():
+            prose.append(line.strip())
+    flush()
+    return units
+
+
+def test_every_starter_time_in_the_docs_is_its_templates():
+    """A sentence of the docs that names starters may give only times from their templates' `# time:`
+    lines (which is what `aigc init --list` prints); a template's other comments give none."""
+    allowed = {}
+    for name in TEMPLATES:
+        lines = render_template(name, "starters").splitlines()
+        time_line = next(line for line in lines if line.startswith("# time: "))
+        allowed[name] = set(TIME.findall(time_line))
+        assert allowed[name], f"{name}: the time line gives a time"
+        assert not TIME.findall("\n".join(line for line in lines if line != time_line)), f"{name}: a time outside its `# time:` line"
+    stray = []
+    for path in [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]:
+        for sentence in doc_sentences(path.read_text(encoding="utf-8")):
+            named = [n for n in TEMPLATES if re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", sentence)]
+            if named:
+                stray += [f"{path.name}: {figure!r} in {sentence!r}" for figure in TIME.findall(sentence)
+                          if figure not in set().union(*(allowed[n] for n in named))]
+    assert not stray, "a starter's time in the docs differs from its template's `# time:` line:\n" + "\n".join(stray)
 
 
 def test_init_writes_and_never_overwrites_without_force(cli, tmp_path):
