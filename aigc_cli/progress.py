@@ -48,7 +48,7 @@ class StepProgress:
         info = "  ".join(f"{k} {_fmt(v)}" for k, v in fields.items())
         if self._bar is not None:
             self._bar.update(self._task, completed=step, info=info)
-        elif not self.quiet and (step % self.log_every == 0 or step == self.total):
+        elif not self.quiet and self._header is None and (step % self.log_every == 0 or step == self.total):
             elapsed = time.perf_counter() - self._t0
             done = step - self.start
             eta = elapsed / done * (self.total - step) if done else 0.0
