@@ -19,6 +19,7 @@ from aigc_cli.checkpoints import resolve_base
 from aigc_cli.config import ExperimentConfig, FinetuneConfig
 from aigc_cli.data.pairs import PairExamples, read_pair_records
 from aigc_cli.data.tokenization import copy_tokenizer_files
+from aigc_cli.devices import pick_device
 from aigc_cli.errors import AigcError
 from aigc_cli.locks import exclusive_lock
 from aigc_cli.training import TrainingJob, run_training
@@ -101,7 +102,7 @@ def finetune_model(cfg: ExperimentConfig, resume: bool = False, merge: bool = Fa
 
 def _finetune(cfg: ExperimentConfig, resume: bool, merge: bool, quiet: bool) -> FinetuneResult:
     fc, tc = cfg.finetune, cfg.train
-    device = "cuda" if tc.device != "cpu" and torch.cuda.is_available() else "cpu"
+    device = pick_device(tc.device)
     base_ref, base_model, tokenizer = load_base_model(fc, device)
     context = getattr(base_model.config, "n_positions", None) or getattr(base_model.config, "max_position_embeddings", None) or 1024
     max_length = min(fc.max_length or context, context)

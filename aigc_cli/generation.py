@@ -24,6 +24,7 @@ from aigc_cli.checkpoints import checkpoint_identity, load_weights, resolve_chec
 from aigc_cli.config import ExperimentConfig, GenerateConfig
 from aigc_cli.data.pairs import PairRecord, fill_template, read_lines, read_pair_records
 from aigc_cli.data.tokenization import eos_id, load_tokenizer
+from aigc_cli.devices import pick_device
 from aigc_cli.errors import AigcError
 from aigc_cli.locks import exclusive_lock
 from aigc_cli.manifest import OutputManifest, item_key
@@ -45,7 +46,7 @@ def load_checkpoint_for_inference(path: str | Path, device: str = "auto") -> Loa
     checkpoint = resolve_checkpoint(path)
     name = backend_of_checkpoint(checkpoint)
     backend = get_backend(name)
-    device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    device = pick_device(device, "device")
     tokenizer = load_tokenizer(checkpoint)
     model = load_weights(backend, checkpoint, device)
     model.eval()

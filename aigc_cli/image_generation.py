@@ -23,6 +23,7 @@ from aigc_cli.atomic_files import remove_stale_temporaries, write_bytes_atomic, 
 from aigc_cli.backends import backend_of_checkpoint, get_backend, modality
 from aigc_cli.checkpoints import checkpoint_identity, load_weights, resolve_checkpoint
 from aigc_cli.config import ExperimentConfig, ImageGenerateConfig
+from aigc_cli.devices import pick_device
 from aigc_cli.errors import AigcError
 from aigc_cli.locks import exclusive_lock
 from aigc_cli.manifest import OutputManifest, item_key
@@ -57,7 +58,7 @@ def load_image_checkpoint(path: str | Path, device: str = "auto") -> LoadedImage
     backend = get_backend(name)
     if modality(backend) != "image":
         raise AigcError(f"{checkpoint} holds a {name} text model, not an image model", "pass a checkpoint of a ddpm, vae or gan run")
-    device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    device = pick_device(device, "device")
     model = load_weights(backend, checkpoint, device)
     model.eval()
     return LoadedImageModel(checkpoint, name, backend, model, device)

@@ -26,6 +26,7 @@ from aigc_cli.checkpoints import (CHECKPOINTS, latest_good_checkpoint, list_chec
                                   write_checkpoint)
 from aigc_cli.config import ExperimentConfig, TrainConfig, require_data
 from aigc_cli.data.batches import TokenArray
+from aigc_cli.devices import pick_device
 from aigc_cli.distributed import ParallelModel, Processes, mean_over_processes, seed_own_noise, start_processes, wait_for_all
 from aigc_cli.errors import EXIT_DIVERGED, EXIT_SIGINT, EXIT_SIGTERM, AigcError, Interrupted, Terminated
 from aigc_cli.locks import exclusive_lock
@@ -49,12 +50,6 @@ class TrainResult:
     unit: str = "tokens"
     skipped_batches: int = 0  # steps whose non-finite loss was skipped (train.skip_nonfinite)
     val_loss_name: str = "loss"  # which loss val_loss is: a GAN's is its discriminator's
-
-
-def pick_device(requested: str) -> str:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise AigcError("train.device=cuda but no CUDA GPU is visible", "use train.device=auto or cpu")
-    return "cuda" if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()) else "cpu"
 
 
 def cpu_has_native_bf16() -> bool:
