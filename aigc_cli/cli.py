@@ -245,7 +245,7 @@ def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
             raise AigcError("--prompt, --prompts-file and --stream are for text models", f"model.backend={cfg.model.backend} samples images; use --num and --seed")
         checkpoint_dir = check_generate(config, cfg, checkpoint, prompts_file)
         if cfg.model.backend in IMAGE_BACKENDS:
-            from aigc_cli.image_generation import generate_images
+            from aigc_cli.generation.images import generate_images
 
             result = generate_images(cfg, checkpoint_dir, num, None, out, log=_log(quiet), force=force)
             summary = [f"images: {result.out_dir} ({len(result.files)} PNG files)", f"grid: {result.grid}"]
@@ -255,7 +255,7 @@ def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
                 payload["reconstruction_grid"] = str(result.reconstruction_grid)
                 summary.append(f"reconstructions: {result.reconstruction_grid}")
             return payload, summary
-        from aigc_cli.generation import generate_text, read_prompts_file
+        from aigc_cli.generation.text import generate_text, read_prompts_file
 
         if num is not None:
             cfg.generate.num_samples = num

@@ -193,7 +193,7 @@ class PredictionPerplexity:
     the model's context goes in consecutive windows. exp(mean loss over all scored tokens)."""
 
     def __init__(self, checkpoint: str | Path, batch_size: int):
-        from aigc_cli.generation import load_checkpoint_for_inference
+        from aigc_cli.generation.text import load_checkpoint_for_inference
 
         self.loaded = load_checkpoint_for_inference(checkpoint)
         self.window = self.loaded.backend.context_length(self.loaded.model) or 1024
@@ -242,7 +242,7 @@ def evaluate_language_model(cfg: ExperimentConfig, checkpoint: str | Path | None
 
     from aigc_cli.data.batches import TokenArray
     from aigc_cli.data.tokenization import load_tokenizer
-    from aigc_cli.generation import load_checkpoint_for_inference
+    from aigc_cli.generation.text import load_checkpoint_for_inference
 
     ec = cfg.eval
     require_data(cfg)

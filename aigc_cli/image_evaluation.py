@@ -20,7 +20,7 @@ import torch
 from aigc_cli.config import ExperimentConfig, require_data
 from aigc_cli.data.images import IMAGE_SUFFIXES, ImageArray, open_image, to_array
 from aigc_cli.errors import AigcError
-from aigc_cli.image_generation import load_image_checkpoint, reconstruct_images, sample_images
+from aigc_cli.generation.images import load_image_checkpoint, reconstruct_images, sample_images
 
 
 def evaluate_images(cfg: ExperimentConfig, checkpoint: str | Path | None, log=lambda _: None) -> tuple[dict, dict]:

@@ -80,7 +80,7 @@ class RunLogger:
 
     def _text_samples(self, step: int, model: torch.nn.Module) -> None:
         from aigc_cli.data.tokenization import load_tokenizer
-        from aigc_cli.generation import LoadedModel, checkpoint_eos_id, logits_processors, completion_seed, sample_completion
+        from aigc_cli.generation.text import LoadedModel, checkpoint_eos_id, logits_processors, completion_seed, sample_completion
 
         if self.tokenizer_dir is None:
             return
@@ -100,7 +100,7 @@ class RunLogger:
         self.text(step, "samples", text)
 
     def _image_samples(self, step: int, model: torch.nn.Module) -> None:
-        from aigc_cli.image_generation import LoadedImageModel, make_grid, sample_images, save_png
+        from aigc_cli.generation.images import LoadedImageModel, make_grid, sample_images, save_png
 
         loaded = LoadedImageModel(self.run_dir, self.backend_name, self.backend, model, self.device)
         gc = self.cfg.generate.images

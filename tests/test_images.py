@@ -211,7 +211,7 @@ def test_vae_reconstructions_and_psnr_ssim(cli, tmp_path, digits8):
 def test_eval_fid_kid_coverage_from_a_folder(cli, tmp_path, digits8):
     """Real held-out digits scored as if generated: FID near the real floor, coverage high."""
     from aigc_cli.data.images import ImageArray
-    from aigc_cli.image_generation import save_png
+    from aigc_cli.generation.images import save_png
 
     folder = tmp_path / "fake"
     folder.mkdir()

@@ -99,7 +99,7 @@ def test_finished_generate_rerun_does_not_load_the_model(cli, tmp_path, corpus, 
     json_out(cli("generate", cfg, "--prompt", "To be", "--out", out, "--json"))
     first = out.read_bytes()
 
-    import aigc_cli.generation as generation
+    import aigc_cli.generation.text as generation
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded although every completion is in the manifest")

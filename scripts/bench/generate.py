@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from aigc_cli.generation import logits_processors, completion_seed, load_checkpoint_for_inference, sample_batch, sample_completion
+    from aigc_cli.generation.text import logits_processors, completion_seed, load_checkpoint_for_inference, sample_batch, sample_completion
 
     with tempfile.TemporaryDirectory(prefix="aigc-bench-generate-") as tmp:
         cfg = train_model(args, Path(tmp))

@@ -26,7 +26,7 @@ from aigc_cli.config import ExperimentConfig, ImageGenerateConfig
 from aigc_cli.devices import pick_device
 from aigc_cli.errors import AigcError
 from aigc_cli.locks import exclusive_lock
-from aigc_cli.manifest import OutputManifest, item_key
+from aigc_cli.generation.manifest import OutputManifest, item_key
 from aigc_cli.provenance import software_versions, write_provenance
 
 

@@ -27,7 +27,7 @@ from aigc_cli.data.tokenization import eos_id, load_tokenizer
 from aigc_cli.devices import pick_device
 from aigc_cli.errors import AigcError
 from aigc_cli.locks import exclusive_lock
-from aigc_cli.manifest import OutputManifest, item_key
+from aigc_cli.generation.manifest import OutputManifest, item_key
 from aigc_cli.provenance import software_versions
 
 
