@@ -193,9 +193,9 @@ class PredictionPerplexity:
     the model's context goes in consecutive windows. exp(mean loss over all scored tokens)."""
 
     def __init__(self, checkpoint: str | Path, batch_size: int):
-        from aigc_cli.generation.text import load_checkpoint_for_inference
+        from aigc_cli.inference.loading import load_model
 
-        self.loaded = load_checkpoint_for_inference(checkpoint)
+        self.loaded = load_model(checkpoint, modality="text")
         self.window = self.loaded.backend.context_length(self.loaded.model) or 1024
         self.batch_size = batch_size
         self.total_loss, self.tokens, self.items, self.empty = 0.0, 0, 0, 0
@@ -242,11 +242,11 @@ def evaluate_language_model(cfg: ExperimentConfig, checkpoint: str | Path | None
 
     from aigc_cli.data.batches import TokenArray
     from aigc_cli.data.tokenization import load_tokenizer
-    from aigc_cli.generation.text import load_checkpoint_for_inference
+    from aigc_cli.inference.loading import load_model
 
     ec = cfg.eval
     require_data(cfg)
-    loaded = load_checkpoint_for_inference(checkpoint or cfg.train.out_dir)
+    loaded = load_model(checkpoint or cfg.train.out_dir, modality="text")
     data = TokenArray(cfg.data.prepared_dir, ec.split)
     if load_tokenizer(cfg.data.prepared_dir).get_vocab() != loaded.tokenizer.get_vocab():
         raise AigcError(f"{loaded.checkpoint} was trained with a different tokenizer than {cfg.data.prepared_dir}",

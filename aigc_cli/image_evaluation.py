@@ -20,7 +20,9 @@ import torch
 from aigc_cli.config import ExperimentConfig, require_data
 from aigc_cli.data.images import IMAGE_SUFFIXES, ImageArray, open_image, to_array
 from aigc_cli.errors import AigcError
-from aigc_cli.generation.images import load_image_checkpoint, reconstruct_images, sample_images
+from aigc_cli.generation.images import reconstruct_images
+from aigc_cli.inference.image_sampling import sample_images
+from aigc_cli.inference.loading import load_model
 
 
 def evaluate_images(cfg: ExperimentConfig, checkpoint: str | Path | None, log=lambda _: None) -> tuple[dict, dict]:
@@ -34,7 +36,7 @@ def evaluate_images(cfg: ExperimentConfig, checkpoint: str | Path | None, log=la
     details: dict = {"prepared_data": str(data_dir), "inputs": real_val.meta.get("inputs")}
     loaded = None
     if names & {"loss", "psnr", "ssim"} or (names & {"fid", "kid", "coverage"} and not ec.generations):
-        loaded = load_image_checkpoint(checkpoint or cfg.train.out_dir)
+        loaded = load_model(checkpoint or cfg.train.out_dir, modality="image")
         details.update(checkpoint=str(loaded.checkpoint), backend=loaded.backend_name)
         if loaded.info["size"] != real_val.meta["size"] or loaded.info["channels"] != real_val.meta["channels"]:
             raise AigcError(f"{loaded.checkpoint} makes {loaded.info['channels']}×{loaded.info['size']}² images but {data_dir} holds "

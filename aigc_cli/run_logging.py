@@ -34,7 +34,7 @@ class RunLogger:
         self.backend_name, self.backend, self.tokenizer_dir, self.device = backend_name, backend, tokenizer_dir, device
         # purge_step hides what an interrupted run logged after the checkpoint we resume from.
         self.writer = SummaryWriter(str(self.run_dir), purge_step=start_step or None)
-        self._tokenizer = None
+        self._model = None  # the LoadedModel of the training model, made at its first samples
 
     def __enter__(self) -> "RunLogger":
         return self
@@ -79,32 +79,28 @@ class RunLogger:
         self.writer.close()
 
     def _text_samples(self, step: int, model: torch.nn.Module) -> None:
-        from aigc_cli.data.tokenization import load_tokenizer
-        from aigc_cli.generation.text import LoadedModel, checkpoint_eos_id, logits_processors, completion_seed, sample_completion
+        from aigc_cli.generation.text import completion_seed
+        from aigc_cli.inference.text_decoding import sample_texts
 
         if self.tokenizer_dir is None:
             return
         tc = self.cfg.train
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.tokenizer_dir)
-        loaded = LoadedModel(self.run_dir, self.backend_name, self.backend, model, self._tokenizer,
-                             checkpoint_eos_id(Path(self.tokenizer_dir), self._tokenizer), self.device)
+        loaded = self._loaded(model)
         gc = self.cfg.generate.model_copy(update={"max_new_tokens": tc.sample_tokens})
-        processors = logits_processors(gc)
         parts = []
         for number, prompt in enumerate(tc.sample_prompts):
-            completion, _, _ = sample_completion(loaded, prompt, gc, completion_seed(tc.seed, prompt, number), processors)
-            parts.append(f"--- sample {number + 1}, prompt {prompt!r}\n{prompt}{completion}\n")
+            [completion] = sample_texts(loaded, [prompt], gc, [completion_seed(tc.seed, prompt, number)])
+            parts.append(f"--- sample {number + 1}, prompt {prompt!r}\n{prompt}{completion.text}\n")
         text = "".join(parts)
         write_text_atomic(self.run_dir / SAMPLES_DIR / f"step-{step:06d}.txt", text)
         self.text(step, "samples", text)
 
     def _image_samples(self, step: int, model: torch.nn.Module) -> None:
-        from aigc_cli.generation.images import LoadedImageModel, make_grid, sample_images, save_png
+        from aigc_cli.generation.images import make_grid, save_png
+        from aigc_cli.inference.image_sampling import sample_images
 
-        loaded = LoadedImageModel(self.run_dir, self.backend_name, self.backend, model, self.device)
         gc = self.cfg.generate.images
-        images, _ = sample_images(loaded, self.cfg.train.sample_images, self.cfg.train.seed, gc)
+        images, _ = sample_images(self._loaded(model), self.cfg.train.sample_images, self.cfg.train.seed, gc)
         grid = make_grid(images, gc.grid_columns)
         path = self.run_dir / SAMPLES_DIR / f"step-{step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +108,14 @@ class RunLogger:
         save_png(grid, tmp)
         tmp.replace(path)
         self.images(step, "samples", grid)
+
+    def _loaded(self, model: torch.nn.Module):
+        """The model training holds, as the inference layer takes it (the tokenizer read once)."""
+        from aigc_cli.inference.loading import in_memory_model
+
+        if self._model is None or self._model.model is not model:
+            self._model = in_memory_model(self.run_dir, self.backend_name, model, self.device, self.tokenizer_dir)
+        return self._model
 
 
 def plot_losses(metrics_path: Path, out: Path) -> None:

@@ -41,7 +41,7 @@ def test_batched_generation_matches_one_at_a_time(cli, tmp_path, corpus, backend
 def test_draw_tokens_follows_the_distribution_and_never_picks_a_cut_token():
     import torch
 
-    from aigc_cli.generation.text import completion_uniforms, draw_tokens
+    from aigc_cli.inference.text_decoding import completion_uniforms, draw_tokens
 
     probs = torch.tensor([[0.1, 0.0, 0.6, 0.3, 0.0]]).repeat(20_000, 1)
     uniforms = completion_uniforms([7], 20_000, "cpu")[0]

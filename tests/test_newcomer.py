@@ -99,11 +99,11 @@ def test_finished_generate_rerun_does_not_load_the_model(cli, tmp_path, corpus, 
     json_out(cli("generate", cfg, "--prompt", "To be", "--out", out, "--json"))
     first = out.read_bytes()
 
-    import aigc_cli.generation.text as generation
+    import aigc_cli.inference.loading as loading
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded although every completion is in the manifest")
 
-    monkeypatch.setattr(generation, "load_checkpoint_for_inference", refuse)
+    monkeypatch.setattr(loading, "load_model", refuse)
     json_out(cli("generate", cfg, "--prompt", "To be", "--out", out, "--json"))
     assert out.read_bytes() == first

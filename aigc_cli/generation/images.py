@@ -1,10 +1,10 @@
 """`aigc generate` for image backends: N images from a seed → PNG files, one grid, a manifest.
 
-Image i starts from noise drawn by its own generator seeded from (seed, i) on the CPU, so an
-image depends only on the seed and its number — not on the count or the device it is denoised
-on — and the same seed writes byte-identical PNGs. Images are denoised in fixed batches
+Image i starts from its own seeded noise (aigc_cli/inference/image_sampling.py), so the same
+seed writes byte-identical PNGs whatever the count. Images are denoised in fixed batches
 (generate.images.batch_size), each PNG is written atomically and recorded in the folder's
-manifest.jsonl, so a re-run after a kill samples only the batches that are not finished.
+manifest.jsonl, so a re-run after a kill samples only the batches that are not finished, and a
+re-run with nothing missing loads no model.
 """
 
 from __future__ import annotations
@@ -14,33 +14,22 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
 from aigc_cli.atomic_files import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
-from aigc_cli.backends import backend_of_checkpoint, get_backend, modality
-from aigc_cli.checkpoints import checkpoint_identity, load_weights, resolve_checkpoint
+from aigc_cli.backends import backend_of_checkpoint
+from aigc_cli.checkpoints import checkpoint_identity, resolve_checkpoint
 from aigc_cli.config import ExperimentConfig, ImageGenerateConfig
-from aigc_cli.devices import pick_device
 from aigc_cli.errors import AigcError
-from aigc_cli.locks import exclusive_lock
 from aigc_cli.generation.manifest import OutputManifest, item_key
+from aigc_cli.inference.image_sampling import batch_ranges, class_labels, reconstruct, sample_image_batch
+from aigc_cli.locks import exclusive_lock
 from aigc_cli.provenance import software_versions, write_provenance
 
-
-@dataclass
-class LoadedImageModel:
-    checkpoint: Path
-    backend_name: str
-    backend: object
-    model: torch.nn.Module
-    device: str
-
-    @property
-    def info(self) -> dict:
-        return self.backend.image_info(self.model)
+if TYPE_CHECKING:
+    from aigc_cli.inference.loading import LoadedModel
 
 
 @dataclass
@@ -50,60 +39,6 @@ class ImageOutputs:
     grid: Path
     reconstructions: list[Path] = field(default_factory=list)
     reconstruction_grid: Path | None = None
-
-
-def load_image_checkpoint(path: str | Path, device: str = "auto") -> LoadedImageModel:
-    checkpoint = resolve_checkpoint(path)
-    name = backend_of_checkpoint(checkpoint)
-    backend = get_backend(name)
-    if modality(backend) != "image":
-        raise AigcError(f"{checkpoint} holds a {name} text model, not an image model", "pass a checkpoint of a ddpm, vae or gan run")
-    device = pick_device(device, "device")
-    model = load_weights(backend, checkpoint, device)
-    model.eval()
-    return LoadedImageModel(checkpoint, name, backend, model, device)
-
-
-def image_seed(seed: int, index: int) -> int:
-    digest = hashlib.sha256(f"image\0{seed}\0{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def class_labels(loaded: LoadedImageModel, count: int, gc: ImageGenerateConfig, info: dict | None = None) -> list[int] | None:
-    """The class of each image when the model is class-conditional (generate.images.class_labels, cycled)."""
-    info = info or loaded.info
-    if not info["class_conditional"]:
-        return None
-    wanted = gc.class_labels or list(range(len(info["classes"])))
-    bad = [c for c in wanted if not 0 <= c < len(info["classes"])]
-    if bad:
-        raise AigcError(f"generate.images.class_labels {bad} outside 0..{len(info['classes']) - 1}", f"classes are {info['classes']}")
-    return [wanted[i % len(wanted)] for i in range(count)]
-
-
-def sample_batch(loaded: LoadedImageModel, indices: range, seed: int, gc: ImageGenerateConfig, labels: list[int] | None) -> np.ndarray:
-    """Images number `indices` as uint8 (len(indices), C, H, W)."""
-    generators = [torch.Generator().manual_seed(image_seed(seed, i)) for i in indices]
-    shape = tuple(loaded.backend.latent_shape(loaded.model))
-    noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(loaded.device)
-    batch_labels = torch.tensor([labels[i] for i in indices], device=loaded.device) if labels else None
-    return to_uint8(loaded.backend.sample(loaded.model, noise, batch_labels, gc, generators))
-
-
-def sample_images(loaded: LoadedImageModel, count: int, seed: int, gc: ImageGenerateConfig) -> tuple[np.ndarray, list[int] | None]:
-    """`count` images as uint8 (N, C, H, W), and the class of each when the model is class-conditional."""
-    labels = class_labels(loaded, count, gc)
-    chunks = [sample_batch(loaded, indices, seed, gc, labels) for indices in batch_ranges(count, gc.batch_size)]
-    return np.concatenate(chunks), labels
-
-
-def batch_ranges(count: int, batch_size: int) -> list[range]:
-    return [range(start, min(count, start + batch_size)) for start in range(0, count, batch_size)]
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] floats → 0..255 uint8 (rounded, so the mapping is exact for prepared images)."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -183,13 +118,15 @@ class _LazyImageModel:
     def __init__(self, checkpoint: Path):
         self.checkpoint = checkpoint
         self.backend_name = backend_of_checkpoint(checkpoint)
-        self._model: LoadedImageModel | None = None
+        self._model: LoadedModel | None = None
         self.info = _image_info_from_files(checkpoint)
 
     @property
-    def model(self) -> LoadedImageModel:
+    def model(self) -> LoadedModel:
         if self._model is None:
-            self._model = load_image_checkpoint(self.checkpoint)
+            from aigc_cli.inference.loading import load_model
+
+            self._model = load_model(self.checkpoint, modality="image")
             self.info = self._model.info
         return self._model
 
@@ -216,7 +153,7 @@ _IMAGE_NAME = re.compile(r"\d{5,}\.png")
 def _sample_into(out_dir: Path, loaded: _LazyImageModel, count: int, seed: int, gc: ImageGenerateConfig,
                  manifest: OutputManifest, log) -> tuple[np.ndarray, list[int] | None, list[str], list[str]]:
     info = loaded.info or loaded.model.info
-    labels = class_labels(None, count, gc, info)
+    labels = class_labels(info, count, gc)
     names = [f"{i:05d}.png" for i in range(count)]
     identity = checkpoint_identity(loaded.checkpoint)
     # batch_size is part of the key: it decides which images are denoised together, and batched
@@ -237,7 +174,7 @@ def _sample_into(out_dir: Path, loaded: _LazyImageModel, count: int, seed: int, 
     reused = f"; {count - remaining} already done (in {MANIFEST}), sampling {remaining}" if remaining < count else ""
     log(f"sampling {count} image(s) from {loaded.checkpoint} with seed {seed}{reused}")
     for indices in todo:
-        batch = sample_batch(loaded.model, indices, seed, gc, labels)
+        batch = sample_image_batch(loaded.model, indices, seed, gc, labels)
         for i, pixels in zip(indices, batch):
             data = png_bytes(pixels)
             write_bytes_atomic(out_dir / names[i], data)
@@ -267,7 +204,7 @@ def _remove_reconstructions(out_dir: Path) -> list[str]:
     return []
 
 
-def _write_reconstructions(out_dir: Path, loaded: LoadedImageModel, gc: ImageGenerateConfig, cfg: ExperimentConfig) -> list[str]:
+def _write_reconstructions(out_dir: Path, loaded: LoadedModel, gc: ImageGenerateConfig, cfg: ExperimentConfig) -> list[str]:
     """The vae's reconstructions (recomputed each run: one encoder-decoder pass, no sampling)."""
     originals, reconstructed = reconstruct_images(loaded, gc.reconstruct, cfg)
     names = [f"reconstructions/{i:05d}.png" for i in range(len(reconstructed))]
@@ -285,16 +222,12 @@ def _write_reconstructions(out_dir: Path, loaded: LoadedImageModel, gc: ImageGen
     return names
 
 
-def reconstruct_images(loaded: LoadedImageModel, source: str, cfg: ExperimentConfig) -> tuple[np.ndarray, np.ndarray]:
+def reconstruct_images(loaded: LoadedModel, source: str, cfg: ExperimentConfig) -> tuple[np.ndarray, np.ndarray]:
     """(originals, reconstructions) as uint8 arrays, for the vae backend."""
     if not hasattr(loaded.backend, "reconstruct"):
         raise AigcError(f"generate.images.reconstruct: the {loaded.backend_name} backend has no encoder", "reconstructions need a vae checkpoint")
     originals = load_images_for(loaded.info, source, cfg)
-    chunks = []
-    for start in range(0, len(originals), 256):
-        batch = torch.from_numpy(originals[start:start + 256]).float().div(127.5).sub(1).to(loaded.device)
-        chunks.append(to_uint8(loaded.backend.reconstruct(loaded.model, batch)))
-    return originals, np.concatenate(chunks)
+    return originals, reconstruct(loaded, originals)
 
 
 def load_images_for(info: dict, source: str, cfg: ExperimentConfig) -> np.ndarray:

@@ -5,7 +5,7 @@ This is a benchmark, not a test. It answers two questions, in one process:
   1. training: how many optimisation steps (images) per second does `aigc_cli.training.train_model`
      reach, compared with the plain diffusers training loop of diffusers'
      examples/unconditional_image_generation/train_unconditional.py doing the same arithmetic?
-  2. sampling: how many images per second does `aigc_cli.generation.images.sample_images` (DDIM, eta 0)
+  2. sampling: how many images per second does `aigc_cli.inference.image_sampling.sample_images` (DDIM, eta 0)
      make, compared with `diffusers.DDIMPipeline` on the same EMA UNet?
 
 Same work on both sides (training)
@@ -38,7 +38,7 @@ What is timed (training)
 
 What is timed (sampling)
     The model is unconditional (DDIMPipeline cannot pass class labels): the final checkpoint of the last aigc
-    training run, loaded with `load_image_checkpoint` (or, with --class-conditional, a freshly built
+    training run, loaded with `load_model` (or, with --class-conditional, a freshly built
     unconditional UNet of the same sizes). aigc: perf_counter around `sample_images(loaded, N, seed, gc)`
     (sampler ddim, eta 0, --sample-steps, generate batch_size = N so it is one batch like the pipeline's);
     that includes its per-image noise generators, building its DDIMScheduler and the uint8 conversion.
@@ -232,14 +232,14 @@ def sampling_model(cfg, checkpoint: Path | None, device: str):
 
     from aigc_cli.backends import get_backend
     from aigc_cli.data.images import ImageArray
-    from aigc_cli.generation.images import LoadedImageModel, load_image_checkpoint
+    from aigc_cli.inference.loading import in_memory_model, load_model
 
     if checkpoint is not None:
-        return load_image_checkpoint(checkpoint, device)
+        return load_model(checkpoint, device, modality="image")
     backend = get_backend("ddpm")
     torch.manual_seed(cfg.train.seed)
     model = backend.build(cfg.model.model_copy(update={"class_conditional": False}), ImageArray(cfg.data.prepared_dir, "train").meta)
-    return LoadedImageModel(Path("(built in memory)"), "ddpm", backend, model.to(device).eval(), device)
+    return in_memory_model(Path("(built in memory)"), "ddpm", model.to(device).eval(), device)
 
 
 def make_pipeline(loaded):
@@ -254,7 +254,7 @@ def sample_aigc(loaded, gc, seed: int):
     """Returns (images/s, uint8 N×C×H×W)."""
     import torch
 
-    from aigc_cli.generation.images import sample_images
+    from aigc_cli.inference.image_sampling import sample_images
 
     synchronize(loaded.device)
     t0 = time.perf_counter()
@@ -268,7 +268,7 @@ def sample_plain(pipe, count: int, steps: int, seed: int, device: str):
     """Returns (images/s, float N×H×W×C in [0, 1])."""
     import torch
 
-    from aigc_cli.generation.images import image_seed
+    from aigc_cli.inference.image_sampling import image_seed
 
     synchronize(device)
     t0 = time.perf_counter()
@@ -285,7 +285,7 @@ def sanity_report(loaded, gc, seed: int, ours, plain) -> list[str]:
     import numpy as np
     import torch
 
-    from aigc_cli.generation.images import image_seed
+    from aigc_cli.inference.image_sampling import image_seed
 
     plain_u8 = np.round(np.clip(plain, 0, 1) * 255).astype(np.uint8).transpose(0, 3, 1, 2)
     lines = [f"shapes: aigc {tuple(ours.shape)} uint8, pipeline {tuple(plain.shape)} {plain.dtype} "

@@ -7,10 +7,10 @@ so it writes text rather than an early end-of-text. Both sides then sample from 
 model with the same settings (temperature 0.8, top-k 200, `--new-tokens` new tokens at most,
 stopping at end-of-text), and tokens/s counts the new tokens each side actually produced:
 
-  single   one prompt at a time: aigc's `sample_completion` (what `aigc generate --stream` and a
+  single   one prompt at a time: aigc's `sample_texts` with one prompt (what `aigc generate --stream` and a
            one-prompt run use) vs `model.generate(do_sample=True, ...)`, over `--single-prompts`
            prompts in turn;
-  batched  64 prompts (lines of the validation text, different lengths): aigc's `sample_batch`
+  batched  64 prompts (lines of the validation text, different lengths): aigc's `sample_texts`
            with all 64 left-padded into one batch vs the one-at-a-time loop over the same 64
            prompts, and vs `model.generate` on the same left-padded batch with its attention mask.
 
@@ -86,14 +86,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from aigc_cli.generation.text import logits_processors, completion_seed, load_checkpoint_for_inference, sample_batch, sample_completion
+    from aigc_cli.generation.text import completion_seed
+    from aigc_cli.inference.loading import load_model
+    from aigc_cli.inference.text_decoding import sample_texts
 
     with tempfile.TemporaryDirectory(prefix="aigc-bench-generate-") as tmp:
         cfg = train_model(args, Path(tmp))
-        loaded = load_checkpoint_for_inference(cfg.train.out_dir, "cpu")
+        loaded = load_model(cfg.train.out_dir, "cpu")
         prompts = read_prompts(cfg, args.prompts, min(60, cfg.model.block_size - args.new_tokens))
     gc = cfg.generate.model_copy(update={"max_new_tokens": args.new_tokens, "batch_size": len(prompts)})
-    processors = logits_processors(gc)
     seeds = [completion_seed(gc.seed, p, 0) for p in prompts]
     model, eos, tok = loaded.model, loaded.eos_id, loaded.tokenizer
     print(f"generate: gpt2 {model.config.n_layer}×{model.config.n_embd}, {len(prompts)} prompts, ≤{args.new_tokens} new tokens, "
@@ -118,12 +119,12 @@ def main(argv=None) -> int:
 
     singles = prompts[:args.single_prompts]
     single = {
-        "aigc": lambda: timed(lambda: sum(sample_completion(loaded, p, gc, s, processors)[1] for p, s in zip(singles, seeds))),
+        "aigc": lambda: timed(lambda: sum(sample_texts(loaded, [p], gc, [s])[0].new_tokens for p, s in zip(singles, seeds))),
         "hf": lambda: timed(lambda: sum(hf_generate([p]) for p in singles)),
     }
     batched = {
-        "aigc_batched": lambda: timed(lambda: sum(r[1] for r in sample_batch(loaded, prompts, gc, seeds, processors))),
-        "aigc_one_at_a_time": lambda: timed(lambda: sum(sample_completion(loaded, p, gc, s, processors)[1] for p, s in zip(prompts, seeds))),
+        "aigc_batched": lambda: timed(lambda: sum(c.new_tokens for c in sample_texts(loaded, prompts, gc, seeds))),
+        "aigc_one_at_a_time": lambda: timed(lambda: sum(sample_texts(loaded, [p], gc, [s])[0].new_tokens for p, s in zip(prompts, seeds))),
         "hf_batched": lambda: timed(lambda: hf_generate(prompts)),
     }
     with torch.inference_mode():

@@ -1,0 +1,87 @@
+"""One loader for every backend: a checkpoint directory → a LoadedModel in eval mode that knows
+what it is (text or image), how it reads text (tokenizer, end-of-text id), where it runs and in
+which precision. Training's samples describe the model they hold in memory the same way."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from aigc_cli.backends import backend_of_checkpoint, get_backend, modality as modality_of
+from aigc_cli.checkpoints import load_weights, resolve_checkpoint
+from aigc_cli.data.tokenization import eos_id, load_tokenizer
+from aigc_cli.devices import pick_device
+from aigc_cli.errors import AigcError
+
+
+@dataclass
+class LoadedModel:
+    checkpoint: Path
+    backend_name: str
+    backend: object
+    model: torch.nn.Module
+    modality: str  # "text" or "image"
+    tokenizer: object | None  # None for image models
+    eos_id: int | None
+    device: str
+    dtype: torch.dtype
+
+    @property
+    def validation_part(self) -> str:
+        """The part whose loss is the held-out loss (a GAN's discriminator)."""
+        return self.backend.PARTS[0]
+
+    @property
+    def info(self) -> dict:
+        """Image models: {size, channels, classes, class_conditional}."""
+        return self.backend.image_info(self.model)
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor, part: str) -> torch.Tensor:
+        return self.backend.loss(self.model, (inputs, targets), part)
+
+
+def load_model(checkpoint: str | Path, device: str = "auto", modality: str | None = None) -> LoadedModel:
+    """The model of `checkpoint` (a checkpoint or a run directory, standing for its latest good
+    one) on `device`; `modality` is what the caller samples, a checkpoint of the other kind is an error."""
+    checkpoint = resolve_checkpoint(checkpoint)
+    name = backend_of_checkpoint(checkpoint)
+    backend = get_backend(name)
+    kind = modality_of(backend)
+    if modality == "image" and kind != "image":
+        raise AigcError(f"{checkpoint} holds a {name} text model, not an image model", "pass a checkpoint of a ddpm, vae or gan run")
+    if modality == "text" and kind != "text":
+        raise AigcError(f"{checkpoint} holds a {name} image model, not a text model", "pass a checkpoint of a gpt, rnn or lora run")
+    device = pick_device(device, "device")
+    tokenizer = load_tokenizer(checkpoint) if kind == "text" else None
+    model = load_weights(backend, checkpoint, device)
+    model.eval()
+    return in_memory_model(checkpoint, name, model, device, checkpoint if kind == "text" else None, tokenizer)
+
+
+def in_memory_model(checkpoint: Path, backend_name: str, model: torch.nn.Module, device: str,
+                    tokenizer_dir: Path | None = None, tokenizer=None) -> LoadedModel:
+    """A model already in memory (the one training holds) as a LoadedModel; a text model's tokenizer
+    is read from `tokenizer_dir` unless given."""
+    backend = get_backend(backend_name)
+    if tokenizer is None and tokenizer_dir is not None:
+        tokenizer = load_tokenizer(tokenizer_dir)
+    eos = checkpoint_eos_id(tokenizer_dir, tokenizer) if tokenizer is not None else None
+    first = next(model.parameters(), None)
+    return LoadedModel(Path(checkpoint), backend_name, backend, model, modality_of(backend), tokenizer, eos, device,
+                       first.dtype if first is not None else torch.float32)
+
+
+def checkpoint_eos_id(directory: Path | None, tokenizer) -> int:
+    """The end-of-text id named in the directory's tokenizer_config.json, else the usual names."""
+    token = None
+    if directory is not None:
+        try:
+            token = json.loads((Path(directory) / "tokenizer_config.json").read_text(encoding="utf-8")).get("eos_token")
+        except (OSError, json.JSONDecodeError):
+            pass
+    token = token.get("content") if isinstance(token, dict) else token
+    token_id = tokenizer.token_to_id(token) if isinstance(token, str) else None
+    return token_id if token_id is not None else eos_id(tokenizer)
