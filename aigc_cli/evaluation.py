@@ -193,14 +193,17 @@ class PredictionPerplexity:
     the model's context goes in consecutive windows. exp(mean loss over all scored tokens)."""
 
     def __init__(self, checkpoint: str | Path, batch_size: int):
+        from aigc_cli.inference.heldout import LossSum
         from aigc_cli.inference.loading import load_model
 
         self.loaded = load_model(checkpoint, modality="text")
         self.window = self.loaded.backend.context_length(self.loaded.model) or 1024
         self.batch_size = batch_size
-        self.total_loss, self.tokens, self.items, self.empty = 0.0, 0, 0, 0
+        self.scored, self.items, self.empty = LossSum(), 0, 0
 
     def add(self, predictions: list[str], references=None) -> None:
+        from aigc_cli.inference.heldout import heldout_loss
+
         loaded = self.loaded
         windows: list[list[int]] = []
         for text in predictions:
@@ -209,39 +212,38 @@ class PredictionPerplexity:
             self.empty += len(ids) == 1
             windows += [ids[i:i + self.window + 1] for i in range(0, len(ids) - 1, self.window)]
         windows.sort(key=len)  # similar lengths share a batch: less padding
-        for start in range(0, len(windows), self.batch_size):
-            self._score(windows[start:start + self.batch_size])
+        batches = (self._padded(windows[start:start + self.batch_size]) for start in range(0, len(windows), self.batch_size))
+        self.scored = heldout_loss(self.loaded, self.loaded.validation_part, batches, self.loaded.device, per="token", so_far=self.scored)
 
-    def _score(self, windows: list[list[int]]) -> None:
+    def _padded(self, windows: list[list[int]]):
+        """(inputs, targets) of windows of different lengths: padding sits after each row's tokens,
+        which a causal model never looks at, and its targets are ignored."""
         import torch
+
+        from aigc_cli.inference.heldout import IGNORE_INDEX
 
         width = max(len(w) for w in windows) - 1
         inputs = torch.full((len(windows), width), self.loaded.eos_id, dtype=torch.long)
-        targets = torch.full((len(windows), width), -100, dtype=torch.long)  # cross_entropy's ignore_index: padding
+        targets = torch.full((len(windows), width), IGNORE_INDEX, dtype=torch.long)
         for row, ids in enumerate(windows):
             inputs[row, :len(ids) - 1] = torch.tensor(ids[:-1])
             targets[row, :len(ids) - 1] = torch.tensor(ids[1:])
-        count = int((targets != -100).sum())
-        with torch.no_grad():  # padding sits after each row's tokens, which a causal model never looks at
-            loss = self.loaded.backend.loss(self.loaded.model, (inputs.to(self.loaded.device), targets.to(self.loaded.device)), self.loaded.backend.PARTS[0])
-        self.total_loss += float(loss) * count
-        self.tokens += count
+        return inputs, targets
 
     def result(self) -> dict[str, float]:
-        if not self.tokens:
+        if not self.scored.weight:
             raise AigcError("prediction_perplexity: every prediction is empty, so there is nothing to score", "check the predictions file (and --predictions-field)")
-        loss = self.total_loss / self.tokens
+        loss = self.scored.mean
         return {"prediction_perplexity": math.exp(min(loss, 700.0)), "prediction_loss": loss}
 
     def details(self) -> dict:
-        return {"checkpoint": str(self.loaded.checkpoint), "backend": self.loaded.backend_name, "tokens": self.tokens,
+        return {"checkpoint": str(self.loaded.checkpoint), "backend": self.loaded.backend_name, "tokens": self.scored.weight,
                 "items": self.items, "empty_predictions": self.empty, "context": self.window}
 
 def evaluate_language_model(cfg: ExperimentConfig, checkpoint: str | Path | None) -> tuple[dict, dict]:
-    import torch
-
     from aigc_cli.data.batches import TokenArray
     from aigc_cli.data.tokenization import load_tokenizer
+    from aigc_cli.inference.heldout import heldout_loss
     from aigc_cli.inference.loading import load_model
 
     ec = cfg.eval
@@ -253,16 +255,10 @@ def evaluate_language_model(cfg: ExperimentConfig, checkpoint: str | Path | None
                         "evaluate on the prepared data the model was trained on (data.prepared_dir)")
     block = min(cfg.model.block_size, loaded.backend.context_length(loaded.model) or cfg.model.block_size)
     data.check_fits(block)
-    total_loss, total_tokens, windows = 0.0, 0, 0
-    with torch.no_grad():
-        for inputs, targets in data.sequential_batches(ec.batch_size, block, ec.max_batches):
-            batch = (inputs.to(loaded.device), targets.to(loaded.device))
-            n = targets.numel()
-            windows += targets.size(0)
-            total_loss += loaded.backend.loss(loaded.model, batch, loaded.backend.PARTS[0]).item() * n
-            total_tokens += n
-    loss = total_loss / total_tokens
+    windows = data.sequential_batches(ec.batch_size, block, ec.max_batches)
+    scored = heldout_loss(loaded, loaded.validation_part, windows, loaded.device, per="token")
+    loss = scored.mean
     metrics = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bits_per_token": loss / math.log(2)}
     return metrics, {"checkpoint": str(loaded.checkpoint), "backend": loaded.backend_name, "split": ec.split,
-                     "prepared_data": cfg.data.prepared_dir, "tokens": total_tokens, "windows": windows, "context": block,
+                     "prepared_data": cfg.data.prepared_dir, "tokens": scored.weight, "windows": scored.rows, "context": block,
                      "inputs": data.meta.get("inputs")}

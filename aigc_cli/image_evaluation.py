@@ -15,12 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from aigc_cli.config import ExperimentConfig, require_data
 from aigc_cli.data.images import IMAGE_SUFFIXES, ImageArray, open_image, to_array
 from aigc_cli.errors import AigcError
 from aigc_cli.generation.images import reconstruct_images
+from aigc_cli.inference.heldout import heldout_loss
 from aigc_cli.inference.image_sampling import sample_images
 from aigc_cli.inference.loading import load_model
 
@@ -43,7 +43,9 @@ def evaluate_images(cfg: ExperimentConfig, checkpoint: str | Path | None, log=la
                             f"{real_val.meta['channels']}×{real_val.meta['size']}²", "evaluate on the prepared data the model was trained on")
 
     if "loss" in names:
-        metrics["loss"] = heldout_loss(loaded, real_val, cfg)
+        # A fixed seed for the noise the loss draws, so losses of different checkpoints compare.
+        metrics["loss"] = heldout_loss(loaded, loaded.validation_part, real_val.batches(ec.batch_size), loaded.device,
+                                       per="row", seed=cfg.train.seed + 1).mean
     if names & {"psnr", "ssim"}:
         originals, reconstructed = reconstruct_images(loaded, "val", cfg)
         if "psnr" in names:
@@ -120,19 +122,6 @@ def _feature_space(cfg: ExperimentConfig, classifier):
             raise AigcError("eval.image_features=inception needs eval.inception_weights", "set it to a local pt_inception-2015-12-05 weights file (nothing is downloaded)")
         return image_metrics.inception_features(ec.inception_weights)
     return image_metrics.classifier_features(classifier)
-
-
-@torch.no_grad()
-def heldout_loss(loaded, data: ImageArray, cfg: ExperimentConfig) -> float:
-    backend, model = loaded.backend, loaded.model
-    total, count = 0.0, 0
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed + 1)
-        for images, labels in data.batches(cfg.eval.batch_size):
-            n = images.size(0)
-            total += backend.loss(model, (images.to(loaded.device), labels.to(loaded.device)), backend.PARTS[0]).item() * n
-            count += n
-    return total / count
 
 
 def read_image_folder(folder: str | Path, size: int, channels: int) -> np.ndarray:

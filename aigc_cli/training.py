@@ -101,23 +101,20 @@ def make_optimizer(params, tc: TrainConfig, device: str, sharded: bool = False) 
     return torch.optim.AdamW(groups, lr=tc.learning_rate, betas=(tc.beta1, tc.beta2), **kind)
 
 
-@torch.no_grad()
 def estimate_loss(parallel: ParallelModel, part: str, data, batch_size: int, block_size: int, batches: int,
                   seed: int, device: str, autocast) -> float:
     """Mean loss over `batches` random batches. Fixed seeds for the batches and for any noise the
     loss draws (diffusion timesteps, latents) make every estimate comparable; the training RNG
     stream is left exactly where it was. Several processes each score their rows of every batch."""
+    from aigc_cli.inference.heldout import heldout_loss
+
     parallel.eval()
     generator = torch.Generator().manual_seed(seed)
-    total = torch.zeros((), device=device)
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device == "cuda" else []):
-        torch.manual_seed(seed)
-        for _ in range(batches):
-            inputs, targets = data.random_batch(batch_size, block_size, generator, shard=parallel.procs.shard)
-            with autocast():
-                total += parallel.loss(inputs.to(device), targets.to(device), part).float()
+    drawn = (data.random_batch(batch_size, block_size, generator, shard=parallel.procs.shard) for _ in range(batches))
+    loss = heldout_loss(parallel, part, drawn, device, per="batch", seed=seed, autocast=autocast,
+                        across_processes=parallel.procs.world_size > 1).mean
     parallel.train()
-    return mean_over_processes(total, parallel.procs).item() / batches
+    return loss
 
 
 @dataclass
