@@ -107,3 +107,7 @@ def test_finished_generate_rerun_does_not_load_the_model(cli, tmp_path, corpus, 
     monkeypatch.setattr(loading, "load_model", refuse)
     json_out(cli("generate", cfg, "--prompt", "To be", "--out", out, "--json"))
     assert out.read_bytes() == first
+    # Nor does it import torch: the sampling is the inference layer's, imported only when something is missing.
+    code, stderr, heavy = _modules_after(["generate", str(cfg), "--prompt", "To be", "--out", str(out), "--json"], tmp_path)
+    assert code == 0, stderr
+    assert "torch" not in heavy and out.read_bytes() == first

@@ -12,10 +12,12 @@ import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from aigc_cli.errors import AigcError
+
+if TYPE_CHECKING:
+    import torch
 
 IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default ignore_index
 
@@ -134,6 +136,8 @@ class PairExamples:
         return len(self.rows)
 
     def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch  # here, not at the top: `aigc generate` reads templates from this module without torch
+
         rows = [self.rows[i] for i in indices]
         width = max(len(ids) for ids, _ in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -145,6 +149,8 @@ class PairExamples:
         return ids[:, :-1], labels[:, 1:]
 
     def random_batch(self, batch_size: int, block_size: int, generator: torch.Generator, shard: tuple[int, int] = (0, 1)):
+        import torch
+
         from aigc_cli.data.batches import own_rows
 
         return self.batch(own_rows(torch.randint(len(self.rows), (batch_size,), generator=generator).tolist(), shard))
