@@ -171,8 +171,15 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     pointer = Path(run_dir) / CHECKPOINTS / LATEST
     if not pointer.is_file():
         return None
-    path = pointer.parent / pointer.read_text(encoding="utf-8").strip()
-    return path if path.is_dir() and path.name.startswith("step-") else None
+    name = pointer.read_bytes()[:64].decode("utf-8", "replace").strip()
+    if not _STEP_NAME.fullmatch(name):  # damaged (binary bytes, an edit): the newest intact checkpoint is used instead
+        warn(f"{pointer} is damaged (it does not name a step-NNNNNN checkpoint); ignoring it")
+        return None
+    path = pointer.parent / name
+    return path if path.is_dir() else None
+
+
+_STEP_NAME = re.compile(r"step-\d+")
 
 
 def latest_good_checkpoint(run_dir: str | Path, report: Callable[[str], None] = warn) -> Path | None:

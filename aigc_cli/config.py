@@ -8,6 +8,7 @@ classes. This module must never import torch, transformers or diffusers: config 
 from __future__ import annotations
 
 import difflib
+import reprlib
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -18,9 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from aigc_cli.errors import AigcError
 
 
+SEED_MAX = 2**63 - 1  # the largest seed torch's generators take
+MAX_NEW_TOKENS = 1_000_000  # generate.max_new_tokens: a stated bound (each row draws its random numbers up front)
+
+
 class Section(BaseModel):
-    # Unknown keys are errors (with a did-you-mean), never silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
+    # Unknown keys are errors (with a did-you-mean), never silently ignored; nan and inf are no
+    # number a learning rate, bound or size may be.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------- data
@@ -45,7 +51,7 @@ class ImageDataConfig(Section):
 
 
 class DataConfig(Section):
-    source: str = Field(..., description="Text backends: a .txt file, a directory of .txt files, a .jsonl file, or `builtin:python-docs` (text shipped with Python itself). Image backends: a folder of PNG/JPEG files (recursive) or `digits` (scikit-learn's 1,797 labelled 8×8 digits).")
+    source: str = Field(..., min_length=1, pattern=r"\S", description="Text backends: a .txt file, a directory of .txt files, a .jsonl file, or `builtin:python-docs` (text shipped with Python itself). Image backends: a folder of PNG/JPEG files (recursive) or `digits` (scikit-learn's 1,797 labelled 8×8 digits).")
     format: Literal["auto", "text", "jsonl"] = Field("auto", description="auto: by file extension (.jsonl/.json → jsonl).")
     jsonl_field: str = Field("text", description="For JSONL sources: the field that holds the text.")
     cleaning: CleaningConfig = Field(default_factory=CleaningConfig)
@@ -53,7 +59,7 @@ class DataConfig(Section):
     image: ImageDataConfig = Field(default_factory=ImageDataConfig)
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="Share of the text held out for validation.")
     split: Literal["random", "tail"] = Field("random", description="random: documents (or 64-line chunks) go to val at random with `seed`; tail: the last `val_fraction` of the text (nanoGPT's split).")
-    seed: int = Field(1337, description="Seed of the train/val split.")
+    seed: int = Field(1337, ge=0, le=SEED_MAX, description="Seed of the train/val split.")
     prepared_dir: str = Field("prepared/default", description="Where `aigc prep` writes the tokenizer and token arrays, and where `train`/`eval` read them.")
 
 
@@ -132,7 +138,7 @@ METRIC_NAMES = MODEL_METRICS + TEXT_METRICS + IMAGE_METRICS
 # ----------------------------------------------------------------------------- train
 class TrainConfig(Section):
     out_dir: str = Field("runs/default", description="Run directory: resolved config, metrics.jsonl, checkpoints/.")
-    seed: int = Field(1337, description="Seeds initialisation, batch order and dropout.")
+    seed: int = Field(1337, ge=0, le=SEED_MAX, description="Seeds initialisation, batch order and dropout.")
     max_steps: int = Field(1000, ge=1, description="Optimizer steps.")
     batch_size: int = Field(12, ge=1, description="Sequences per micro-batch, over all processes together: under torchrun each of N processes takes batch_size/N of them (it must divide).")
     grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
@@ -190,7 +196,7 @@ class FinetuneConfig(Section):
     template: str = Field("{source}\n", description="Prompt template filled with the record's fields, e.g. 'German: {source}\\nEnglish: '.")
     max_length: Optional[int] = Field(None, ge=8, description="Truncate prompt+response to this many tokens (default: the base model's context).")
     packing: bool = Field(False, description="Concatenate examples into full max_length rows (faster; examples may attend to the previous one).")
-    seed: int = Field(1337, description="Seed of the validation hold-out.")
+    seed: int = Field(1337, ge=0, le=SEED_MAX, description="Seed of the validation hold-out.")
 
 
 # ----------------------------------------------------------------------------- generate / eval
@@ -201,7 +207,7 @@ class FewShotConfig(Section):
     target_file: Optional[str] = None
     response_field: str = Field("target", description="Field holding an example's answer.")
     separator: str = Field("\n", description="Text between examples.")
-    seed: int = Field(1337, description="Seed for drawing the examples (per input).")
+    seed: int = Field(1337, ge=0, le=SEED_MAX, description="Seed for drawing the examples (per input).")
 
 
 class ImageGenerateConfig(Section):
@@ -217,13 +223,13 @@ class ImageGenerateConfig(Section):
 
 class GenerateConfig(Section):
     prompts: list[str] = Field(default_factory=lambda: [""], description="Prompts used when none are given on the command line ('' starts from end-of-text).")
-    max_new_tokens: int = Field(200, ge=1, description="Stop after this many new tokens (or at end-of-text).")
+    max_new_tokens: int = Field(200, ge=1, le=MAX_NEW_TOKENS, description="Stop after this many new tokens (or at end-of-text); at most 1,000,000.")
     temperature: float = Field(0.8, ge=0.0, description="0 means greedy decoding.")
     top_k: Optional[int] = Field(200, ge=1, description="Keep the k most likely tokens (null: off).")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (1.0: off).")
     repetition_penalty: float = Field(1.0, gt=0.0, description="CTRL-style penalty on tokens already present (1.0: off).")
     num_samples: int = Field(1, ge=1, description="Completions per prompt.")
-    seed: int = Field(1337, description="Same seed, same text.")
+    seed: int = Field(1337, ge=0, le=SEED_MAX, description="Same seed, same text.")
     template: Optional[str] = Field(None, description="Fill each prompt into this template ({source} is the prompt line; JSONL prompts fill fields by name), e.g. the fine-tuning template.")
     few_shot: FewShotConfig = Field(default_factory=FewShotConfig)
     stop: list[str] = Field(default_factory=list, description="Cut the completion at the first of these strings and stop.")
@@ -283,7 +289,10 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not path.is_file():
         raise AigcError(f"config file not found: {path}", "pass the path of a YAML experiment file, e.g. configs/quickstart.yaml")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_ConfigLoader)  # noqa: S506 — a SafeLoader
+    except _DuplicateKey as exc:
+        raise AigcError(f"{path}: key '{exc.key}' appears twice (line {exc.first} and line {exc.again}); the second would silently replace the first",
+                        "keep one of them (merge their keys into one section)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -294,9 +303,56 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raw = {}
     if not isinstance(raw, dict):
         raise AigcError(f"{path} must hold a mapping of sections (data, model, train, ...), not {type(raw).__name__}", "see configs/ for examples")
+    _check_values(raw, str(path))
     for item in overrides:
         apply_override(raw, item)
     return validate_config(raw, source=str(path))
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, first: int, again: int):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.first, self.again = key, first, again
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, but a key given twice in one mapping is an error, not a silent overwrite."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise _DuplicateKey(key, seen[key], key_node.start_mark.line + 1)
+                if isinstance(key, (str, int, float, bool)):
+                    seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+MAX_CONFIG_VALUES = 100_000  # far beyond any real experiment; a YAML alias bomb expands to billions
+
+
+def _check_values(raw: Any, source: str) -> None:
+    """Walk the loaded YAML once, counting every value as often as aliases repeat it: an alias bomb
+    (or a recursive alias) is refused before validation would walk, or an error message print, it
+    all. NUL bytes, which no path or text in a config may hold, are refused with their key."""
+    budget = [MAX_CONFIG_VALUES]
+    stack: list[tuple[Any, str]] = [(raw, "")]
+    while stack:
+        value, where = stack.pop()
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise AigcError(f"{source} expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases repeating each other?)",
+                            "write the config out without nested anchors and aliases")
+        if isinstance(value, dict):
+            stack += [(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        elif isinstance(value, str) and "\x00" in value:
+            raise AigcError(f"{source}: '{where}' holds a NUL byte", "remove it: no path or text may contain NUL")
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -322,6 +378,7 @@ def apply_override(raw: dict, item: str) -> None:
 
 
 def validate_config(raw: dict, source: str = "config") -> ExperimentConfig:
+    _check_values(raw, source)  # also what overrides and command-line options put in
     if isinstance(raw.get("model"), dict) and "backend" not in raw["model"]:
         raw = {**raw, "model": {"backend": "gpt", **raw["model"]}}  # the documented default backend
     try:
@@ -346,9 +403,15 @@ def _describe_error(err: dict) -> str:
     if err["type"] == "union_tag_invalid":
         return f"'{key_path}.backend' must be one of {err['ctx']['expected_tags']} (got {err['input'].get('backend')!r})" if isinstance(err.get("input"), dict) else f"{key_path}: {err['msg']}"
     got = err.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    shown = "" if isinstance(got, dict) else f" (got {_SHORT_REPR.repr(got)})"  # bounded: the input may be huge
     message = err["msg"].removeprefix("Value error, ")
     return f"'{key_path}': {message}{shown}" if key_path else message
+
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 80
+_SHORT_REPR.maxlist = _SHORT_REPR.maxdict = 4
+_SHORT_REPR.maxlevel = 2
 
 
 def _user_path(loc: list[str]) -> tuple[str, type[BaseModel] | None]:

@@ -118,6 +118,8 @@ def to_array(image, size: int, channels: int) -> np.ndarray:
     from PIL import Image, ImageOps
 
     image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        image = _to_8_bit(image)
     if image.mode in ("RGBA", "LA", "P"):
         # Transparent pixels become white, not whatever colour the file stores under alpha 0.
         rgba = image.convert("RGBA")
@@ -130,6 +132,22 @@ def to_array(image, size: int, channels: int) -> np.ndarray:
     left, top = (resized.width - size) // 2, (resized.height - size) // 2
     pixels = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def _to_8_bit(image):
+    """16-bit, 32-bit integer and float greyscale → 8-bit "L" at the right scale. Pillow's own
+    convert("L") clips such pixels to 0..255, so a 16-bit scan would come out two-toned."""
+    from PIL import Image
+
+    pixels = np.asarray(image)
+    if pixels.dtype.kind == "f":
+        peak = 1.0 if float(np.nanmax(pixels, initial=0.0)) <= 1.0 else 255.0
+    elif image.mode.startswith("I;16") or int(pixels.max(initial=0)) > 255:
+        peak = 65535.0 if image.mode.startswith("I;16") or int(pixels.max(initial=0)) <= 65535 else float(pixels.max())
+    else:
+        peak = 255.0
+    scaled = np.clip(np.nan_to_num(pixels.astype(np.float64)) * (255.0 / peak), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
 
 
 def _list_source(data: DataConfig) -> tuple[list[SourceImage], list[str] | None, list[dict]]:

@@ -86,12 +86,16 @@ def _read_jsonl(path: str, response_field: str) -> list[PairRecord]:
 def check_template(template: str, setting: str) -> list[str]:
     """The field names a template uses; a malformed template is a config error."""
     try:
-        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:
         raise AigcError(f"{setting} is not a valid template ({exc})", "write fields as {name}; double literal braces: {{ }}") from None
-    if any(not name.isidentifier() for name in names):
-        raise AigcError(f"{setting} has an empty or odd placeholder", "write fields as {name}, e.g. 'German: {source}\\nEnglish: '")
-    return names
+    # Plain {name} only: a format spec ({source:d}) fails on text, and attribute or index access
+    # ({source.__class__}, {source[0]}) would reach into Python objects.
+    odd = [f"{{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+           for name, spec, conversion in fields if not name.isidentifier() or spec or conversion]
+    if odd:
+        raise AigcError(f"{setting} has a placeholder aigc cannot fill: {odd[0]}", "write fields as plain {name}, e.g. 'German: {source}\\nEnglish: '")
+    return [name for name, _, _ in fields]
 
 
 def fill_template(template: str, record: PairRecord, setting: str) -> str:

@@ -57,7 +57,7 @@ def _prepare_text_corpus(cfg: ExperimentConfig, force: bool = False, log: Callab
     log(f"pass 1/2: reading {data.source} to build the {data.tokenizer.kind} tokenizer")
     stats = SourceStats()
     tok, total_chars = _build_tokenizer(data, stats)
-    if total_chars == 0:
+    if total_chars == 0 or stats.blank:
         raise AigcError(f"data.source {data.source} holds no text after cleaning", "point data.source at a non-empty corpus")
     fingerprint = _fingerprint(data, stats.inputs)
     if reusable_output(out, existing, fingerprint, force):

@@ -39,6 +39,7 @@ class SourceStats:
     documents: int = 0
     lines: int = 0
     duplicate_lines_dropped: int = 0
+    blank: bool = True  # nothing but whitespace so far (a corpus empty after cleaning is an error)
 
 
 class LineCleaner:
@@ -72,10 +73,14 @@ def list_input_files(cfg: DataConfig) -> list[Path]:
         raise AigcError(f"data.source not found: {cfg.source}", "point data.source at a .txt/.jsonl file, a directory of .txt files, or builtin:python-docs")
     if path.is_dir():
         suffixes = {".jsonl", ".json"} if cfg.format == "jsonl" else {".txt"}
+        # Regular files only: a named pipe or device among them would block or never end.
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
         if not files:
             raise AigcError(f"no {'/'.join(sorted(suffixes))} files under {cfg.source}", "put text files there or point data.source at a file")
         return files
+    if not path.is_file():
+        raise AigcError(f"data.source {cfg.source} is not a regular file (a pipe or device would block or never end)",
+                        "point data.source at a file or a directory of files")
     return [path]
 
 
@@ -87,6 +92,12 @@ def source_format(cfg: DataConfig, path: Path) -> str:
 
 def iter_chunks(cfg: DataConfig, stats: SourceStats) -> Iterator[Chunk]:
     """Cleaned chunks of the whole source, in order. `stats` is filled in as a side effect."""
+    for chunk in _source_chunks(cfg, stats):
+        stats.blank = stats.blank and not chunk.text.strip()
+        yield chunk
+
+
+def _source_chunks(cfg: DataConfig, stats: SourceStats) -> Iterator[Chunk]:
     cleaner = LineCleaner(cfg.cleaning)
     if cfg.source.startswith(BUILTIN_PREFIX):
         yield from _builtin_chunks(cfg.source[len(BUILTIN_PREFIX):], cleaner, stats)
@@ -108,7 +119,8 @@ def _hashed_lines(path: Path, digest) -> Iterator[tuple[int, str]]:
             for number, raw in enumerate(handle, start=1):
                 digest.update(raw)
                 try:
-                    yield number, raw.decode("utf-8")
+                    # A UTF-8 byte-order mark is no text, here as in every other input aigc reads.
+                    yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
                 except UnicodeDecodeError:
                     raise AigcError(f"{path}:{number} is not valid UTF-8", "convert the file to UTF-8 (e.g. iconv -t utf-8)") from None
     except PermissionError:

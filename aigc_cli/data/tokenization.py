@@ -54,7 +54,12 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     path = Path(directory) / "tokenizer.json"
     if not path.is_file():
         raise AigcError(f"no tokenizer.json in {directory}", "point at a prepared-data or checkpoint directory (run `aigc prep` first)")
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 — tokenizers raises its own Exception for a truncated or foreign file
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AigcError(f"{path} is damaged or not a tokenizers file ({first})",
+                        "copy the tokenizer.json of the prepared data or checkpoint again, or prepare the data again") from None
 
 
 def eos_id(tok: Tokenizer) -> int:
