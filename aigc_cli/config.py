@@ -286,8 +286,11 @@ class ExperimentConfig(Section):
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Read YAML, merge `section.key=value` overrides into it, validate. Raises AigcError."""
     path = Path(path)
+    if path.is_dir():
+        raise AigcError(f"config {path} is a directory, not a file", "pass the path of a YAML experiment file, e.g. configs/quickstart.yaml")
     if not path.is_file():
-        raise AigcError(f"config file not found: {path}", "pass the path of a YAML experiment file, e.g. configs/quickstart.yaml")
+        what = "is not a regular file" if path.exists() else "not found"
+        raise AigcError(f"config file {what}: {path}", "pass the path of a YAML experiment file, e.g. configs/quickstart.yaml")
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_ConfigLoader)  # noqa: S506 — a SafeLoader
     except _DuplicateKey as exc:

@@ -93,6 +93,16 @@ CASES: dict[str, tuple[Callable[[], object], list[str], int, str]] = {
     "nul-byte-in-path": (lambda: write("nul.yaml", 'data:\n  source: "corpus\\0.txt"\n'), ["prep", "nul.yaml"], 2, "'data.source' holds a NUL byte"),
     "nul-byte-in-prompt-config": (lambda: write("nul.yaml", yaml.safe_dump({**yaml.safe_load(Path(CFG).read_text()), "generate": {"out": "a\0b"}})),
                                   ["generate", "nul.yaml"], 2, "'generate.out' holds a NUL byte"),
+    # ---- 6. the error contract: the user's path, "is a directory", never a temporary's name
+    "eval-out-is-a-directory": (lambda: (write("p.txt", "a b c\n"), Path("outdir").mkdir()),
+                                ["eval", "--predictions", "p.txt", "--references", "p.txt", "--out", "outdir"], 2, "cannot write or read outdir: Is a directory"),
+    "config-is-a-directory": (NOTHING, ["train", "prepared"], 2, "config prepared is a directory"),
+    "config-is-a-fifo": (fifo("cfg.yaml"), ["train", "cfg.yaml"], 2, "config file is not a regular file: cfg.yaml"),
+    "prompts-file-is-a-directory": (NOTHING, [*GEN, "--prompts-file", "prepared"], 2, "prompts file prepared is a directory"),
+    "predictions-is-a-directory": (NOTHING, ["eval", "--predictions", "prepared", "--metrics", "distinct1"], 2, "--predictions prepared is a directory"),
+    "references-is-a-directory": (lambda: write("p.txt", "a\n"), ["eval", "--predictions", "p.txt", "--references", "run"], 2, "--references run is a directory"),
+    "finetune-pairs-is-a-directory": (NOTHING, ["finetune", CFG, f"finetune.base={STEP4}", "finetune.train_file=prepared", "train.out_dir=ft"], 2,
+                                      "finetune.train_file prepared is a directory"),
     # ---- 4. nonsense accepted silently
     "learning-rate-nan": (NOTHING, ["train", CFG, "train.learning_rate=nan", "train.out_dir=r2"], 2, "'train.learning_rate'"),
     "learning-rate-inf": (NOTHING, ["train", CFG, "train.learning_rate=.inf", "train.out_dir=r2"], 2, "'train.learning_rate'"),
