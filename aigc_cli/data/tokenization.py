@@ -87,6 +87,21 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt", "tokenizer.model")
 
 
+# Written by transformers 5's save_pretrained but meaningless elsewhere: where the files were
+# loaded from (is_local, local_files_only) and 5.x's own class and backend names.
+SESSION_KEYS = ("is_local", "local_files_only", "backend", "name_or_path", "_commit_hash")
+PORTABLE_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def portable_tokenizer_config(config: dict) -> dict:
+    """tokenizer_config.json as base checkpoints write it, so transformers 4.x (which many serving
+    stacks still pin) loads it too: `PreTrainedTokenizerFast`, no session-local keys."""
+    config = {k: v for k, v in config.items() if k not in SESSION_KEYS}
+    cls = config.get("tokenizer_class") or "PreTrainedTokenizerFast"
+    config["tokenizer_class"] = PORTABLE_CLASSES.get(cls, cls)
+    return config
+
+
 def copy_tokenizer_files(src: str | Path, dst: str | Path, model_max_length: int | None = None) -> None:
     """Put the tokenizer next to a checkpoint (files copied as they are), recording the context length."""
     src, dst = Path(src), Path(dst)
@@ -96,7 +111,8 @@ def copy_tokenizer_files(src: str | Path, dst: str | Path, model_max_length: int
         if (src / name).is_file():
             shutil.copyfile(src / name, dst / name)
     config_path = dst / "tokenizer_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {"tokenizer_class": "PreTrainedTokenizerFast"}
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    config = portable_tokenizer_config(config)
     if model_max_length:
         config["model_max_length"] = model_max_length
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
