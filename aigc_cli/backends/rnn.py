@@ -16,7 +16,6 @@ from torch import nn
 
 from aigc_cli.errors import AigcError
 
-PARTS = ("model",)
 _CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 

@@ -18,8 +18,6 @@ from torch import nn
 from aigc_cli.backends.plain_io import load_plain, save_plain
 from aigc_cli.errors import AigcError
 
-PARTS = ("vae",)
-MODALITY = "image"
 
 
 class VAE(nn.Module):
