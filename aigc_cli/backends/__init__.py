@@ -118,6 +118,14 @@ class RNNModelConfig(Section):
 BACKENDS["rnn"] = BackendSpec("aigc_cli.backends.rnn", "text", RNNModelConfig, fsdp=True)
 
 
+class BigramModelConfig(Section):
+    backend: Literal["bigram"] = Field("bigram", description="nanoGPT's bigram model: the next token's logits are the current token's table row (a baseline).")
+    block_size: int = Field(64, ge=2, description="Training sequence length (each token is predicted from the one before it alone).")
+
+
+BACKENDS["bigram"] = BackendSpec("aigc_cli.backends.bigram", "text", BigramModelConfig)
+
+
 # Made by `aigc finetune` from a gpt (its settings are finetune.lora), never by `aigc train`.
 # A checkpoint is peft's adapter directory, naming the base model it needs.
 BACKENDS["lora"] = BackendSpec(
