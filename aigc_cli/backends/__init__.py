@@ -44,6 +44,8 @@ class CheckpointFiles:
 
 @dataclass(frozen=True)
 class BackendSpec:
+    """A family's declaration: everything outside its module that needs to know it reads this."""
+
     module: str
     """Imported by get_backend only, when a verb needs the family."""
     modality: Literal["text", "image"]
@@ -54,7 +56,7 @@ class BackendSpec:
     validation_part: str = ""
     """The part whose loss is the validation loss (default: the first)."""
     validation_label: str = "loss"
-    """What that validation loss is, in words."""
+    """What that validation loss is, in words (declared for summaries; none shows it yet, so output is as before)."""
     cpu_bf16: bool = False
     """train.precision=auto takes bf16 on CPUs with native bf16: measured faster at the same loss."""
     fsdp: bool = False
