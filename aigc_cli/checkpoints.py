@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Callable
 
 from aigc_cli.atomic_files import staging_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
+from aigc_cli.backends import CHECKPOINT_MARKERS
 from aigc_cli.errors import AigcError, warn
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 TRAINING_STATE = "training_state.pt"
 CHECKSUMS = "checksums.json"
-MARKERS = ("config.json", "adapter_config.json", "model_index.json", "aigc.json")
+MARKERS = CHECKPOINT_MARKERS  # aigc.json, or the marker file a backend declares for directories from other tools
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 

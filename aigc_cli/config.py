@@ -1,7 +1,7 @@
 """The experiment schema: one YAML file, dotted overrides merged in, validated before anything heavy.
 
-Every default lives here, in one place; the README's config reference is generated from these
-classes. This module must never import torch, transformers or diffusers: config errors and
+Every default lives in these sections, in one place (the `model:` sections beside their families'
+entries in the backend registry); the README's config reference is generated from them. This module must never import torch, transformers or diffusers: config errors and
 `--help` have to be instant.
 """
 
@@ -14,19 +14,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+# The model sections are declared beside their registry entries; these names stay importable from
+# here for the code that always imported them (a new family's need not be).
+from aigc_cli.backends import BACKENDS, DDPMModelConfig, GANModelConfig, GPTModelConfig, RNNModelConfig, VAEModelConfig  # noqa: F401
+from aigc_cli.config_section import Section
 from aigc_cli.errors import AigcError
 
 
 SEED_MAX = 2**63 - 1  # the largest seed torch's generators take
 MAX_NEW_TOKENS = 1_000_000  # generate.max_new_tokens: a stated bound (each row draws its random numbers up front)
-
-
-class Section(BaseModel):
-    # Unknown keys are errors (with a did-you-mean), never silently ignored; nan and inf are no
-    # number a learning rate, bound or size may be.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------- data
@@ -64,67 +62,11 @@ class DataConfig(Section):
 
 
 # ----------------------------------------------------------------------------- model
-class GPTModelConfig(Section):
-    backend: Literal["gpt"] = Field("gpt", description="Model family (the default when the key is left out).")
-    architecture: Literal["gpt2", "llama"] = Field("gpt2", description="Transformers architecture to instantiate with random weights.")
-    n_layer: int = Field(4, ge=1, description="Transformer blocks.")
-    n_head: int = Field(4, ge=1, description="Attention heads (n_embd must divide by it).")
-    n_kv_head: Optional[int] = Field(None, ge=1, description="llama only: key/value heads for grouped-query attention (default n_head).")
-    n_embd: int = Field(128, ge=1, description="Hidden size.")
-    intermediate_size: Optional[int] = Field(None, ge=1, description="MLP width (default 4×n_embd for gpt2, 8/3×n_embd rounded for llama).")
-    block_size: int = Field(64, ge=2, description="Context length in tokens.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, attention and residuals.")
+# The `model:` section is one family's, chosen by model.backend; the families are the registry's.
+ModelConfig = Annotated[Union[tuple(e.config for e in BACKENDS.values() if e.config)], Field(discriminator="backend")]
+IMAGE_BACKENDS = tuple(name for name, e in BACKENDS.items() if e.modality == "image")
+_FSDP_BACKENDS = ", ".join(name for name, e in BACKENDS.items() if e.fsdp)
 
-    @model_validator(mode="after")
-    def _heads_divide(self):
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if self.n_kv_head and self.n_head % self.n_kv_head:
-            raise ValueError(f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}")
-        return self
-
-
-class RNNModelConfig(Section):
-    backend: Literal["rnn"] = Field("rnn", description="Model family.")
-    cell: Literal["lstm", "gru", "rnn"] = Field("lstm", description="Recurrent cell.")
-    n_layer: int = Field(2, ge=1, description="Stacked recurrent layers.")
-    n_embd: int = Field(128, ge=1, description="Embedding size.")
-    hidden_size: int = Field(256, ge=1, description="Recurrent state size.")
-    block_size: int = Field(64, ge=2, description="Training sequence length (truncated backpropagation through time).")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, between layers and before the output.")
-
-
-class DDPMModelConfig(Section):
-    backend: Literal["ddpm"] = Field("ddpm", description="Denoising diffusion: a diffusers UNet2DModel trained with DDPMScheduler.")
-    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=1, description="UNet channels per resolution level (each level after the first halves the resolution).")
-    layers_per_block: int = Field(1, ge=1, description="ResNet blocks per UNet level.")
-    attention_levels: list[int] = Field(default_factory=lambda: [2], description="Levels (0-based) with self-attention blocks.")
-    num_train_timesteps: int = Field(1000, ge=10, description="Diffusion steps of the noise schedule.")
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = Field("squaredcos_cap_v2", description="Noise schedule (squaredcos_cap_v2 is the improved-DDPM cosine schedule, better at small sizes).")
-    prediction_type: Literal["epsilon", "v_prediction", "sample"] = Field("epsilon", description="What the UNet predicts.")
-    class_conditional: bool = Field(False, description="Condition on the class labels of the prepared data (needs labels).")
-    ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="Exponential moving average of the weights used for sampling and saved (0: off).")
-
-
-class VAEModelConfig(Section):
-    backend: Literal["vae"] = Field("vae", description="Convolutional variational autoencoder.")
-    channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=1, description="Encoder channels per stride-2 level (the decoder mirrors them).")
-    latent_dim: int = Field(16, ge=1, description="Size of the latent vector.")
-    kl_weight: float = Field(1.0, ge=0.0, description="Weight of the KL term against the summed per-pixel reconstruction loss (1.0: the ELBO; >1: beta-VAE).")
-    reconstruction: Literal["bce", "mse"] = Field("bce", description="bce: Bernoulli likelihood of pixel intensities; mse: Gaussian.")
-
-
-class GANModelConfig(Section):
-    backend: Literal["gan"] = Field("gan", description="DCGAN generator and discriminator, trained alternately.")
-    latent_dim: int = Field(64, ge=1, description="Size of the generator's noise vector.")
-    generator_channels: int = Field(64, ge=4, description="Generator width (channels at the last upsampling level × 2^levels at the first).")
-    discriminator_channels: int = Field(64, ge=4, description="Discriminator width at its first level.")
-    loss: Literal["bce", "hinge"] = Field("bce", description="bce: the original non-saturating GAN loss; hinge: the hinge loss of SN-GAN/BigGAN.")
-    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="One-sided: real targets are 1 - this (bce only).")
-
-
-ModelConfig = Annotated[Union[GPTModelConfig, RNNModelConfig, DDPMModelConfig, VAEModelConfig, GANModelConfig], Field(discriminator="backend")]
-IMAGE_BACKENDS = ("ddpm", "vae", "gan")
 # Text metrics scored against references, and those that need only the predictions.
 REFERENCE_METRICS = ("bleu", "chrf", "ter", "rouge1", "rouge2", "rougeL", "rougeLsum", "cider",
                      "accuracy", "precision", "recall", "f1")
@@ -162,7 +104,7 @@ class TrainConfig(Section):
     sample_images: int = Field(16, ge=1, description="Images: images in each sample grid.")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA when present, then Apple's mps, else CPU; an explicit cuda or mps that is not there is an error.")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast or fp32; auto: bf16 on CUDA GPUs that support it and, for gpt, finetune, ddpm and gan, on CPUs with native bf16 (AVX512-BF16 or AMX), where it measured 1.15-1.95× faster at the same loss; fp32 otherwise (rnn, vae).")
-    strategy: Literal["auto", "ddp", "fsdp"] = Field("auto", description="Under torchrun (WORLD_SIZE > 1): ddp replicates the model on every process (DistributedDataParallel); fsdp shards parameters, gradients and optimizer state (FSDP2 fully_shard; gpt, rnn, vae, lora). auto: ddp. Ignored in a single process.")
+    strategy: Literal["auto", "ddp", "fsdp"] = Field("auto", description="Under torchrun (WORLD_SIZE > 1): ddp replicates the model on every process (DistributedDataParallel); fsdp shards parameters, gradients and optimizer state (FSDP2 fully_shard; " + _FSDP_BACKENDS + "). auto: ddp. Ignored in a single process.")
     compile: bool = Field(False, description="torch.compile the training step (the model and its loss); the first steps are slower while it compiles.")
 
 
@@ -278,7 +220,7 @@ class ExperimentConfig(Section):
             kind = "images" if image else "text"
             raise ValueError(f"eval.metrics {wrong} do not apply to model.backend={self.model.backend}, which makes {kind}")
         if self.data is not None and self.data.source == "digits" and not image:
-            raise ValueError(f"data.source 'digits' is an image set; model.backend={self.model.backend} is a text model (use ddpm, vae or gan)")
+            raise ValueError(f"data.source 'digits' is an image set; model.backend={self.model.backend} is a text model (use {', '.join(IMAGE_BACKENDS[:-1])} or {IMAGE_BACKENDS[-1]})")
         return self
 
 

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from aigc_cli.backends import spec
 from aigc_cli.config import IMAGE_BACKENDS, MODEL_METRICS, REFERENCE_METRICS, TEXT_METRICS, EvalConfig, ExperimentConfig, require_data
 from aigc_cli.errors import AigcError
 from aigc_cli.eval_report import Gates, build_report, gate_failures, load_gates, output_names, write_report
@@ -223,7 +224,7 @@ class PredictionPerplexity:
             targets[row, :len(ids) - 1] = torch.tensor(ids[1:])
         count = int((targets != -100).sum())
         with torch.no_grad():  # padding sits after each row's tokens, which a causal model never looks at
-            loss = self.loaded.backend.loss(self.loaded.model, (inputs.to(self.loaded.device), targets.to(self.loaded.device)), self.loaded.backend.PARTS[0])
+            loss = self.loaded.backend.loss(self.loaded.model, (inputs.to(self.loaded.device), targets.to(self.loaded.device)), spec(self.loaded.backend_name).validation_part)
         self.total_loss += float(loss) * count
         self.tokens += count
 
@@ -259,7 +260,7 @@ def evaluate_language_model(cfg: ExperimentConfig, checkpoint: str | Path | None
             batch = (inputs.to(loaded.device), targets.to(loaded.device))
             n = targets.numel()
             windows += targets.size(0)
-            total_loss += loaded.backend.loss(loaded.model, batch, loaded.backend.PARTS[0]).item() * n
+            total_loss += loaded.backend.loss(loaded.model, batch, spec(loaded.backend_name).validation_part).item() * n
             total_tokens += n
     loss = total_loss / total_tokens
     metrics = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bits_per_token": loss / math.log(2)}

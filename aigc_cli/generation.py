@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from aigc_cli.atomic_files import remove_stale_temporaries, write_json_atomic, write_text_atomic
-from aigc_cli.backends import backend_of_checkpoint, get_backend
+from aigc_cli.backends import backend_of_checkpoint, get_backend, spec
 from aigc_cli.checkpoints import checkpoint_identity, load_weights, resolve_checkpoint
 from aigc_cli.config import ExperimentConfig, GenerateConfig
 from aigc_cli.data.pairs import PairRecord, fill_template, read_lines, read_pair_records
@@ -211,7 +211,7 @@ def sample_batch(loaded: LoadedModel, prompts: list[str], gc: GenerateConfig, se
     rows = [(tok.encode(p, add_special_tokens=False).ids if p else []) or [loaded.eos_id] for p in prompts]
     limit = backend.context_length(loaded.model)
     together = [i for i, row in enumerate(rows)
-                if hasattr(backend, "padded_next_token_logits") and (limit is None or len(row) + gc.max_new_tokens <= limit)]
+                if spec(loaded.backend_name).padded_decoding and (limit is None or len(row) + gc.max_new_tokens <= limit)]
     results: dict[int, tuple[str, int, str]] = {}
     if len(together) > 1:
         results.update(zip(together, _sample_padded(loaded, [rows[i] for i in together], gc, [seeds[i] for i in together], processors)))

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aigc_cli.backends import spec
 from aigc_cli.config import ExperimentConfig, require_data
 from aigc_cli.data.images import IMAGE_SUFFIXES, ImageArray, open_image, to_array
 from aigc_cli.errors import AigcError
@@ -128,7 +129,7 @@ def heldout_loss(loaded, data: ImageArray, cfg: ExperimentConfig) -> float:
         torch.manual_seed(cfg.train.seed + 1)
         for images, labels in data.batches(cfg.eval.batch_size):
             n = images.size(0)
-            total += backend.loss(model, (images.to(loaded.device), labels.to(loaded.device)), backend.PARTS[0]).item() * n
+            total += backend.loss(model, (images.to(loaded.device), labels.to(loaded.device)), spec(loaded.backend_name).validation_part).item() * n
             count += n
     return total / count
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from aigc_cli.atomic_files import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
-from aigc_cli.backends import backend_of_checkpoint, get_backend, modality
+from aigc_cli.backends import backend_of_checkpoint, get_backend, spec
 from aigc_cli.checkpoints import checkpoint_identity, load_weights, resolve_checkpoint
 from aigc_cli.config import ExperimentConfig, ImageGenerateConfig
 from aigc_cli.devices import pick_device
@@ -56,7 +56,7 @@ def load_image_checkpoint(path: str | Path, device: str = "auto") -> LoadedImage
     checkpoint = resolve_checkpoint(path)
     name = backend_of_checkpoint(checkpoint)
     backend = get_backend(name)
-    if modality(backend) != "image":
+    if spec(name).modality != "image":
         raise AigcError(f"{checkpoint} holds a {name} text model, not an image model", "pass a checkpoint of a ddpm, vae or gan run")
     device = pick_device(device, "device")
     model = load_weights(backend, checkpoint, device)
@@ -287,7 +287,7 @@ def _write_reconstructions(out_dir: Path, loaded: LoadedImageModel, gc: ImageGen
 
 def reconstruct_images(loaded: LoadedImageModel, source: str, cfg: ExperimentConfig) -> tuple[np.ndarray, np.ndarray]:
     """(originals, reconstructions) as uint8 arrays, for the vae backend."""
-    if not hasattr(loaded.backend, "reconstruct"):
+    if not spec(loaded.backend_name).reconstructs:
         raise AigcError(f"generate.images.reconstruct: the {loaded.backend_name} backend has no encoder", "reconstructions need a vae checkpoint")
     originals = load_images_for(loaded.info, source, cfg)
     chunks = []

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from aigc_cli.backends import BACKENDS, CHECKPOINT_MARKERS, CheckpointFiles, backend_of_checkpoint
 from aigc_cli.errors import AigcError
 
 PREPARED_FORMAT_PREFIX = "aigc-prepared-"  # meta.json "format" of `aigc prep` outputs (text and images, any version)
@@ -150,7 +151,7 @@ def describe(path: str | Path) -> dict:
         return describe_prepared(path, meta)
     if is_run_dir(path):
         return describe_run(path)
-    if any((path / name).is_file() for name in ("aigc.json", "config.json", "adapter_config.json", "model_index.json")):
+    if any((path / name).is_file() for name in CHECKPOINT_MARKERS):
         return describe_checkpoint(path)
     raise AigcError(f"{path} is not a checkpoint, run directory or prepared dataset",
                     "pass train.out_dir, a folder under it in checkpoints/, or data.prepared_dir")
@@ -181,29 +182,21 @@ def describe_run(path: Path) -> dict:
 
 
 def describe_checkpoint(path: Path) -> dict:
-    from aigc_cli.backends import backend_of_checkpoint
-
     backend = backend_of_checkpoint(path)
     record = _read_json(path / "aigc.json")
     info: dict = {"kind": "checkpoint", "path": str(path), "backend": backend, "step": record.get("step")}
-    if backend == "ddpm":
-        unet = _read_json(path / "unet" / "config.json")
-        info["architecture"] = {"class": unet.get("_class_name"), "sample_size": unet.get("sample_size"),
-                                "in_channels": unet.get("in_channels"), "block_out_channels": unet.get("block_out_channels"),
-                                "num_class_embeds": unet.get("num_class_embeds")}
-        info["parameters"] = count_parameters(path / "unet")
-    elif backend == "lora":
-        adapter = _read_json(path / "adapter_config.json")
-        base = adapter.get("base_model_name_or_path")
-        info["architecture"] = {"peft_type": adapter.get("peft_type"), "r": adapter.get("r"), "lora_alpha": adapter.get("lora_alpha"),
-                                "target_modules": adapter.get("target_modules"), "modules_to_save": adapter.get("modules_to_save"),
-                                "base_model": base}
-        info["parameters"] = count_parameters(path)  # the adapter's own (trainable) weights
-        if base and Path(base).is_dir():
-            info["base_parameters"] = count_parameters(Path(base))
+    # Where this family's files describe it is declared in its registry entry (a backend this
+    # version does not know is read as a plain config.json + safetensors directory).
+    files = BACKENDS[backend].files if backend in BACKENDS else CheckpointFiles()
+    config = _read_json(path / files.config)
+    if files.fields is None:
+        info["architecture"] = _model_config_summary(config)
     else:
-        info["architecture"] = _model_config_summary(_read_json(path / "config.json"))
-        info["parameters"] = count_parameters(path)
+        info["architecture"] = {shown: config.get(key) for shown, key in files.fields.items()}
+    info["parameters"] = count_parameters(path / files.weights)  # for an adapter: its own (trainable) weights
+    base = config.get(files.base_model) if files.base_model else None
+    if base and Path(base).is_dir():
+        info["base_parameters"] = count_parameters(Path(base))
     info["tokenizer"] = _tokenizer_info(path)
     info["config_hash"] = _config_hash(path)
     info["size_bytes"] = _size_on_disk(path)

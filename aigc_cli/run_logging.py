@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from aigc_cli.atomic_files import write_bytes_atomic, write_text_atomic
-from aigc_cli.backends import modality
+from aigc_cli.backends import spec
 from aigc_cli.config import ExperimentConfig
 
 SAMPLES_DIR = "train_samples"
@@ -65,7 +65,7 @@ class RunLogger:
                 # The samples draw from their own seeded generators; fork_rng guarantees the training
                 # RNG stream is left where it was, so a resumed run still matches an uninterrupted one.
                 with torch.random.fork_rng(devices=[torch.cuda.current_device()] if self.device == "cuda" else []):
-                    if modality(self.backend) == "image":
+                    if spec(self.backend_name).modality == "image":
                         self._image_samples(step, model)
                     else:
                         self._text_samples(step, model)

@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from aigc_cli.backends import get_backend, modality
+from aigc_cli.backends import BackendSpec, get_backend, spec
 from aigc_cli.atomic_files import naming_the_path, remove_stale_temporaries
 from aigc_cli.checkpoints import (CHECKPOINTS, latest_good_checkpoint, list_checkpoints, load_weights, read_training_state,
                                   write_checkpoint)
@@ -59,10 +59,10 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
-def pick_precision(requested: str, device: str, backend=None) -> torch.dtype | None:
+def pick_precision(requested: str, device: str, backend_spec: BackendSpec | None = None) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32. fp16 is never chosen: on CPU it is ~100× slower.
     auto: bf16 on CUDA GPUs that have it, and on CPUs with native bf16 for backends measured to
-    gain there at the same loss (`CPU_BF16 = True`: gpt and lora 1.15-1.95×, ddpm 1.2×, gan 1.3×)."""
+    gain there at the same loss (spec `cpu_bf16=True`: gpt and lora 1.15-1.95×, ddpm 1.2×, gan 1.3×)."""
     if requested == "fp32":
         return None
     supported = torch.cuda.is_bf16_supported() if device == "cuda" else torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -72,7 +72,7 @@ def pick_precision(requested: str, device: str, backend=None) -> torch.dtype | N
         return torch.bfloat16
     if device == "cuda":
         return torch.bfloat16 if supported else None
-    return torch.bfloat16 if getattr(backend, "CPU_BF16", False) and cpu_has_native_bf16() else None
+    return torch.bfloat16 if backend_spec is not None and backend_spec.cpu_bf16 and cpu_has_native_bf16() else None
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -168,7 +168,7 @@ def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False
     mc = cfg.model
     data_dir = Path(require_data(cfg).prepared_dir)
     backend = get_backend(mc.backend)
-    if modality(backend) == "image":
+    if spec(mc.backend).modality == "image":
         from aigc_cli.data.images import ImageArray
 
         train_data, val_data = ImageArray(data_dir, "train"), ImageArray(data_dir, "val")
@@ -200,12 +200,12 @@ def run_training(cfg: ExperimentConfig, job: TrainingJob, resume: bool = False, 
 
 def _train(cfg: ExperimentConfig, job: TrainingJob, resume: bool, quiet: bool, stop: StopSignals) -> TrainResult:
     tc = cfg.train
-    backend, block_size = job.backend, job.block_size
+    backend, declared, block_size = job.backend, spec(job.backend_name), job.block_size
     train_data, val_data = job.train_data, job.val_data
     run_dir = Path(tc.out_dir)
     device = pick_device(tc.device)
     procs = start_processes(tc.strategy, tc.batch_size, job.backend_name, device)
-    amp_dtype = pick_precision(tc.precision, device, backend)
+    amp_dtype = pick_precision(tc.precision, device, declared)
     autocast = (lambda: torch.autocast(device, dtype=amp_dtype)) if amp_dtype else nullcontext
 
     if run_dir.exists() and not run_dir.is_dir():
@@ -228,8 +228,8 @@ def _train(cfg: ExperimentConfig, job: TrainingJob, resume: bool, quiet: bool, s
     state = read_training_state(previous) if previous is not None else None
     model = job.make_model(previous, device)
     model.train()
-    parallel = ParallelModel(backend, model, procs, device, tc.compile)
-    optimizers = {part: make_optimizer(backend.parameters(model, part), tc, device, parallel.sharded) for part in backend.PARTS}
+    parallel = ParallelModel(backend, model, procs, device, tc.compile, parts=declared.parts)
+    optimizers = {part: make_optimizer(backend.parameters(model, part), tc, device, parallel.sharded) for part in declared.parts}
     start_step, skipped = 0, 0
     if state is not None:
         for part, opt in optimizers.items():
@@ -265,9 +265,9 @@ def _train(cfg: ExperimentConfig, job: TrainingJob, resume: bool, quiet: bool, s
         last_saved = step
         return path
 
-    val_loss_name = "loss" if len(backend.PARTS) == 1 else f"{backend.PARTS[0]} loss"
-    after_step = getattr(backend, "after_step", None)
-    unit = "images" if modality(backend) == "image" else "tokens"
+    val_loss_name = declared.validation_label
+    after_step = backend.after_step if declared.ema else None
+    unit = "images" if declared.modality == "image" else "tokens"
     val_loss, final, tokens_per_s = float("nan"), previous, 0.0
     last_saved = start_step if previous is not None else None
     window_start, window_tokens, train_loss = time.perf_counter(), 0, float("nan")
@@ -303,7 +303,7 @@ def _train(cfg: ExperimentConfig, job: TrainingJob, resume: bool, quiet: bool, s
             # 1. evaluate
             if step % tc.eval_every == 0 or step == tc.max_steps:
                 eval_start = time.perf_counter()
-                val_loss = estimate_loss(parallel, backend.PARTS[0], val_data, tc.batch_size, block_size, tc.eval_batches,
+                val_loss = estimate_loss(parallel, declared.validation_part, val_data, tc.batch_size, block_size, tc.eval_batches,
                                          tc.seed + 1, device, autocast)
                 record({"step": step, "val_loss": val_loss})
                 progress.message(f"step {step}: val {val_loss_name} {val_loss:.4f}")

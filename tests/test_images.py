@@ -144,9 +144,9 @@ def test_train_each_image_backend_loss_falls(cli, tmp_path, digits8, backend):
     import torch
 
     state = torch.load(Path(out["checkpoint"]) / "training_state.pt", weights_only=True)
-    from aigc_cli.backends import get_backend
+    from aigc_cli.backends import spec
 
-    assert set(state["optimizers"]) == set(get_backend(backend).PARTS)  # a GAN: two optimizers, one loop
+    assert set(state["optimizers"]) == set(spec(backend).parts)  # a GAN: two optimizers, one loop
 
 
 @pytest.fixture(scope="module")

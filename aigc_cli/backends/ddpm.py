@@ -21,9 +21,6 @@ from torch import nn
 
 from aigc_cli.errors import AigcError
 
-PARTS = ("unet",)
-CPU_BF16 = True  # train.precision auto: bf16 autocast on CPUs with native bf16 (1.2× the images/s of fp32, same loss)
-MODALITY = "image"
 IMAGE_INFO = "aigc_image.json"
 
 

@@ -20,8 +20,6 @@ from aigc_cli.errors import AigcError
 # peft 0.21 still asks transformers 5 for a renamed attribute; the warning is theirs, not the user's.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
-PARTS = ("model",)
-CPU_BF16 = True  # train.precision auto: bf16 autocast on CPUs with native bf16, as the gpt backend
 loss = gpt.loss
 next_token_logits = gpt.next_token_logits
 padded_next_token_logits = gpt.padded_next_token_logits
