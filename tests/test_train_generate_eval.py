@@ -178,7 +178,7 @@ def test_bad_input_exits_2_with_one_line(cli, prepared, verb, extra, message):
 
 
 def test_auto_precision_is_bf16_on_cpu_only_where_it_pays(monkeypatch):
-    from aigc_cli import training
+    from aigc_cli.training import loop as training
     from aigc_cli.backends import get_backend
 
     # Measured on a CPU with native bf16: gpt/lora 1.3-1.4×, ddpm 1.2×, gan 1.3× at the same loss or FID;
@@ -193,7 +193,7 @@ def test_auto_precision_is_bf16_on_cpu_only_where_it_pays(monkeypatch):
 
 
 def test_a_bf16_run_records_its_precision_and_learns_like_fp32(cli, tmp_path, corpus, monkeypatch):
-    from aigc_cli import training
+    from aigc_cli.training import loop as training
 
     monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
     cfg = tiny_config(tmp_path, corpus, train={"max_steps": 40, "eval_every": 40, "save_every": 0})

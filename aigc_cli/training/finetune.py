@@ -22,7 +22,7 @@ from aigc_cli.data.tokenization import copy_tokenizer_files
 from aigc_cli.devices import pick_device
 from aigc_cli.errors import AigcError
 from aigc_cli.locks import exclusive_lock
-from aigc_cli.training import TrainingJob, run_training
+from aigc_cli.training.loop import TrainingJob, run_training
 
 
 @dataclass

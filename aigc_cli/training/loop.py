@@ -27,12 +27,12 @@ from aigc_cli.checkpoints import (CHECKPOINTS, latest_good_checkpoint, list_chec
 from aigc_cli.config import ExperimentConfig, TrainConfig, require_data
 from aigc_cli.data.batches import TokenArray
 from aigc_cli.devices import pick_device
-from aigc_cli.distributed import ParallelModel, Processes, mean_over_processes, seed_own_noise, start_processes, wait_for_all
+from aigc_cli.training.distributed import ParallelModel, Processes, mean_over_processes, seed_own_noise, start_processes, wait_for_all
 from aigc_cli.errors import EXIT_DIVERGED, EXIT_SIGINT, EXIT_SIGTERM, AigcError, Interrupted, Terminated
 from aigc_cli.locks import exclusive_lock
-from aigc_cli.progress import StepProgress
+from aigc_cli.training.progress import StepProgress
 from aigc_cli.provenance import write_provenance
-from aigc_cli.run_logging import RunLogger
+from aigc_cli.training.run_logging import RunLogger
 
 
 # What the training loop (and finetune) write directly in the run directory; other verbs may
