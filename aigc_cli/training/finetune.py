@@ -2,7 +2,7 @@
 
 A recipe, not a second loop: load the base model and its tokenizer, turn the pairs into
 examples whose loss covers the response only, optionally add LoRA adapters or freeze blocks,
-then hand everything to `training.run_training`.
+then hand everything to `run_training` (loop.py), the loop `aigc train` runs.
 """
 
 from __future__ import annotations
