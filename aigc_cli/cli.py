@@ -200,7 +200,7 @@ def finetune(config: ConfigArg, overrides: OverridesArg = None,
         from aigc_cli.preflight import check_finetune
 
         check_finetune(cfg)
-        from aigc_cli.finetuning import finetune_model
+        from aigc_cli.training.finetune import finetune_model
 
         result = finetune_model(cfg, resume=resume, merge=merge, quiet=quiet)
         share = result.trainable_params / max(1, result.total_params)

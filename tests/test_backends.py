@@ -9,7 +9,7 @@ import torch
 
 from aigc_cli.backends import BACKENDS, get_backend
 from aigc_cli.config import GPTModelConfig, RNNModelConfig
-from aigc_cli.training import make_optimizer
+from aigc_cli.training.optimizer import make_optimizer
 from aigc_cli.config import TrainConfig
 
 VOCAB = 50

@@ -183,7 +183,7 @@ def test_a_stock_gpt2_base_is_fine_tuned_on_the_fused_gelu(tmp_path, base_model)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.activations import GELUTanh
 
-    from aigc_cli.finetuning import load_base_model
+    from aigc_cli.training.finetune import load_base_model
 
     stock_dir = tmp_path / "stock"
     stock = AutoModelForCausalLM.from_pretrained(base_model).eval()

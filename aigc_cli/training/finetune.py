@@ -2,7 +2,7 @@
 
 A recipe, not a second loop: load the base model and its tokenizer, turn the pairs into
 examples whose loss covers the response only, optionally add LoRA adapters or freeze blocks,
-then hand everything to `training.run_training`.
+then hand everything to `run_training` (loop.py), the loop `aigc train` runs.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from aigc_cli.data.tokenization import copy_tokenizer_files
 from aigc_cli.devices import pick_device
 from aigc_cli.errors import AigcError
 from aigc_cli.locks import exclusive_lock
-from aigc_cli.training import TrainingJob, run_training
+from aigc_cli.training.loop import TrainingJob, run_training
 
 
 @dataclass
