@@ -19,7 +19,7 @@ from aigc_cli.backends import (BACKENDS, DDPMModelConfig, DecodesPadded, GANMode
 from aigc_cli.checkpoints import write_checkpoint
 from aigc_cli.config import GenerateConfig, ImageGenerateConfig, LoraConfig, TrainConfig
 from aigc_cli.data.tokenization import build_char_tokenizer, save_tokenizer
-from aigc_cli.training import make_optimizer
+from aigc_cli.training.optimizer import make_optimizer
 
 TEXT = "abcdefgh \n"
 IMAGE_DATA = {"size": 8, "channels": 1, "classes": ["0", "1"]}
