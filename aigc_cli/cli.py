@@ -297,7 +297,7 @@ def evaluate(config: Annotated[Optional[str], typer.Argument(metavar="CONFIG", h
 
     Example: aigc eval --predictions out.jsonl --references ref.en.txt --metrics bleu,chrf --fail-under bleu=20
     """
-    from aigc_cli.eval_report import EXIT_GATE_FAILED, parse_bounds
+    from aigc_cli.evaluation.report import EXIT_GATE_FAILED, parse_bounds
 
     outcome: dict = {}
 

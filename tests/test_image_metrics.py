@@ -1,4 +1,4 @@
-"""aigc_cli.image_metrics: PSNR/SSIM against known values and skimage, FID/KID in the eval
+"""aigc_cli.evaluation.image_metrics: PSNR/SSIM against known values and skimage, FID/KID in the eval
 classifier's feature space, the classifier itself (accuracy, determinism, caching), coverage,
 and the Inception error paths (torch-fidelity is not installed here)."""
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
-from aigc_cli import image_metrics as im
+from aigc_cli.evaluation import image_metrics as im
 from aigc_cli.errors import AigcError
 
 
