@@ -22,7 +22,8 @@ from aigc_cli.atomic_files import remove_stale_temporaries, write_json_atomic, w
 from aigc_cli.backends import backend_of_checkpoint, get_backend
 from aigc_cli.checkpoints import checkpoint_identity, load_weights, resolve_checkpoint
 from aigc_cli.config import ExperimentConfig, GenerateConfig
-from aigc_cli.data.pairs import PairRecord, fill_template, read_lines, read_pair_records
+from aigc_cli.data.pairs import PairRecord, fill_template, read_pair_records
+from aigc_cli.data.records import is_jsonl, read_jsonl, read_lines, text_fields
 from aigc_cli.data.tokenization import eos_id, load_tokenizer
 from aigc_cli.devices import pick_device
 from aigc_cli.errors import AigcError
@@ -70,24 +71,16 @@ def read_prompts_file(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise AigcError(f"prompts file not found: {path}", "pass an existing file to --prompts-file")
-    lines = read_lines(path)
-    prompts: list[dict] = []
-    jsonl = path.name.lower().removesuffix(".gz").endswith((".jsonl", ".json"))
-    for number, line in enumerate(lines, start=1):
-        if not jsonl:
-            prompts.append({"source": line, "_where": f"{path}:{number}"})
-            continue
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise AigcError(f"{path}:{number}: malformed JSON ({exc.msg})", "each line must be a JSON object with a 'prompt' field") from None
-        if isinstance(record, str):
-            record = {"prompt": record}
-        if not isinstance(record, dict):
-            raise AigcError(f"{path}:{number}: expected a JSON object", "each line must look like {\"prompt\": \"...\"}")
-        prompts.append({**{k: str(v) for k, v in record.items()}, "_where": f"{path}:{number}"})
+    if not is_jsonl(path):
+        prompts = [{"source": line, "_where": f"{path}:{number}"} for number, line in read_lines(path)]
+    else:
+        prompts = []
+        for where, record in read_jsonl(path, "each line must be a JSON object with a 'prompt' field", objects_only=False):
+            if isinstance(record, str):
+                record = {"prompt": record}
+            if not isinstance(record, dict):
+                raise AigcError(f"{where}: expected a JSON object", "each line must look like {\"prompt\": \"...\"}")
+            prompts.append({**text_fields(record, where), "_where": where})
     if not prompts:
         raise AigcError(f"{path} holds no prompts", "put one prompt per line")
     return prompts

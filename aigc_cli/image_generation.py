@@ -23,6 +23,7 @@ from aigc_cli.atomic_files import remove_stale_temporaries, write_bytes_atomic, 
 from aigc_cli.backends import backend_of_checkpoint, get_backend, modality
 from aigc_cli.checkpoints import checkpoint_identity, load_weights, resolve_checkpoint
 from aigc_cli.config import ExperimentConfig, ImageGenerateConfig
+from aigc_cli.data.records import sha256_file
 from aigc_cli.devices import pick_device
 from aigc_cli.errors import AigcError
 from aigc_cli.locks import exclusive_lock
@@ -253,7 +254,7 @@ def _sample_into(out_dir: Path, loaded: _LazyImageModel, count: int, seed: int, 
 def _finished_image(manifest: OutputManifest, key: str, path: Path) -> np.ndarray | None:
     """The pixels of a finished image, or None when it is not in the manifest or its file changed since."""
     record = manifest.done.get(key)
-    if record is None or not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != record.get("sha256"):
+    if record is None or not path.is_file() or sha256_file(path) != record.get("sha256"):
         return None
     return read_png(path)
 

@@ -21,6 +21,7 @@ import numpy as np
 from aigc_cli.atomic_files import remove_stale_temporaries, staging_dir, write_json_atomic
 from aigc_cli.config import DataConfig, ExperimentConfig, require_data
 from aigc_cli.data.prepared_dir import read_meta, reusable_output
+from aigc_cli.data.records import sha256_file
 from aigc_cli.errors import AigcError
 from aigc_cli.locks import exclusive_lock
 from aigc_cli.provenance import software_versions, write_provenance
@@ -155,7 +156,7 @@ def _list_source(data: DataConfig) -> tuple[list[SourceImage], list[str] | None,
     items = []
     for path in files:
         rel = path.relative_to(root).as_posix()
-        digest.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        digest.update(rel.encode() + b"\0" + bytes.fromhex(sha256_file(path)))
         label = index[rel.split("/")[0]] if classes else 0
         items.append(SourceImage(rel, label, lambda path=path: open_image(path)))
     inputs = [{"path": str(root), "files": len(files), "sha256": digest.hexdigest()}]

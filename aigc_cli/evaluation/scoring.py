@@ -110,7 +110,7 @@ def _beside(predictions: str) -> Path:
 def score_text(ec: EvalConfig, names: list[str], log, checkpoint: str | Path | None = None) -> tuple[dict, dict, dict, list]:
     """Stream predictions (and references) through every requested scorer: metrics, details,
     signatures and input hashes."""
-    from aigc_cli.evaluation.inputs import sha256_file
+    from aigc_cli.data.records import sha256_file
 
     references = [ec.references] if isinstance(ec.references, str) else list(ec.references or [])
     if not ec.generations:
