@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -277,8 +277,14 @@ class ExperimentConfig(Section):
 
 
 # ----------------------------------------------------------------------------- loading
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Read YAML, merge `section.key=value` overrides into it, validate. Raises AigcError."""
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), options: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """Read YAML, merge `section.key=value` overrides and then a verb's options into it, validate.
+    Raises AigcError."""
+    return validate_config(set_options(read_config(path, overrides), options or {}), source=str(Path(path)))
+
+
+def read_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The YAML file with the overrides merged in, not yet validated."""
     path = Path(path)
     if not path.is_file():
         raise AigcError(f"config file not found: {path}", "pass the path of a YAML experiment file, e.g. configs/quickstart.yaml")
@@ -296,7 +302,34 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise AigcError(f"{path} must hold a mapping of sections (data, model, train, ...), not {type(raw).__name__}", "see configs/ for examples")
     for item in overrides:
         apply_override(raw, item)
-    return validate_config(raw, source=str(path))
+    return raw
+
+
+def set_options(raw: dict, options: Mapping[str, Any]) -> dict:
+    """A verb's command-line options put into the config at their dotted keys (`--seed 7` is
+    generate.seed=7), before validation checks them. Values are typed already (never parsed as YAML,
+    so `--lang no` stays the text 'no'); None means the option was not given. A key under a value
+    that is not a section is left for validation to report."""
+    for key, value in options.items():
+        if value is None:
+            continue
+        *sections, name = key.split(".")
+        node = raw
+        for part in sections:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict):
+                break
+        else:
+            node[name] = value
+    return raw
+
+
+def backend_name(raw: dict) -> str:
+    """The model family an unvalidated config names (gpt when it names none)."""
+    model = raw.get("model")
+    return str(model.get("backend", "gpt")) if isinstance(model, dict) else "gpt"
 
 
 def apply_override(raw: dict, item: str) -> None:

@@ -52,6 +52,16 @@ class ImageOutputs:
     reconstructions: list[Path] = field(default_factory=list)
     reconstruction_grid: Path | None = None
 
+    def to_json(self) -> dict:
+        out = {"outputs": [str(f) for f in self.files], "grid": str(self.grid), "count": len(self.files), "out_dir": str(self.out_dir)}
+        if self.reconstruction_grid is not None:
+            out.update(reconstructions=[str(f) for f in self.reconstructions], reconstruction_grid=str(self.reconstruction_grid))
+        return out
+
+    def summary_lines(self) -> list[str]:
+        lines = [f"images: {self.out_dir} ({len(self.files)} PNG files)", f"grid: {self.grid}"]
+        return lines if self.reconstruction_grid is None else lines + [f"reconstructions: {self.reconstruction_grid}"]
+
 
 def load_image_checkpoint(path: str | Path, device: str = "auto") -> LoadedImageModel:
     checkpoint = resolve_checkpoint(path)
@@ -144,14 +154,14 @@ def make_grid(images: np.ndarray, columns: int | None = None, padding: int = 2) 
     return grid
 
 
-def generate_images(cfg: ExperimentConfig, checkpoint: str | Path | None, num: int | None = None, seed: int | None = None,
-                    out: str | Path | None = None, log: Callable[[str], None] = lambda _: None, force: bool = False) -> ImageOutputs:
-    """PNG files, grid.png and samples.json in the output folder, idempotently: batches whose images
-    are all in manifest.jsonl (same checkpoint, seed, parameters) and intact on disk are reused."""
+def generate_images(cfg: ExperimentConfig, checkpoint: str | Path | None, log: Callable[[str], None] = lambda _: None,
+                    force: bool = False) -> ImageOutputs:
+    """generate.images.num_images PNG files, grid.png and samples.json in generate.out, idempotently:
+    batches whose images are all in manifest.jsonl (same checkpoint, seed, parameters) and intact on
+    disk are reused."""
     gc = cfg.generate.images
-    count = num or gc.num_images
-    seed = cfg.generate.seed if seed is None else seed
-    out_dir = Path(out or cfg.generate.out or Path(cfg.train.out_dir) / "samples")
+    count, seed = gc.num_images, cfg.generate.seed
+    out_dir = Path(cfg.generate.out or Path(cfg.train.out_dir) / "samples")
     if out_dir.exists() and not out_dir.is_dir():
         raise AigcError(f"--out {out_dir} is a file; image generation writes a folder", "pass a directory path to --out")
     with exclusive_lock(out_dir, "output folder"):

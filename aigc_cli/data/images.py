@@ -37,6 +37,18 @@ class ImageResult:
     meta: dict
     reused: bool
 
+    def to_json(self) -> dict:
+        meta = self.meta
+        return {"data_dir": str(self.data_dir), "train_images": meta["train_images"], "val_images": meta["val_images"],
+                "classes": meta["classes"], "skipped": meta["skipped"], "reused": self.reused}
+
+    def summary_lines(self) -> list[str]:
+        meta = self.meta
+        classes = f", {len(meta['classes'])} classes" if meta["classes"] else ""
+        skipped = f", {meta['skipped']} unreadable skipped" if meta["skipped"] else ""
+        return [f"prepared images: {self.data_dir}" + (" (unchanged, reused)" if self.reused else ""),
+                f"  {meta['channels']}×{meta['size']}×{meta['size']}, train {meta['train_images']:,}, val {meta['val_images']:,}{classes}{skipped}"]
+
 
 @dataclass
 class SourceImage:

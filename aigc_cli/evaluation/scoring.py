@@ -30,9 +30,15 @@ class EvalResult:
     body: dict  # the report itself
     failures: list[str]  # failed quality gates, one line each
 
-    @property
-    def metrics(self) -> dict[str, float]:
-        return self.body["metrics"]
+    def to_json(self) -> dict:
+        return {**self.body, "report": str(self.report), "markdown": str(self.markdown)}
+
+    def summary_lines(self) -> list[str]:
+        return [f"eval report: {self.report} (table: {self.markdown})"]
+
+    def gate_verdict(self) -> str | None:
+        """What says which gates failed (the verb then exits 1), or None when all passed."""
+        return "quality gate failed: " + "; ".join(self.failures) if self.failures else None
 
 
 def evaluate(cfg: ExperimentConfig, checkpoint: str | Path | None, log=lambda _: None, config_free: bool = False) -> EvalResult:
