@@ -155,7 +155,7 @@ class TrainConfig(Section):
     sample_tokens: int = Field(64, ge=1, description="Text: new tokens per sample.")
     sample_images: int = Field(16, ge=1, description="Images: images in each sample grid.")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA when present, then Apple's mps, else CPU; an explicit cuda or mps that is not there is an error.")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast or fp32; auto: bf16 on CUDA GPUs that support it and, for gpt, finetune, ddpm and gan, on CPUs with native bf16 (AVX512-BF16 or AMX), where it measured 1.15-1.95× faster at the same loss; fp32 otherwise (rnn, vae).")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast or fp32; auto: bf16 on CUDA GPUs that support it and, for gpt, finetune, ddpm and gan, on CPUs with native bf16 (AVX512-BF16 or AMX), where it measured faster at the same loss (README: Training); fp32 otherwise (rnn, vae).")
     strategy: Literal["auto", "ddp", "fsdp"] = Field("auto", description="Under torchrun (WORLD_SIZE > 1): ddp replicates the model on every process (DistributedDataParallel); fsdp shards parameters, gradients and optimizer state (FSDP2 fully_shard; gpt, rnn, vae, lora). auto: ddp. Ignored in a single process.")
     compile: bool = Field(False, description="torch.compile the training step (the model and its loss); the first steps are slower while it compiles.")
 

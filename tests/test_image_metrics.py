@@ -22,7 +22,7 @@ from aigc_cli.errors import AigcError
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """This machine's 2 cores are shared with other training runs: there two OpenMP threads stall
-    at every barrier and small ops run 10-40× slower than on one thread."""
+    at every barrier, and small ops run far slower than on one thread."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
