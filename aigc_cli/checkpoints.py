@@ -23,6 +23,7 @@ from typing import Callable
 
 from aigc_cli.atomic_files import staging_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
 from aigc_cli.backends import CHECKPOINT_MARKERS
+from aigc_cli.data.records import sha256_file
 from aigc_cli.errors import AigcError, warn
 
 CHECKPOINTS = "checkpoints"
@@ -88,16 +89,8 @@ def file_checksums(directory: Path) -> dict[str, str]:
     for path in sorted(directory.rglob("*")):
         rel = path.relative_to(directory).as_posix()
         if path.is_file() and rel != CHECKSUMS:
-            sums[rel] = _sha256(path)
+            sums[rel] = sha256_file(path)
     return sums
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 _verified: set[tuple] = set()  # the (path, mtime, size) of every file of checkpoints this process found intact
@@ -135,7 +128,7 @@ def _checksum_problem(checkpoint: Path, record: Path) -> str | None:
         path = Path(checkpoint) / rel
         if not path.is_file():
             return f"{rel} is missing"
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             return f"{rel} does not match its checksum"
     return None
 
@@ -291,8 +284,3 @@ def read_training_state(checkpoint: Path) -> dict:
     except Exception as exc:  # noqa: BLE001 — a truncated or foreign file raises many types
         raise AigcError(f"cannot read {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                         "the checkpoint is damaged; resume from an earlier one or start a new run") from None
-
-
-def checkpoint_step(checkpoint: Path) -> int | None:
-    record = Path(checkpoint) / "aigc.json"
-    return json.loads(record.read_text(encoding="utf-8")).get("step") if record.is_file() else None

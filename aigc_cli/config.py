@@ -11,7 +11,7 @@ import difflib
 import reprlib
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -103,8 +103,8 @@ class TrainConfig(Section):
     sample_tokens: int = Field(64, ge=1, description="Text: new tokens per sample.")
     sample_images: int = Field(16, ge=1, description="Images: images in each sample grid.")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA when present, then Apple's mps, else CPU; an explicit cuda or mps that is not there is an error.")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast or fp32; auto: bf16 on CUDA GPUs that support it and, for gpt, finetune, ddpm and gan, on CPUs with native bf16 (AVX512-BF16 or AMX), where it measured 1.15-1.95× faster at the same loss; fp32 otherwise (rnn, vae).")
-    strategy: Literal["auto", "ddp", "fsdp"] = Field("auto", description="Under torchrun (WORLD_SIZE > 1): ddp replicates the model on every process (DistributedDataParallel); fsdp shards parameters, gradients and optimizer state (FSDP2 fully_shard; " + _FSDP_BACKENDS + "). auto: ddp. Ignored in a single process.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast or fp32; auto: bf16 on CUDA GPUs that support it and, for gpt, finetune, ddpm and gan, on CPUs with native bf16 (AVX512-BF16 or AMX), where it measured faster at the same loss (README: Training); fp32 otherwise (rnn, vae).")
+    strategy: Literal["auto", "ddp", "fsdp"] = Field("auto", description="Under torchrun (WORLD_SIZE > 1): ddp replicates the model on every process (DistributedDataParallel); fsdp shards parameters, gradients and optimizer state (FSDP2 fully_shard; gpt, rnn, vae, lora). auto: ddp. Ignored in a single process.")
     compile: bool = Field(False, description="torch.compile the training step (the model and its loss); the first steps are slower while it compiles.")
 
 
@@ -225,8 +225,14 @@ class ExperimentConfig(Section):
 
 
 # ----------------------------------------------------------------------------- loading
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Read YAML, merge `section.key=value` overrides into it, validate. Raises AigcError."""
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), options: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """Read YAML, merge `section.key=value` overrides and then a verb's options into it, validate.
+    Raises AigcError."""
+    return validate_config(set_options(read_config(path, overrides), options or {}), source=str(Path(path)))
+
+
+def read_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The YAML file with the overrides merged in, not yet validated."""
     path = Path(path)
     if path.is_dir():
         raise AigcError(f"config {path} is a directory, not a file", "pass the path of a YAML experiment file, e.g. configs/quickstart.yaml")
@@ -251,7 +257,34 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     _check_values(raw, str(path))
     for item in overrides:
         apply_override(raw, item)
-    return validate_config(raw, source=str(path))
+    return raw
+
+
+def set_options(raw: dict, options: Mapping[str, Any]) -> dict:
+    """A verb's command-line options put into the config at their dotted keys (`--seed 7` is
+    generate.seed=7), before validation checks them. Values are typed already (never parsed as YAML,
+    so `--lang no` stays the text 'no'); None means the option was not given. A key under a value
+    that is not a section is left for validation to report."""
+    for key, value in options.items():
+        if value is None:
+            continue
+        *sections, name = key.split(".")
+        node = raw
+        for part in sections:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict):
+                break
+        else:
+            node[name] = value
+    return raw
+
+
+def backend_name(raw: dict) -> str:
+    """The model family an unvalidated config names (gpt when it names none)."""
+    model = raw.get("model")
+    return str(model.get("backend", "gpt")) if isinstance(model, dict) else "gpt"
 
 
 class _DuplicateKey(yaml.YAMLError):

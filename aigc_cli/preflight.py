@@ -89,7 +89,7 @@ def check_eval(config_path: str | None, cfg: ExperimentConfig, checkpoint: str |
     if config_path is None:
         return resolve_checkpoint(checkpoint) if checkpoint is not None and "prediction_perplexity" in ec.metrics else None
     names = set(ec.metrics)
-    if image:  # image_evaluation: what it samples or reconstructs needs the model
+    if image:  # evaluation/images.py: what it samples or reconstructs needs the model
         needs_model = names & {"loss", "psnr", "ssim"} or (names & {"fid", "kid", "coverage"} and not ec.generations)
     else:
         needs_model = names & set(MODEL_METRICS) or "prediction_perplexity" in names

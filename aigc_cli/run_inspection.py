@@ -8,7 +8,6 @@ a downloaded checkpoint with only pickled .bin weights, whose shapes torch must 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -269,7 +268,9 @@ def _tokenizer_info(directory: Path) -> dict | None:
 def _config_hash(directory: Path) -> str | None:
     """Short SHA-256 of the resolved config.yaml: equal hashes, equal settings."""
     path = directory / "config.yaml"
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else None
+    from aigc_cli.data.records import sha256_file
+
+    return sha256_file(path)[:12] if path.is_file() else None
 
 
 def _size_on_disk(directory: Path) -> int:
@@ -293,19 +294,12 @@ def _read_yaml(path: Path) -> dict:
 
 
 def _metrics_rows(path: Path) -> list[dict]:
-    rows = []
+    from aigc_cli.data.records import log_records
+
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        return [row for _, row in log_records(path)]  # (without a line cut short by a kill)
     except OSError:
-        return rows
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a kill
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+        return []
 
 
 def human_size(size: int) -> str:

@@ -70,9 +70,9 @@ BLEU_TOKENIZER = {"en": "13a", "zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}
 @pytest.mark.parametrize("lang", list(BLEU_TOKENIZER))
 def test_bleu_chrf_ter_equal_the_sacrebleu_command_line(cli, tmp_path, monkeypatch, lang):
     """Chunks of 7 items summed by aigc give the numbers sacrebleu prints for the whole files."""
-    import aigc_cli.evaluation
+    from aigc_cli.evaluation import scoring
 
-    monkeypatch.setattr(aigc_cli.evaluation, "CHUNK", 7)
+    monkeypatch.setattr(scoring, "CHUNK", 7)
     if lang == "en":
         refs_a = _sentences(60, 1)
         refs_b, hyps, extra = _edit(refs_a, 2), _edit(refs_a, 3), []
@@ -151,7 +151,7 @@ def test_chinese_rouge_keeps_the_characters(cli, tmp_path):
 def test_unicode_tokenizer_is_rouge_scores_on_ascii_and_keeps_other_scripts():
     from rouge_score import tokenizers
 
-    from aigc_cli.text_metrics import UnicodeTokenizer
+    from aigc_cli.evaluation.text_metrics import UnicodeTokenizer
 
     text = "The quick-brown fox's 3 jumps, over_the lazy dogs!"
     for stem in (False, True):

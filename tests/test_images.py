@@ -226,7 +226,7 @@ def test_eval_fid_kid_coverage_from_a_folder(cli, tmp_path, digits8):
     assert abs(metrics["fid"]) < 1e-3  # the same images as the held-out set
     assert metrics["fid_real_floor"] > metrics["fid"]
     # KID against a set of zeros only, in the same (cached) classifier space: far larger.
-    from aigc_cli import image_metrics
+    from aigc_cli.evaluation import image_metrics
 
     train = ImageArray(digits8, "train")
     classifier, _ = image_metrics.cached_classifier(digits8, np.asarray(train.images), train.labels, 10)

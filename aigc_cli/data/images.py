@@ -21,6 +21,7 @@ import numpy as np
 from aigc_cli.atomic_files import remove_stale_temporaries, staging_dir, write_json_atomic
 from aigc_cli.config import DataConfig, ExperimentConfig, require_data
 from aigc_cli.data.prepared_dir import read_meta, reusable_output
+from aigc_cli.data.records import sha256_file
 from aigc_cli.errors import AigcError
 from aigc_cli.locks import exclusive_lock
 from aigc_cli.provenance import software_versions, write_provenance
@@ -35,6 +36,18 @@ class ImageResult:
     data_dir: Path
     meta: dict
     reused: bool
+
+    def to_json(self) -> dict:
+        meta = self.meta
+        return {"data_dir": str(self.data_dir), "train_images": meta["train_images"], "val_images": meta["val_images"],
+                "classes": meta["classes"], "skipped": meta["skipped"], "reused": self.reused}
+
+    def summary_lines(self) -> list[str]:
+        meta = self.meta
+        classes = f", {len(meta['classes'])} classes" if meta["classes"] else ""
+        skipped = f", {meta['skipped']} unreadable skipped" if meta["skipped"] else ""
+        return [f"prepared images: {self.data_dir}" + (" (unchanged, reused)" if self.reused else ""),
+                f"  {meta['channels']}×{meta['size']}×{meta['size']}, train {meta['train_images']:,}, val {meta['val_images']:,}{classes}{skipped}"]
 
 
 @dataclass
@@ -173,7 +186,7 @@ def _list_source(data: DataConfig) -> tuple[list[SourceImage], list[str] | None,
     items = []
     for path in files:
         rel = path.relative_to(root).as_posix()
-        digest.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        digest.update(rel.encode() + b"\0" + bytes.fromhex(sha256_file(path)))
         label = index[rel.split("/")[0]] if classes else 0
         items.append(SourceImage(rel, label, lambda path=path: open_image(path)))
     inputs = [{"path": str(root), "files": len(files), "sha256": digest.hexdigest()}]

@@ -7,14 +7,13 @@ end-of-text token only (prompt positions get the label -100, which cross-entropy
 
 from __future__ import annotations
 
-import gzip
-import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from aigc_cli.data.records import read_jsonl, read_lines, text_fields
 from aigc_cli.errors import AigcError
 
 IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default ignore_index
@@ -26,21 +25,15 @@ class PairRecord:
     where: str  # "path:line" for error messages
 
 
-def open_text(path: str | Path):
-    path = Path(path)
-    if not path.is_file():
+def _existing(path: str | Path) -> str | Path:
+    if not Path(path).is_file():
         raise AigcError(f"file not found: {path}", "check the path in the config")
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+    return path
 
 
-def read_lines(path: str | Path) -> list[str]:
-    try:
-        with open_text(path) as handle:
-            return [line.rstrip("\r\n") for line in handle]
-    except UnicodeDecodeError:
-        raise AigcError(f"{path} is not UTF-8 text", "convert it to UTF-8") from None
-    except (OSError, EOFError) as exc:
-        raise AigcError(f"cannot read {path}: {exc}", "check that the file is intact") from None
+def read_text_lines(path: str | Path) -> list[str]:
+    """Every line of a text file (.gz allowed), without its line ending."""
+    return [line for _, line in read_lines(_existing(path))]
 
 
 def read_pair_records(jsonl: str | None, source_file: str | None, target_file: str | None,
@@ -49,7 +42,7 @@ def read_pair_records(jsonl: str | None, source_file: str | None, target_file: s
     if jsonl:
         records = _read_jsonl(jsonl, response_field)
     elif source_file and target_file:
-        sources, targets = read_lines(source_file), read_lines(target_file)
+        sources, targets = read_text_lines(source_file), read_text_lines(target_file)
         if len(sources) != len(targets):
             raise AigcError(f"{source_file} has {len(sources)} lines but {target_file} has {len(targets)}",
                             "the two files must be line-aligned (line i of one translates line i of the other)")
@@ -64,22 +57,10 @@ def read_pair_records(jsonl: str | None, source_file: str | None, target_file: s
 
 def _read_jsonl(path: str, response_field: str) -> list[PairRecord]:
     records = []
-    try:
-        with open_text(path) as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise AigcError(f"{path}:{number}: malformed JSON ({exc.msg})", "fix that line; each line must be one JSON object") from None
-                if not isinstance(record, dict):
-                    raise AigcError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}", "each line must be one JSON object")
-                if response_field not in record:
-                    raise AigcError(f"{path}:{number}: no field '{response_field}' (the response)", "set finetune.response_field to the field that holds the answer")
-                records.append(PairRecord({k: str(v) for k, v in record.items()}, f"{path}:{number}"))
-    except UnicodeDecodeError:
-        raise AigcError(f"{path} is not UTF-8 text", "convert it to UTF-8") from None
+    for where, record in read_jsonl(_existing(path), "fix that line; each line must be one JSON object"):
+        if response_field not in record:
+            raise AigcError(f"{where}: no field '{response_field}' (the response)", "set finetune.response_field to the field that holds the answer")
+        records.append(PairRecord(text_fields(record, where), where))
     return records
 
 

@@ -34,6 +34,19 @@ class FinetuneResult:
     total_params: int
     truncated: int
     merged: Path | None = None
+    method: str = "full"  # finetune.method
+
+    def to_json(self) -> dict:
+        out = {"run_dir": str(self.run_dir), "checkpoint": str(self.checkpoint), "val_loss": self.val_loss,
+               "trainable_params": self.trainable_params, "total_params": self.total_params, "truncated": self.truncated}
+        return out if self.merged is None else {**out, "merged": str(self.merged)}
+
+    def summary_lines(self) -> list[str]:
+        share = self.trainable_params / max(1, self.total_params)
+        lines = [f"run directory: {self.run_dir}", f"checkpoint ({self.method}): {self.checkpoint}",
+                 f"trainable parameters: {self.trainable_params:,} of {self.total_params:,} ({share:.2%})",
+                 f"validation loss: {self.val_loss:.4f}"]
+        return lines if self.merged is None else lines + [f"merged model: {self.merged}"]
 
 
 def load_base_model(fc: FinetuneConfig, device: str):
@@ -147,4 +160,4 @@ def _finetune(cfg: ExperimentConfig, resume: bool, merge: bool, quiet: bool) -> 
             backend.merge(final.eval()).save_pretrained(tmp)
             copy_tokenizer_files(tokenizer_dir, tmp, max_length)
     return FinetuneResult(result.run_dir, result.checkpoint, result.val_loss, trainable, total,
-                          train_examples.truncated + val_examples.truncated, merged)
+                          train_examples.truncated + val_examples.truncated, merged, fc.method)

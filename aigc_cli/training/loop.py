@@ -40,6 +40,18 @@ class TrainResult:
     unit: str = "tokens"
     skipped_batches: int = 0  # steps whose non-finite loss was skipped (train.skip_nonfinite)
     val_loss_name: str = "loss"  # which loss val_loss is: a GAN's is its discriminator's
+    wrote_samples: bool = False  # train_samples/ (train.sample_every_eval)
+
+    def to_json(self) -> dict:
+        return {"run_dir": str(self.run_dir), "checkpoint": str(self.checkpoint), "val_loss": self.val_loss,
+                "steps": self.steps, f"{self.unit}_per_s": self.tokens_per_s, "skipped_batches": self.skipped_batches}
+
+    def summary_lines(self) -> list[str]:
+        written = "config.yaml, metrics.jsonl, loss.png" + (", train_samples/" if self.wrote_samples else "") + ", TensorBoard events"
+        which = "" if self.val_loss_name == "loss" else f" ({self.val_loss_name})"
+        return [f"run directory: {self.run_dir}  ({written}; watch with: tensorboard --logdir {self.run_dir})",
+                f"final checkpoint: {self.checkpoint}",
+                f"validation loss{which}: {self.val_loss:.4f} after {self.steps} steps"]
 
 
 def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> TrainResult:
@@ -128,7 +140,7 @@ def train(run: Run, stop: StopSignals, quiet: bool = False) -> TrainResult:
                 throughput.restart()
             progress.update(done, loss=train_loss, lr=lr, **{"tok/s" if run.unit == "tokens" else "img/s": per_s})
 
-    return TrainResult(run.run_dir, run.checkpoint, val_loss, tc.max_steps, per_s, run.unit, run.skipped, run.val_loss_name)
+    return TrainResult(run.run_dir, run.checkpoint, val_loss, tc.max_steps, per_s, run.unit, run.skipped, run.val_loss_name, tc.sample_every_eval)
 
 
 class Throughput:

@@ -61,12 +61,9 @@ def truncate_metrics(path: Path, keep_through_step: int) -> None:
     """On resume, drop lines logged after the checkpoint so the log reads as one run."""
     if not path.is_file():
         return
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append((line, json.loads(line)))
-        except json.JSONDecodeError:
-            continue  # the half-written last line of a killed run (or of a full disk)
+    from aigc_cli.data.records import log_records
+
+    rows = list(log_records(path))  # without the half-written last line of a killed run (or of a full disk)
     kept = [line for line, row in rows if row.get("step", 0) < keep_through_step or
             (row.get("step") == keep_through_step and "train_loss" in row)]
     write_text_atomic(path, "".join(line + "\n" for line in kept))

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import torch
@@ -123,12 +122,9 @@ def plot_losses(metrics_path: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = []
-    for line in metrics_path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line torn by a killed run
-            continue
+    from aigc_cli.data.records import log_records
+
+    rows = [row for _, row in log_records(metrics_path)]  # (without a line torn by a killed run)
     train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(6, 4))
