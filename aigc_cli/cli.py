@@ -26,7 +26,35 @@ from aigc_cli.errors import EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_SIGINT, EXIT_S
 if TYPE_CHECKING:  # imported inside the verbs: `aigc --help` needs neither pydantic nor yaml
     from aigc_cli.config import ExperimentConfig
 
+class _OneLineUsageErrors(typer.core.TyperGroup):
+    """Usage errors (an unknown option, `--num 0`, `--seed abc`, a missing CONFIG) end as every
+    other error does: one `error: … — …` line on stderr and exit 2, not a boxed panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        click = typer.core._click  # typer 0.2x vendors click: its exceptions, not the click package's
+
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `aigc`: the help, as before
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(exc)
+            code = exc.exit_code
+        except click.exceptions.ClickException as exc:
+            where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "aigc"
+            message = " ".join(exc.format_message().split())
+            print(f"error: {message} — see `{where} --help`", file=sys.stderr)
+            code = exc.exit_code if exc.exit_code else EXIT_USAGE
+        except typer.Abort:
+            print("interrupted (Ctrl-C)", file=sys.stderr)
+            code = EXIT_SIGINT
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     name="aigc",
     help="Prepare data for, train, generate with and evaluate generative models. "
          "Every verb takes an experiment YAML plus section.key=value overrides.\n\n"
@@ -203,7 +231,7 @@ def train(config: ConfigArg, overrides: OverridesArg = None,
     def work(cfg: ExperimentConfig):
         from aigc_cli.preflight import check_train
 
-        check_train(config, cfg)
+        check_train(config, cfg, resume)
         from aigc_cli.training import train_model
 
         return train_model(cfg, resume=resume, quiet=quiet)
@@ -224,7 +252,7 @@ def finetune(config: ConfigArg, overrides: OverridesArg = None,
     def work(cfg: ExperimentConfig):
         from aigc_cli.preflight import check_finetune
 
-        check_finetune(cfg)
+        check_finetune(cfg, resume)
         from aigc_cli.training.finetune import finetune_model
 
         return finetune_model(cfg, resume=resume, merge=merge, quiet=quiet)

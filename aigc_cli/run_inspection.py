@@ -278,19 +278,31 @@ def _size_on_disk(directory: Path) -> int:
 
 
 def _read_json(path: Path) -> dict:
+    """A JSON object file aigc wrote; {} when it is not there, a clear error when it is damaged."""
+    if not path.is_file():
+        return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    except (OSError, ValueError) as exc:  # (UnicodeDecodeError is a ValueError)
+        raise _damaged(path, exc) from None
+    if not isinstance(data, dict):
+        raise _damaged(path, f"a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        return {}
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise _damaged(path, exc) from None
     return data if isinstance(data, dict) else {}
+
+
+def _damaged(path: Path, reason) -> AigcError:
+    first = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+    return AigcError(f"{path} is damaged ({first[:120]})", "restore it, or remove the folder it is in if it is no longer needed")
 
 
 def _metrics_rows(path: Path) -> list[dict]:

@@ -292,7 +292,14 @@ def backend_of_checkpoint(directory: str | Path) -> str:
     directory = Path(directory)
     record = directory / "aigc.json"
     if record.is_file():
-        return json.loads(record.read_text(encoding="utf-8"))["backend"]
+        try:
+            name = json.loads(record.read_text(encoding="utf-8"))["backend"]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            name = None
+        if name not in BACKENDS:  # truncated, hand-edited or foreign: no checksums.json may have caught it
+            raise AigcError(f"{record} is damaged (it does not name a known backend)",
+                            "use another checkpoint of the run, or copy this one again from where it was written")
+        return name
     found = [name for name, entry in BACKENDS.items() if entry.files.marker and (directory / entry.files.marker).is_file()]
     if found:
         # config.json is in every transformers model directory (and many others): the most general marker, so the last resort.
