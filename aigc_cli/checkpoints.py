@@ -139,12 +139,35 @@ def checkpoint_identity(checkpoint: Path) -> str:
     checkpoint = Path(checkpoint)
     record = checkpoint / CHECKSUMS
     blob = record.read_bytes() if record.is_file() else json.dumps(file_checksums(checkpoint), sort_keys=True).encode()
-    adapter_config = checkpoint / "adapter_config.json"
-    if adapter_config.is_file():
-        base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if (checkpoint / "adapter_config.json").is_file():
+        base = adapter_base(checkpoint)
         if base and Path(base).is_dir():
             blob += checkpoint_identity(Path(base)).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+ADAPTER_BASE = "aigc_base.json"  # beside adapter_config.json: the base's path relative to the adapter
+
+
+def adapter_base(adapter: Path) -> str | None:
+    """The base model of a LoRA adapter directory: adapter_config.json's base_model_name_or_path
+    (absolute, so peft and other tools find it from anywhere) while it exists, else the same base
+    found relative to the adapter, as aigc_base.json records it, so base and adapter moved together
+    (or copied to another machine) still load. None when neither names one."""
+    try:
+        named = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(named, str) or not named:
+        return None
+    if Path(named).exists() or not Path(named).is_absolute() and not (adapter / ADAPTER_BASE).is_file():
+        return named  # present, or a hub id
+    try:
+        relative = json.loads((adapter / ADAPTER_BASE).read_text(encoding="utf-8"))["relative_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return named
+    moved = (adapter / relative).resolve()
+    return str(moved) if moved.exists() else named
 
 
 def checkpoint_step_of_name(path: Path) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from aigc_cli.backends import BACKENDS, CHECKPOINT_MARKERS, CheckpointFiles, backend_of_checkpoint
+from aigc_cli.checkpoints import adapter_base
 from aigc_cli.errors import AigcError
 
 PREPARED_FORMAT_PREFIX = "aigc-prepared-"  # meta.json "format" of `aigc prep` outputs (text and images, any version)
@@ -193,7 +194,7 @@ def describe_checkpoint(path: Path) -> dict:
     else:
         info["architecture"] = {shown: config.get(key) for shown, key in files.fields.items()}
     info["parameters"] = count_parameters(path / files.weights)  # for an adapter: its own (trainable) weights
-    base = config.get(files.base_model) if files.base_model else None
+    base = adapter_base(path) if files.base_model else None  # (found again when base and adapter moved together)
     if base and Path(base).is_dir():
         info["base_parameters"] = count_parameters(Path(base))
     info["tokenizer"] = _tokenizer_info(path)

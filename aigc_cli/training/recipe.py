@@ -217,6 +217,13 @@ def _clipped_and_finite(run: Run, part: str, part_loss: torch.Tensor) -> torch.T
     return finite
 
 
+def _weights_finite(run: Run) -> bool:
+    # FSDP: each process checks its own shards (DTensor.to_local), and all decide alike.
+    flags = [torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in run.model.parameters()]
+    ok = torch.stack(flags).all().float() if flags else torch.ones(())
+    return bool(mean_over_processes(ok, run.procs) == 1.0)
+
+
 def _diverged(what: str, loss: float, step: int, last_good: Path | None) -> AigcError:
     where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written"
     return AigcError(f"training diverged: non-finite {what} ({loss}) at step {step}; {where}",
@@ -253,7 +260,10 @@ def validation_loss(run: Run) -> float:
 def save_checkpoint(run: Run, step: int) -> Path:
     """The checkpoint of `step` (the steps taken so far): weights, optimizer states, RNG streams and
     batch generator, so a resumed run continues bit for bit. Every process takes part in gathering
-    the full state; process 0 alone writes it."""
+    the full state; process 0 alone writes it. Weights that are not all finite are never written:
+    a finite loss can still be followed by an update that overflows (a huge learning rate)."""
+    if not _weights_finite(run):
+        raise _diverged("weights", float("nan"), step, run.checkpoint)
     optimizer_states = {part: run.parallel.optimizer_state(opt) for part, opt in run.optimizers.items()}
     full_model = run.parallel.unsharded()
     path = run.run_dir / CHECKPOINTS / f"step-{step:06d}"

@@ -139,6 +139,8 @@ CASES: dict[str, tuple[Callable[[], object], list[str], int, str]] = {
                                       "finetune.train_file prepared is a directory"),
     # ---- 4. nonsense accepted silently
     "learning-rate-nan": (NOTHING, ["train", CFG, "train.learning_rate=nan", "train.out_dir=r2"], 2, "'train.learning_rate'"),
+    "learning-rate-overflows-the-weights": (NOTHING, ["train", CFG, "train.out_dir=r2", "train.learning_rate=1e39", "train.warmup_steps=0",
+                                                     "train.grad_clip=0", "train.save_every=1", "train.eval_every=1"], 4, "non-finite weights"),
     "learning-rate-inf": (NOTHING, ["train", CFG, "train.learning_rate=.inf", "train.out_dir=r2"], 2, "'train.learning_rate'"),
     "gate-bound-nan-option": (lambda: write("p.txt", "a b c\n"), ["eval", "--predictions", "p.txt", "--references", "p.txt", "--fail-under", "bleu=nan"], 2,
                               "'eval.fail_under.bleu'"),
