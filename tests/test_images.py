@@ -172,6 +172,31 @@ def test_ddpm_checkpoint_is_a_diffusers_pipeline(trained_ddpm):
     assert images.shape == (2, 8, 8, 1) and np.isfinite(images).all()
 
 
+@pytest.mark.parametrize("conditional", [False, True], ids=["unconditional", "class-conditional"])
+def test_ddpm_checkpoint_samples_in_plain_diffusers(tmp_path, digits8, conditional):
+    """Every DDPM checkpoint samples in diffusers with the pipeline it carries; a class-conditional
+    one draws the classes asked for (DDPMPipeline cannot pass class labels)."""
+    import torch
+    from diffusers import DiffusionPipeline
+    from typer.testing import CliRunner
+
+    from aigc_cli.cli import app
+
+    cfg = image_config(tmp_path, "ddpm", data={"prepared_dir": str(digits8)}, model={"class_conditional": conditional})
+    result = CliRunner().invoke(app, ["train", str(cfg), "--json", "train.max_steps=4"])
+    assert result.exit_code == 0, result.stderr
+    checkpoint = json.loads(result.stdout)["checkpoint"]
+    pipe = DiffusionPipeline.from_pretrained(checkpoint, custom_pipeline=f"{checkpoint}/aigc_ddpm_pipeline.py", trust_remote_code=True)
+    generator = torch.Generator().manual_seed(0)
+    if conditional:
+        images = pipe(class_labels=[0, 3, 9], num_inference_steps=3, generator=generator, output_type="np").images
+        with pytest.raises(ValueError, match="class-conditional"):
+            pipe(batch_size=2, num_inference_steps=2)
+    else:
+        images = pipe(batch_size=3, num_inference_steps=3, generator=generator, output_type="np").images
+    assert images.shape == (3, 8, 8, 1) and np.isfinite(images).all() and images.std() > 0
+
+
 def test_generate_same_seed_same_png_bytes(cli, tmp_path, trained_ddpm):
     cfg, checkpoint = trained_ddpm
     runs = [json_out(cli("generate", cfg, "--checkpoint", checkpoint, "--num", "5", "--seed", seed, "--out", tmp_path / name, "--json"))
