@@ -10,6 +10,7 @@ time a process holding the directory's lock starts.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -50,16 +51,19 @@ def fsync_tree(root: str | Path) -> None:
         fsync_directory(directory)
 
 
-def naming_the_path(exc: OSError, path: str | Path) -> OSError:
-    """`exc` with `path` as its filename when it has none: a failed write() names no file, and
-    "No space left on device" is only useful with the path that did not fit."""
-    if exc.filename is not None or exc.errno is None:
+def naming_the_path(exc: OSError, path: str | Path, temporary: str | Path | None = None) -> OSError:
+    """`exc` with `path` as its filename when it names none or only our temporary: a failed
+    write() names no file, a failed rename names the temporary, and "No space left on device"
+    or "Is a directory" is only useful with the path the user gave."""
+    if exc.errno is None or (exc.filename is not None and (temporary is None or str(exc.filename) != str(temporary))):
         return exc
     return type(exc)(exc.errno, exc.strerror, str(path))
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -73,7 +77,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise naming_the_path(exc, path) from exc
+            raise naming_the_path(exc, path, tmp) from exc
         raise
     fsync_directory(path.parent)
 
@@ -113,7 +117,7 @@ def staging_dir(final: str | Path, replace: bool = False) -> Iterator[Path]:
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):
-            raise naming_the_path(exc, final) from exc
+            raise naming_the_path(exc, final, tmp) from exc
         raise
 
 

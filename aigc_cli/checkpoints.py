@@ -22,13 +22,15 @@ from pathlib import Path
 from typing import Callable
 
 from aigc_cli.atomic_files import staging_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
+from aigc_cli.backends import CHECKPOINT_MARKERS
+from aigc_cli.data.records import sha256_file
 from aigc_cli.errors import AigcError, warn
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 TRAINING_STATE = "training_state.pt"
 CHECKSUMS = "checksums.json"
-MARKERS = ("config.json", "adapter_config.json", "model_index.json", "aigc.json")
+MARKERS = CHECKPOINT_MARKERS  # aigc.json, or the marker file a backend declares for directories from other tools
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
@@ -87,16 +89,8 @@ def file_checksums(directory: Path) -> dict[str, str]:
     for path in sorted(directory.rglob("*")):
         rel = path.relative_to(directory).as_posix()
         if path.is_file() and rel != CHECKSUMS:
-            sums[rel] = _sha256(path)
+            sums[rel] = sha256_file(path)
     return sums
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 _verified: set[tuple] = set()  # the (path, mtime, size) of every file of checkpoints this process found intact
@@ -134,7 +128,7 @@ def _checksum_problem(checkpoint: Path, record: Path) -> str | None:
         path = Path(checkpoint) / rel
         if not path.is_file():
             return f"{rel} is missing"
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             return f"{rel} does not match its checksum"
     return None
 
@@ -145,12 +139,35 @@ def checkpoint_identity(checkpoint: Path) -> str:
     checkpoint = Path(checkpoint)
     record = checkpoint / CHECKSUMS
     blob = record.read_bytes() if record.is_file() else json.dumps(file_checksums(checkpoint), sort_keys=True).encode()
-    adapter_config = checkpoint / "adapter_config.json"
-    if adapter_config.is_file():
-        base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if (checkpoint / "adapter_config.json").is_file():
+        base = adapter_base(checkpoint)
         if base and Path(base).is_dir():
             blob += checkpoint_identity(Path(base)).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+ADAPTER_BASE = "aigc_base.json"  # beside adapter_config.json: the base's path relative to the adapter
+
+
+def adapter_base(adapter: Path) -> str | None:
+    """The base model of a LoRA adapter directory: adapter_config.json's base_model_name_or_path
+    (absolute, so peft and other tools find it from anywhere) while it exists, else the same base
+    found relative to the adapter, as aigc_base.json records it, so base and adapter moved together
+    (or copied to another machine) still load. None when neither names one."""
+    try:
+        named = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(named, str) or not named:
+        return None
+    if Path(named).exists() or not Path(named).is_absolute() and not (adapter / ADAPTER_BASE).is_file():
+        return named  # present, or a hub id
+    try:
+        relative = json.loads((adapter / ADAPTER_BASE).read_text(encoding="utf-8"))["relative_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return named
+    moved = (adapter / relative).resolve()
+    return str(moved) if moved.exists() else named
 
 
 def checkpoint_step_of_name(path: Path) -> int:
@@ -171,8 +188,15 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     pointer = Path(run_dir) / CHECKPOINTS / LATEST
     if not pointer.is_file():
         return None
-    path = pointer.parent / pointer.read_text(encoding="utf-8").strip()
-    return path if path.is_dir() and path.name.startswith("step-") else None
+    name = pointer.read_bytes()[:64].decode("utf-8", "replace").strip()
+    if not _STEP_NAME.fullmatch(name):  # damaged (binary bytes, an edit): the newest intact checkpoint is used instead
+        warn(f"{pointer} is damaged (it does not name a step-NNNNNN checkpoint); ignoring it")
+        return None
+    path = pointer.parent / name
+    return path if path.is_dir() else None
+
+
+_STEP_NAME = re.compile(r"step-\d+")
 
 
 def latest_good_checkpoint(run_dir: str | Path, report: Callable[[str], None] = warn) -> Path | None:
@@ -283,8 +307,3 @@ def read_training_state(checkpoint: Path) -> dict:
     except Exception as exc:  # noqa: BLE001 — a truncated or foreign file raises many types
         raise AigcError(f"cannot read {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                         "the checkpoint is damaged; resume from an earlier one or start a new run") from None
-
-
-def checkpoint_step(checkpoint: Path) -> int | None:
-    record = Path(checkpoint) / "aigc.json"
-    return json.loads(record.read_text(encoding="utf-8")).get("step") if record.is_file() else None

@@ -1,8 +1,10 @@
 """The `aigc` command line: one short function per verb.
 
-Each verb parses its options, loads and validates the config, imports its engine (torch and
-friends load only here, so `--help` and config errors stay instant), calls one function and
-prints a summary — or, with --json, exactly one JSON object on stdout.
+Each verb's options are config overrides (`--seed 7` is generate.seed=7), merged in before the
+config is validated. The verb checks its inputs on disk (preflight.py), imports its engine (torch
+and friends load only then, so `--help` and config errors stay instant), makes one call and prints
+what the result renders: its summary lines or, with --json, exactly one JSON object on stdout.
+Every verb runs through `_run`, the one place where an error becomes a line on stderr and an exit code.
 """
 
 from __future__ import annotations
@@ -12,18 +14,47 @@ import json
 import math
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional, Protocol
 
 import typer
 
 from aigc_cli import __version__
-from aigc_cli.errors import EXIT_INTERNAL, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, AigcError, Terminated
+from aigc_cli.errors import EXIT_GATE_FAILED, EXIT_INTERNAL, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, AigcError, Terminated
 
 if TYPE_CHECKING:  # imported inside the verbs: `aigc --help` needs neither pydantic nor yaml
     from aigc_cli.config import ExperimentConfig
 
+class _OneLineUsageErrors(typer.core.TyperGroup):
+    """Usage errors (an unknown option, `--num 0`, `--seed abc`, a missing CONFIG) end as every
+    other error does: one `error: … — …` line on stderr and exit 2, not a boxed panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        click = typer.core._click  # typer 0.2x vendors click: its exceptions, not the click package's
+
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `aigc`: the help, as before
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(exc)
+            code = exc.exit_code
+        except click.exceptions.ClickException as exc:
+            where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "aigc"
+            message = " ".join(exc.format_message().split())
+            print(f"error: {message} — see `{where} --help`", file=sys.stderr)
+            code = exc.exit_code if exc.exit_code else EXIT_USAGE
+        except typer.Abort:
+            print("interrupted (Ctrl-C)", file=sys.stderr)
+            code = EXIT_SIGINT
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     name="aigc",
     help="Prepare data for, train, generate with and evaluate generative models. "
          "Every verb takes an experiment YAML plus section.key=value overrides.\n\n"
@@ -57,46 +88,86 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress outpu
 CheckpointOpt = Annotated[Optional[str], typer.Option("--checkpoint", metavar="DIR", help="Checkpoint directory, or a run directory (its latest checkpoint). Default: train.out_dir.")]
 
 
+class VerbResult(Protocol):
+    """What a verb's engine returns: it renders itself for the screen and for --json."""
+
+    def to_json(self) -> Any: ...
+
+    def summary_lines(self) -> list[str]: ...
+
+
+@dataclass
+class Shown:
+    """The result of a verb whose output is made here (init, runs, info)."""
+
+    json: Any
+    lines: list[str]
+
+    def to_json(self) -> Any:
+        return self.json
+
+    def summary_lines(self) -> list[str]:
+        return self.lines
+
+
 def _log(quiet: bool) -> Callable[[str], None]:
     return (lambda _: None) if quiet else (lambda text: print(text, file=sys.stderr, flush=True))
 
 
-def _run(config: str, overrides: list[str] | None, print_config: bool, as_json: bool, debug: bool,
-         work: Callable[[ExperimentConfig], tuple[dict, list[str]]], load: Callable[[], ExperimentConfig] | None = None) -> None:
-    """Load the config (or call `load`), run the verb's work, report. Errors become one line and an exit code."""
-    from aigc_cli.config import dump_config, load_config
+def _config(config: str, overrides: list[str] | None, options: dict[str, Any] | None = None) -> Callable[[], ExperimentConfig]:
+    """Loads the config file with the overrides, then the verb's options, merged in."""
 
+    def load() -> ExperimentConfig:
+        from aigc_cli.config import load_config
+
+        return load_config(config, overrides or [], options)
+
+    return load
+
+
+def _run(work: Callable[..., VerbResult], as_json: bool, debug: bool,
+         load: Callable[[], ExperimentConfig] | None = None, print_config: bool = False) -> VerbResult | None:
+    """Run `work` (on the config `load` returns, for the verbs that read one) and print its result:
+    the summary lines, or with --json its JSON object. Every error of every verb ends here."""
     try:
-        cfg = load() if load else load_config(config, overrides or [])
-        if print_config:
-            sys.stdout.write(dump_config(cfg))
-            return
-        result, summary = work(cfg)
-    except AigcError as exc:
-        if debug:
+        if load is None:
+            result = work()
+        else:
+            cfg = load()
+            if print_config:
+                from aigc_cli.config import dump_config
+
+                sys.stdout.write(dump_config(cfg))
+                return None
+            result = work(cfg)
+        lines = [json.dumps(_json_safe(result.to_json()), ensure_ascii=False, allow_nan=False)] if as_json else result.summary_lines()
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 — every error becomes one line and an exit code
+        if debug and not isinstance(exc, KeyboardInterrupt):
             raise
+        raise typer.Exit(_report_error(exc)) from None
+    for line in lines:
+        print(line)
+    return result
+
+
+def _report_error(exc: BaseException) -> int:
+    """Print the one line that says what went wrong; return the exit code."""
+    if isinstance(exc, AigcError):
         print(f"{exc.label}: {exc.one_line()}", file=sys.stderr)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt as exc:
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
         name = "SIGTERM" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
         print(f"{name}: finished files are intact; run the same command again to continue "
               "(`aigc train CONFIG --resume` for training, generation skips what is done)", file=sys.stderr)
-        raise typer.Exit(EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT) from None
-    except Exception as exc:  # noqa: BLE001 — a bug: one line, and the way to see more
-        if debug:
-            raise
-        if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
-            where = f" {exc.filename}" if exc.filename else ""
-            print(f"error: cannot write or read{where}: {exc.strerror} — {_ENVIRONMENT_ERRNOS[exc.errno]}; "
-                  "files written before are unchanged", file=sys.stderr)
-            raise typer.Exit(EXIT_USAGE) from None
-        print(f"internal error: {type(exc).__name__}: {exc} — rerun with --debug for the traceback and report it", file=sys.stderr)
-        raise typer.Exit(EXIT_INTERNAL) from None
-    if as_json:
-        print(json.dumps(_json_safe(result), ensure_ascii=False, allow_nan=False))
-    else:
-        for line in summary:
-            print(line)
+        return EXIT_SIGTERM if isinstance(exc, Terminated) else EXIT_SIGINT
+    if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"error: cannot write or read{where}: {exc.strerror} — {_ENVIRONMENT_ERRNOS[exc.errno]}; "
+              "files written before are unchanged", file=sys.stderr)
+        return EXIT_USAGE
+    # A bug: one line, and the way to see more.
+    print(f"internal error: {type(exc).__name__}: {exc} — rerun with --debug for the traceback and report it", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 # Problems of the machine rather than of aigc: exit 2 with the path, not an internal error.
@@ -140,24 +211,12 @@ def prep(config: ConfigArg, overrides: OverridesArg = None,
         if cfg.model.backend in IMAGE_BACKENDS:
             from aigc_cli.data.images import prepare_images
 
-            result = prepare_images(cfg, force=force, log=_log(quiet))
-            meta = result.meta
-            classes = f", {len(meta['classes'])} classes" if meta["classes"] else ""
-            summary = [f"prepared images: {result.data_dir}" + (" (unchanged, reused)" if result.reused else ""),
-                       f"  {meta['channels']}×{meta['size']}×{meta['size']}, train {meta['train_images']:,}, val {meta['val_images']:,}{classes}"
-                       + (f", {meta['skipped']} unreadable skipped" if meta["skipped"] else "")]
-            return {"data_dir": str(result.data_dir), "train_images": meta["train_images"], "val_images": meta["val_images"],
-                    "classes": meta["classes"], "skipped": meta["skipped"], "reused": result.reused}, summary
+            return prepare_images(cfg, force=force, log=_log(quiet))
         from aigc_cli.data.prepare import prepare_text_corpus
 
-        result = prepare_text_corpus(cfg, force=force, log=_log(quiet))
-        meta = result.meta
-        summary = [f"prepared data: {result.data_dir}" + (" (unchanged, reused)" if result.reused else ""),
-                   f"  vocabulary {meta['vocab_size']:,} ({meta['tokenizer']}), train {meta['train_tokens']:,} tokens, val {meta['val_tokens']:,} tokens"]
-        return {"data_dir": str(result.data_dir), "vocab_size": meta["vocab_size"], "train_tokens": meta["train_tokens"],
-                "val_tokens": meta["val_tokens"], "reused": result.reused}, summary
+        return prepare_text_corpus(cfg, force=force, log=_log(quiet))
 
-    _run(config, overrides, print_config, as_json, debug, work)
+    _run(work, as_json, debug, _config(config, overrides), print_config)
 
 
 @app.command()
@@ -172,18 +231,12 @@ def train(config: ConfigArg, overrides: OverridesArg = None,
     def work(cfg: ExperimentConfig):
         from aigc_cli.preflight import check_train
 
-        check_train(config, cfg)
+        check_train(config, cfg, resume)
         from aigc_cli.training import train_model
 
-        result = train_model(cfg, resume=resume, quiet=quiet)
-        written = "config.yaml, metrics.jsonl, loss.png" + (", train_samples/" if cfg.train.sample_every_eval else "") + ", TensorBoard events"
-        summary = [f"run directory: {result.run_dir}  ({written}; watch with: tensorboard --logdir {result.run_dir})",
-                   f"final checkpoint: {result.checkpoint}",
-                   f"validation loss{'' if result.val_loss_name == 'loss' else f' ({result.val_loss_name})'}: {result.val_loss:.4f} after {result.steps} steps"]
-        return {"run_dir": str(result.run_dir), "checkpoint": str(result.checkpoint), "val_loss": result.val_loss,
-                "steps": result.steps, f"{result.unit}_per_s": result.tokens_per_s, "skipped_batches": result.skipped_batches}, summary
+        return train_model(cfg, resume=resume, quiet=quiet)
 
-    _run(config, overrides, print_config, as_json, debug, work)
+    _run(work, as_json, debug, _config(config, overrides), print_config)
 
 
 @app.command()
@@ -199,23 +252,12 @@ def finetune(config: ConfigArg, overrides: OverridesArg = None,
     def work(cfg: ExperimentConfig):
         from aigc_cli.preflight import check_finetune
 
-        check_finetune(cfg)
-        from aigc_cli.finetuning import finetune_model
+        check_finetune(cfg, resume)
+        from aigc_cli.training.finetune import finetune_model
 
-        result = finetune_model(cfg, resume=resume, merge=merge, quiet=quiet)
-        share = result.trainable_params / max(1, result.total_params)
-        summary = [f"run directory: {result.run_dir}",
-                   f"checkpoint ({cfg.finetune.method}): {result.checkpoint}",
-                   f"trainable parameters: {result.trainable_params:,} of {result.total_params:,} ({share:.2%})",
-                   f"validation loss: {result.val_loss:.4f}"]
-        out = {"run_dir": str(result.run_dir), "checkpoint": str(result.checkpoint), "val_loss": result.val_loss,
-               "trainable_params": result.trainable_params, "total_params": result.total_params, "truncated": result.truncated}
-        if result.merged is not None:
-            out["merged"] = str(result.merged)
-            summary.append(f"merged model: {result.merged}")
-        return out, summary
+        return finetune_model(cfg, resume=resume, merge=merge, quiet=quiet)
 
-    _run(config, overrides, print_config, as_json, debug, work)
+    _run(work, as_json, debug, _config(config, overrides), print_config)
 
 
 @app.command()
@@ -233,12 +275,18 @@ def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
     Example: aigc generate configs/quickstart.yaml --prompt "Return the " --num 3 --seed 7
     """
 
+    def load() -> ExperimentConfig:
+        from aigc_cli.config import IMAGE_BACKENDS, backend_name, read_config, set_options, validate_config
+
+        raw = read_config(config, overrides or [])
+        count = "generate.images.num_images" if backend_name(raw) in IMAGE_BACKENDS else "generate.num_samples"
+        options = {"generate.seed": seed, count: num, "generate.out": out, "generate.prompts": prompt}
+        return validate_config(set_options(raw, options), source=str(Path(config)))
+
     def work(cfg: ExperimentConfig):
         from aigc_cli.config import IMAGE_BACKENDS
         from aigc_cli.preflight import check_generate
 
-        if seed is not None:
-            cfg.generate.seed = seed
         if prompt and prompts_file:
             raise AigcError("--prompt and --prompts-file both given", "use one of them")
         if cfg.model.backend in IMAGE_BACKENDS and (prompt or prompts_file or stream):
@@ -247,31 +295,14 @@ def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
         if cfg.model.backend in IMAGE_BACKENDS:
             from aigc_cli.generation.images import generate_images
 
-            result = generate_images(cfg, checkpoint_dir, num, None, out, log=_log(quiet), force=force)
-            summary = [f"images: {result.out_dir} ({len(result.files)} PNG files)", f"grid: {result.grid}"]
-            payload = {"outputs": [str(f) for f in result.files], "grid": str(result.grid), "count": len(result.files), "out_dir": str(result.out_dir)}
-            if result.reconstruction_grid is not None:
-                payload["reconstructions"] = [str(f) for f in result.reconstructions]
-                payload["reconstruction_grid"] = str(result.reconstruction_grid)
-                summary.append(f"reconstructions: {result.reconstruction_grid}")
-            return payload, summary
+            return generate_images(cfg, checkpoint_dir, log=_log(quiet), force=force)
         from aigc_cli.generation.text import generate_text, read_prompts_file
 
-        if num is not None:
-            cfg.generate.num_samples = num
-        prompts = read_prompts_file(prompts_file) if prompts_file else [{"source": p} for p in prompt or []]
-        path, count = generate_text(cfg, checkpoint_dir, prompts, out, stream=stream,
-                                    stream_to=sys.stderr if as_json else sys.stdout, log=_log(quiet), force=force)
-        summary = [f"generations: {path} ({count} completions)"]
-        if not stream:
-            summary += _preview(path)
-        return {"outputs": str(path), "count": count}, summary
+        records = read_prompts_file(prompts_file) if prompts_file else None
+        return generate_text(cfg, checkpoint_dir, records, stream=stream, stream_to=sys.stderr if as_json else sys.stdout,
+                             log=_log(quiet), force=force)
 
-    _run(config, overrides, print_config, as_json, debug, work)
-
-
-EVAL_DEFAULT_METRICS = {True: ["bleu", "chrf", "ter", "rouge1", "rouge2", "rougeL"],  # with references
-                        False: ["distinct1", "distinct2", "self_bleu", "repetition", "length"]}
+    _run(work, as_json, debug, load, print_config)
 
 
 @app.command("eval")
@@ -297,19 +328,18 @@ def evaluate(config: Annotated[Optional[str], typer.Argument(metavar="CONFIG", h
 
     Example: aigc eval --predictions out.jsonl --references ref.en.txt --metrics bleu,chrf --fail-under bleu=20
     """
-    from aigc_cli.eval_report import EXIT_GATE_FAILED, parse_bounds
-
-    outcome: dict = {}
 
     def load() -> ExperimentConfig:
-        options = {"generations": predictions, "references": references[0] if references and len(references) == 1 else references,
-                   "lang": lang, "predictions_field": predictions_field, "references_field": references_field, "out": out,
-                   "baseline": baseline, "metrics": [m for value in metrics or [] for m in value.replace(",", " ").split()] or None}
-        options = {key: value for key, value in options.items() if value is not None}
-        for key, values, option in (("fail_under", fail_under, "--fail-under"), ("fail_above", fail_above, "--fail-above"), ("max_drop", max_drop, "--max-drop")):
-            if values:
-                options[key] = parse_bounds(values, option)
-        return _eval_config(config, overrides, options)
+        from aigc_cli.evaluation.options import eval_config
+        from aigc_cli.evaluation.report import parse_bounds
+
+        names = [m for value in metrics or [] for m in value.replace(",", " ").split()]
+        bounds = {"fail_under": fail_under, "fail_above": fail_above, "max_drop": max_drop}
+        gates = {f"eval.{key}": parse_bounds(values, "--" + key.replace("_", "-")) if values else None for key, values in bounds.items()}
+        return eval_config(config, overrides, {
+            "eval.generations": predictions, "eval.references": references[0] if references and len(references) == 1 else references,
+            "eval.metrics": names or None, "eval.lang": lang, "eval.predictions_field": predictions_field,
+            "eval.references_field": references_field, "eval.out": out, "eval.baseline": baseline, **gates})
 
     def work(cfg: ExperimentConfig):
         from aigc_cli.preflight import check_eval
@@ -318,42 +348,14 @@ def evaluate(config: Annotated[Optional[str], typer.Argument(metavar="CONFIG", h
         from aigc_cli.evaluation import evaluate
 
         result = evaluate(cfg, checkpoint_dir, log=_log(quiet), config_free=config is None)
-        outcome["failures"] = result.failures
         if not quiet:
             print(result.table, file=sys.stderr if as_json else sys.stdout, end="")
-        return {**result.body, "report": str(result.report), "markdown": str(result.markdown)}, [f"eval report: {result.report} (table: {result.markdown})"]
+        return result
 
-    _run(config or "", overrides, print_config, as_json, debug, work, load=load)
-    if outcome.get("failures"):
-        print("error: quality gate failed: " + "; ".join(outcome["failures"]), file=sys.stderr)
+    result = _run(work, as_json, debug, load, print_config)
+    if result is not None and result.failures:  # the command worked; the verdict comes after the report
+        print(f"error: {result.gate_verdict()}", file=sys.stderr)
         raise typer.Exit(EXIT_GATE_FAILED)
-
-
-def _eval_config(config: str | None, overrides: list[str] | None, options: dict) -> ExperimentConfig:
-    """The config file with the command-line options in its eval section, or, without a file,
-    an eval section made of the options alone."""
-    from pathlib import Path
-
-    from aigc_cli.config import IMAGE_METRICS, MODEL_METRICS, load_config, validate_config
-
-    if config is None:
-        if "generations" not in options:
-            raise AigcError("nothing to evaluate", "pass an experiment CONFIG, or --predictions FILE (with --references FILE) to score files")
-        options.setdefault("metrics", EVAL_DEFAULT_METRICS["references" in options])
-        needs_config = [m for m in options["metrics"] if m in MODEL_METRICS + IMAGE_METRICS]
-        if needs_config:
-            raise AigcError(f"{needs_config} score a checkpoint or images against prepared data",
-                            "pass the experiment CONFIG as well (aigc eval CONFIG ...)")
-        return validate_config({"eval": options}, source="command line")
-    if "=" in config and not Path(config).exists():
-        raise AigcError(f"{config!r} is not a config file",
-                        "join several gates with commas (--fail-under bleu=25,rougeL=0.3) or repeat the option; section.key=value overrides follow a CONFIG")
-    raw = load_config(config, overrides or []).model_dump(mode="json")
-    for gate in ("fail_under", "fail_above", "max_drop"):  # command-line bounds add to the config's
-        if gate in options:
-            options[gate] = {**raw["eval"][gate], **options[gate]}
-    raw["eval"].update(options)
-    return validate_config(raw, source=config)
 
 
 def _json_safe(value):
@@ -390,7 +392,7 @@ def init(directory: Annotated[str, typer.Argument(metavar="DIR", help="Folder to
 
         if list_templates:
             rows = [{"name": name, "summary": template_summary(name), **template_facts(name)} for name in template_names()]
-            return {"templates": rows}, template_table(rows)
+            return Shown({"templates": rows}, template_table(rows))
         if template is None:
             raise AigcError("no template chosen", f"pass --template NAME, one of: {', '.join(template_names())} (aigc init --list)")
         written = write_starter(template, directory, force)
@@ -401,9 +403,9 @@ def init(directory: Annotated[str, typer.Argument(metavar="DIR", help="Folder to
             summary.append(f"  aigc finetune {config_path}")
         else:
             summary.append(f"next:  aigc prep {config_path} && aigc train {config_path}")
-        return {"template": template, "written": [str(p) for p in written]}, [] if quiet else summary
+        return Shown({"template": template, "written": [str(p) for p in written]}, [] if quiet else summary)
 
-    _run_plain(as_json, debug, work)
+    _run(work, as_json, debug)
 
 
 @app.command()
@@ -426,9 +428,9 @@ def runs(directory: Annotated[Optional[str], typer.Argument(metavar="DIR", help=
         found = [] if directory is None and not Path("runs").is_dir() else find_runs(directory or "runs")
         if not as_json:
             _print_runs_table(found, directory or "runs")
-        return [asdict(r) for r in found], []
+        return Shown([asdict(r) for r in found], [])
 
-    _run_plain(as_json, debug, work)
+    _run(work, as_json, debug)
 
 
 @app.command()
@@ -445,30 +447,9 @@ def info(path: Annotated[str, typer.Argument(metavar="PATH", help="A checkpoint,
         from aigc_cli.run_inspection import describe
 
         described = describe(path)
-        return described, _info_lines(described)
+        return Shown(described, _info_lines(described))
 
-    _run_plain(as_json, debug, work)
-
-
-def _run_plain(as_json: bool, debug: bool, work: Callable[[], tuple[object, list[str]]]) -> None:
-    """_run for the verbs that read no experiment config (init, runs, info)."""
-    try:
-        result, summary = work()
-    except AigcError as exc:
-        if debug:
-            raise
-        print(f"error: {exc.one_line()}", file=sys.stderr)
-        raise typer.Exit(exc.exit_code) from None
-    except Exception as exc:  # noqa: BLE001 — a bug: one line, and the way to see more
-        if debug:
-            raise
-        print(f"internal error: {type(exc).__name__}: {exc} — rerun with --debug for the traceback and report it", file=sys.stderr)
-        raise typer.Exit(EXIT_INTERNAL) from None
-    if as_json:
-        print(json.dumps(result, ensure_ascii=False))
-    else:
-        for line in summary:
-            print(line)
+    _run(work, as_json, debug)
 
 
 def _print_runs_table(found, directory: str) -> None:
@@ -514,14 +495,6 @@ def _info_lines(info: dict, indent: str = "") -> list[str]:
         elif isinstance(value, float):
             value = f"{value:.4f}"
         lines.append(f"{indent}{key.replace('_', ' ')}: {value}")
-    return lines
-
-
-def _preview(path, limit: int = 3) -> list[str]:
-    lines = []
-    for row in [json.loads(line) for line in open(path, encoding="utf-8")][:limit]:
-        text = (row["prompt"] + row["completion"]).replace("\n", " ⏎ ")
-        lines.append(f"  {text[:160]}")
     return lines
 
 

@@ -1,26 +1,30 @@
 """The experiment schema: one YAML file, dotted overrides merged in, validated before anything heavy.
 
-Every default lives here, in one place; the README's config reference is generated from these
-classes. This module must never import torch, transformers or diffusers: config errors and
+Every default lives in these sections, in one place (the `model:` sections beside their families'
+entries in the backend registry); the README's config reference is generated from them. This module must never import torch, transformers or diffusers: config errors and
 `--help` have to be instant.
 """
 
 from __future__ import annotations
 
 import difflib
+import reprlib
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+# The model sections are declared beside their registry entries; these names stay importable from
+# here for the code that always imported them (a new family's need not be).
+from aigc_cli.backends import BACKENDS, DDPMModelConfig, GANModelConfig, GPTModelConfig, RNNModelConfig, VAEModelConfig  # noqa: F401
+from aigc_cli.config_section import Section
 from aigc_cli.errors import AigcError
 
 
-class Section(BaseModel):
-    # Unknown keys are errors (with a did-you-mean), never silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
+SEED_MAX = 2**63 - 1  # the largest seed torch's generators take
+MAX_NEW_TOKENS = 1_000_000  # generate.max_new_tokens: a stated bound (each row draws its random numbers up front)
 
 
 # ----------------------------------------------------------------------------- data
@@ -45,7 +49,7 @@ class ImageDataConfig(Section):
 
 
 class DataConfig(Section):
-    source: str = Field(..., description="Text backends: a .txt file, a directory of .txt files, a .jsonl file, or `builtin:python-docs` (text shipped with Python itself). Image backends: a folder of PNG/JPEG files (recursive) or `digits` (scikit-learn's 1,797 labelled 8×8 digits).")
+    source: str = Field(..., min_length=1, pattern=r"\S", description="Text backends: a .txt file, a directory of .txt files, a .jsonl file, or `builtin:python-docs` (text shipped with Python itself). Image backends: a folder of PNG/JPEG files (recursive) or `digits` (scikit-learn's 1,797 labelled 8×8 digits).")
     format: Literal["auto", "text", "jsonl"] = Field("auto", description="auto: by file extension (.jsonl/.json → jsonl).")
     jsonl_field: str = Field("text", description="For JSONL sources: the field that holds the text.")
     cleaning: CleaningConfig = Field(default_factory=CleaningConfig)
@@ -53,72 +57,16 @@ class DataConfig(Section):
     image: ImageDataConfig = Field(default_factory=ImageDataConfig)
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="Share of the text held out for validation.")
     split: Literal["random", "tail"] = Field("random", description="random: documents (or 64-line chunks) go to val at random with `seed`; tail: the last `val_fraction` of the text (nanoGPT's split).")
-    seed: int = Field(1337, description="Seed of the train/val split.")
+    seed: int = Field(1337, ge=0, le=SEED_MAX, description="Seed of the train/val split.")
     prepared_dir: str = Field("prepared/default", description="Where `aigc prep` writes the tokenizer and token arrays, and where `train`/`eval` read them.")
 
 
 # ----------------------------------------------------------------------------- model
-class GPTModelConfig(Section):
-    backend: Literal["gpt"] = Field("gpt", description="Model family (the default when the key is left out).")
-    architecture: Literal["gpt2", "llama"] = Field("gpt2", description="Transformers architecture to instantiate with random weights.")
-    n_layer: int = Field(4, ge=1, description="Transformer blocks.")
-    n_head: int = Field(4, ge=1, description="Attention heads (n_embd must divide by it).")
-    n_kv_head: Optional[int] = Field(None, ge=1, description="llama only: key/value heads for grouped-query attention (default n_head).")
-    n_embd: int = Field(128, ge=1, description="Hidden size.")
-    intermediate_size: Optional[int] = Field(None, ge=1, description="MLP width (default 4×n_embd for gpt2, 8/3×n_embd rounded for llama).")
-    block_size: int = Field(64, ge=2, description="Context length in tokens.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, attention and residuals.")
+# The `model:` section is one family's, chosen by model.backend; the families are the registry's.
+ModelConfig = Annotated[Union[tuple(e.config for e in BACKENDS.values() if e.config)], Field(discriminator="backend")]
+IMAGE_BACKENDS = tuple(name for name, e in BACKENDS.items() if e.modality == "image")
+_FSDP_BACKENDS = ", ".join(name for name, e in BACKENDS.items() if e.fsdp)
 
-    @model_validator(mode="after")
-    def _heads_divide(self):
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if self.n_kv_head and self.n_head % self.n_kv_head:
-            raise ValueError(f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}")
-        return self
-
-
-class RNNModelConfig(Section):
-    backend: Literal["rnn"] = Field("rnn", description="Model family.")
-    cell: Literal["lstm", "gru", "rnn"] = Field("lstm", description="Recurrent cell.")
-    n_layer: int = Field(2, ge=1, description="Stacked recurrent layers.")
-    n_embd: int = Field(128, ge=1, description="Embedding size.")
-    hidden_size: int = Field(256, ge=1, description="Recurrent state size.")
-    block_size: int = Field(64, ge=2, description="Training sequence length (truncated backpropagation through time).")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, between layers and before the output.")
-
-
-class DDPMModelConfig(Section):
-    backend: Literal["ddpm"] = Field("ddpm", description="Denoising diffusion: a diffusers UNet2DModel trained with DDPMScheduler.")
-    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=1, description="UNet channels per resolution level (each level after the first halves the resolution).")
-    layers_per_block: int = Field(1, ge=1, description="ResNet blocks per UNet level.")
-    attention_levels: list[int] = Field(default_factory=lambda: [2], description="Levels (0-based) with self-attention blocks.")
-    num_train_timesteps: int = Field(1000, ge=10, description="Diffusion steps of the noise schedule.")
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = Field("squaredcos_cap_v2", description="Noise schedule (squaredcos_cap_v2 is the improved-DDPM cosine schedule, better at small sizes).")
-    prediction_type: Literal["epsilon", "v_prediction", "sample"] = Field("epsilon", description="What the UNet predicts.")
-    class_conditional: bool = Field(False, description="Condition on the class labels of the prepared data (needs labels).")
-    ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="Exponential moving average of the weights used for sampling and saved (0: off).")
-
-
-class VAEModelConfig(Section):
-    backend: Literal["vae"] = Field("vae", description="Convolutional variational autoencoder.")
-    channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=1, description="Encoder channels per stride-2 level (the decoder mirrors them).")
-    latent_dim: int = Field(16, ge=1, description="Size of the latent vector.")
-    kl_weight: float = Field(1.0, ge=0.0, description="Weight of the KL term against the summed per-pixel reconstruction loss (1.0: the ELBO; >1: beta-VAE).")
-    reconstruction: Literal["bce", "mse"] = Field("bce", description="bce: Bernoulli likelihood of pixel intensities; mse: Gaussian.")
-
-
-class GANModelConfig(Section):
-    backend: Literal["gan"] = Field("gan", description="DCGAN generator and discriminator, trained alternately.")
-    latent_dim: int = Field(64, ge=1, description="Size of the generator's noise vector.")
-    generator_channels: int = Field(64, ge=4, description="Generator width (channels at the last upsampling level × 2^levels at the first).")
-    discriminator_channels: int = Field(64, ge=4, description="Discriminator width at its first level.")
-    loss: Literal["bce", "hinge"] = Field("bce", description="bce: the original non-saturating GAN loss; hinge: the hinge loss of SN-GAN/BigGAN.")
-    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="One-sided: real targets are 1 - this (bce only).")
-
-
-ModelConfig = Annotated[Union[GPTModelConfig, RNNModelConfig, DDPMModelConfig, VAEModelConfig, GANModelConfig], Field(discriminator="backend")]
-IMAGE_BACKENDS = ("ddpm", "vae", "gan")
 # Text metrics scored against references, and those that need only the predictions.
 REFERENCE_METRICS = ("bleu", "chrf", "ter", "rouge1", "rouge2", "rougeL", "rougeLsum", "cider",
                      "accuracy", "precision", "recall", "f1")
@@ -132,7 +80,7 @@ METRIC_NAMES = MODEL_METRICS + TEXT_METRICS + IMAGE_METRICS
 # ----------------------------------------------------------------------------- train
 class TrainConfig(Section):
     out_dir: str = Field("runs/default", description="Run directory: resolved config, metrics.jsonl, checkpoints/.")
-    seed: int = Field(1337, description="Seeds initialisation, batch order and dropout.")
+    seed: int = Field(1337, ge=0, le=SEED_MAX, description="Seeds initialisation, batch order and dropout.")
     max_steps: int = Field(1000, ge=1, description="Optimizer steps.")
     batch_size: int = Field(12, ge=1, description="Sequences per micro-batch, over all processes together: under torchrun each of N processes takes batch_size/N of them (it must divide).")
     grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
@@ -155,7 +103,7 @@ class TrainConfig(Section):
     sample_tokens: int = Field(64, ge=1, description="Text: new tokens per sample.")
     sample_images: int = Field(16, ge=1, description="Images: images in each sample grid.")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA when present, then Apple's mps, else CPU; an explicit cuda or mps that is not there is an error.")
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast or fp32; auto: bf16 on CUDA GPUs that support it and, for gpt, finetune, ddpm and gan, on CPUs with native bf16 (AVX512-BF16 or AMX), where it measured 1.15-1.95× faster at the same loss; fp32 otherwise (rnn, vae).")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast or fp32; auto: bf16 on CUDA GPUs that support it and, for gpt, finetune, ddpm and gan, on CPUs with native bf16 (AVX512-BF16 or AMX), where it measured faster at the same loss (README: Training); fp32 otherwise (rnn, vae).")
     strategy: Literal["auto", "ddp", "fsdp"] = Field("auto", description="Under torchrun (WORLD_SIZE > 1): ddp replicates the model on every process (DistributedDataParallel); fsdp shards parameters, gradients and optimizer state (FSDP2 fully_shard; gpt, rnn, vae, lora). auto: ddp. Ignored in a single process.")
     compile: bool = Field(False, description="torch.compile the training step (the model and its loss); the first steps are slower while it compiles.")
 
@@ -190,7 +138,7 @@ class FinetuneConfig(Section):
     template: str = Field("{source}\n", description="Prompt template filled with the record's fields, e.g. 'German: {source}\\nEnglish: '.")
     max_length: Optional[int] = Field(None, ge=8, description="Truncate prompt+response to this many tokens (default: the base model's context).")
     packing: bool = Field(False, description="Concatenate examples into full max_length rows (faster; examples may attend to the previous one).")
-    seed: int = Field(1337, description="Seed of the validation hold-out.")
+    seed: int = Field(1337, ge=0, le=SEED_MAX, description="Seed of the validation hold-out.")
 
 
 # ----------------------------------------------------------------------------- generate / eval
@@ -201,7 +149,7 @@ class FewShotConfig(Section):
     target_file: Optional[str] = None
     response_field: str = Field("target", description="Field holding an example's answer.")
     separator: str = Field("\n", description="Text between examples.")
-    seed: int = Field(1337, description="Seed for drawing the examples (per input).")
+    seed: int = Field(1337, ge=0, le=SEED_MAX, description="Seed for drawing the examples (per input).")
 
 
 class ImageGenerateConfig(Section):
@@ -217,13 +165,13 @@ class ImageGenerateConfig(Section):
 
 class GenerateConfig(Section):
     prompts: list[str] = Field(default_factory=lambda: [""], description="Prompts used when none are given on the command line ('' starts from end-of-text).")
-    max_new_tokens: int = Field(200, ge=1, description="Stop after this many new tokens (or at end-of-text).")
+    max_new_tokens: int = Field(200, ge=1, le=MAX_NEW_TOKENS, description="Stop after this many new tokens (or at end-of-text); at most 1,000,000.")
     temperature: float = Field(0.8, ge=0.0, description="0 means greedy decoding.")
     top_k: Optional[int] = Field(200, ge=1, description="Keep the k most likely tokens (null: off).")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (1.0: off).")
     repetition_penalty: float = Field(1.0, gt=0.0, description="CTRL-style penalty on tokens already present (1.0: off).")
     num_samples: int = Field(1, ge=1, description="Completions per prompt.")
-    seed: int = Field(1337, description="Same seed, same text.")
+    seed: int = Field(1337, ge=0, le=SEED_MAX, description="Same seed, same text.")
     template: Optional[str] = Field(None, description="Fill each prompt into this template ({source} is the prompt line; JSONL prompts fill fields by name), e.g. the fine-tuning template.")
     few_shot: FewShotConfig = Field(default_factory=FewShotConfig)
     stop: list[str] = Field(default_factory=list, description="Cut the completion at the first of these strings and stop.")
@@ -272,18 +220,30 @@ class ExperimentConfig(Section):
             kind = "images" if image else "text"
             raise ValueError(f"eval.metrics {wrong} do not apply to model.backend={self.model.backend}, which makes {kind}")
         if self.data is not None and self.data.source == "digits" and not image:
-            raise ValueError(f"data.source 'digits' is an image set; model.backend={self.model.backend} is a text model (use ddpm, vae or gan)")
+            raise ValueError(f"data.source 'digits' is an image set; model.backend={self.model.backend} is a text model (use {', '.join(IMAGE_BACKENDS[:-1])} or {IMAGE_BACKENDS[-1]})")
         return self
 
 
 # ----------------------------------------------------------------------------- loading
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Read YAML, merge `section.key=value` overrides into it, validate. Raises AigcError."""
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), options: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """Read YAML, merge `section.key=value` overrides and then a verb's options into it, validate.
+    Raises AigcError."""
+    return validate_config(set_options(read_config(path, overrides), options or {}), source=str(Path(path)))
+
+
+def read_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The YAML file with the overrides merged in, not yet validated."""
     path = Path(path)
+    if path.is_dir():
+        raise AigcError(f"config {path} is a directory, not a file", "pass the path of a YAML experiment file, e.g. configs/quickstart.yaml")
     if not path.is_file():
-        raise AigcError(f"config file not found: {path}", "pass the path of a YAML experiment file, e.g. configs/quickstart.yaml")
+        what = "is not a regular file" if path.exists() else "not found"
+        raise AigcError(f"config file {what}: {path}", "pass the path of a YAML experiment file, e.g. configs/quickstart.yaml")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_ConfigLoader)  # noqa: S506 — a SafeLoader
+    except _DuplicateKey as exc:
+        raise AigcError(f"{path}: key '{exc.key}' appears twice (line {exc.first} and line {exc.again}); the second would silently replace the first",
+                        "keep one of them (merge their keys into one section)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -294,9 +254,83 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raw = {}
     if not isinstance(raw, dict):
         raise AigcError(f"{path} must hold a mapping of sections (data, model, train, ...), not {type(raw).__name__}", "see configs/ for examples")
+    _check_values(raw, str(path))
     for item in overrides:
         apply_override(raw, item)
-    return validate_config(raw, source=str(path))
+    return raw
+
+
+def set_options(raw: dict, options: Mapping[str, Any]) -> dict:
+    """A verb's command-line options put into the config at their dotted keys (`--seed 7` is
+    generate.seed=7), before validation checks them. Values are typed already (never parsed as YAML,
+    so `--lang no` stays the text 'no'); None means the option was not given. A key under a value
+    that is not a section is left for validation to report."""
+    for key, value in options.items():
+        if value is None:
+            continue
+        *sections, name = key.split(".")
+        node = raw
+        for part in sections:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict):
+                break
+        else:
+            node[name] = value
+    return raw
+
+
+def backend_name(raw: dict) -> str:
+    """The model family an unvalidated config names (gpt when it names none)."""
+    model = raw.get("model")
+    return str(model.get("backend", "gpt")) if isinstance(model, dict) else "gpt"
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, first: int, again: int):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.first, self.again = key, first, again
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, but a key given twice in one mapping is an error, not a silent overwrite."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise _DuplicateKey(key, seen[key], key_node.start_mark.line + 1)
+                if isinstance(key, (str, int, float, bool)):
+                    seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+MAX_CONFIG_VALUES = 100_000  # far beyond any real experiment; a YAML alias bomb expands to billions
+
+
+def _check_values(raw: Any, source: str) -> None:
+    """Walk the loaded YAML once, counting every value as often as aliases repeat it: an alias bomb
+    (or a recursive alias) is refused before validation would walk, or an error message print, it
+    all. NUL bytes, which no path or text in a config may hold, are refused with their key."""
+    budget = [MAX_CONFIG_VALUES]
+    stack: list[tuple[Any, str]] = [(raw, "")]
+    while stack:
+        value, where = stack.pop()
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise AigcError(f"{source} expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases repeating each other?)",
+                            "write the config out without nested anchors and aliases")
+        if isinstance(value, dict):
+            stack += [(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        elif isinstance(value, str) and "\x00" in value:
+            raise AigcError(f"{source}: '{where}' holds a NUL byte", "remove it: no path or text may contain NUL")
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -322,6 +356,7 @@ def apply_override(raw: dict, item: str) -> None:
 
 
 def validate_config(raw: dict, source: str = "config") -> ExperimentConfig:
+    _check_values(raw, source)  # also what overrides and command-line options put in
     if isinstance(raw.get("model"), dict) and "backend" not in raw["model"]:
         raw = {**raw, "model": {"backend": "gpt", **raw["model"]}}  # the documented default backend
     try:
@@ -346,9 +381,15 @@ def _describe_error(err: dict) -> str:
     if err["type"] == "union_tag_invalid":
         return f"'{key_path}.backend' must be one of {err['ctx']['expected_tags']} (got {err['input'].get('backend')!r})" if isinstance(err.get("input"), dict) else f"{key_path}: {err['msg']}"
     got = err.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    shown = "" if isinstance(got, dict) else f" (got {_SHORT_REPR.repr(got)})"  # bounded: the input may be huge
     message = err["msg"].removeprefix("Value error, ")
     return f"'{key_path}': {message}{shown}" if key_path else message
+
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 80
+_SHORT_REPR.maxlist = _SHORT_REPR.maxdict = 4
+_SHORT_REPR.maxlevel = 2
 
 
 def _user_path(loc: list[str]) -> tuple[str, type[BaseModel] | None]:

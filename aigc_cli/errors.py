@@ -5,8 +5,7 @@ from __future__ import annotations
 import sys
 
 # Exit codes are part of the contract that CI jobs and cron scripts rely on (README: "Exit codes").
-EXIT_OK = 0
-EXIT_GATE = 1  # the command worked but a metric missed its threshold
+EXIT_GATE_FAILED = 1  # `aigc eval` worked but a metric missed its quality gate
 EXIT_USAGE = 2  # bad usage, config, input data or checkpoint; an unwritable or full disk
 EXIT_LOCKED = 3  # another aigc process holds the run or output directory
 EXIT_DIVERGED = 4  # training produced a non-finite loss

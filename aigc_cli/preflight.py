@@ -54,11 +54,14 @@ def existing_file(path: str, what: str, hint: str = "check the path") -> Path:
     return file
 
 
-def check_train(config_path: str, cfg: ExperimentConfig) -> None:
-    prepared_data(config_path, cfg)
+def check_train(config_path: str, cfg: ExperimentConfig, resume: bool = False) -> None:
+    data_dir = prepared_data(config_path, cfg)
+    writable_run_dir(Path(cfg.train.out_dir))
+    if resume:
+        _resume_fits(cfg, data_dir, ("model",))
 
 
-def check_finetune(cfg: ExperimentConfig) -> None:
+def check_finetune(cfg: ExperimentConfig, resume: bool = False) -> None:
     from aigc_cli.checkpoints import resolve_base
 
     fc = cfg.finetune
@@ -67,12 +70,111 @@ def check_finetune(cfg: ExperimentConfig) -> None:
         value = getattr(fc, key)
         if value:
             existing_file(value, f"finetune.{key}")
+    writable_run_dir(Path(cfg.train.out_dir))
+    if resume:
+        _resume_fits(cfg, None, ("finetune.base", "finetune.method", "finetune.lora", "finetune.template"))
 
 
 def check_generate(config_path: str, cfg: ExperimentConfig, checkpoint: str | None, prompts_file: str | None) -> Path:
     if prompts_file:
         existing_file(prompts_file, "prompts file", "pass an existing file to --prompts-file")
-    return trained_checkpoint(config_path, checkpoint, cfg.train.out_dir)
+    found = trained_checkpoint(config_path, checkpoint, cfg.train.out_dir)
+    _same_modality(found, cfg)
+    image = cfg.model.backend in IMAGE_BACKENDS
+    _output_of_generate(Path(cfg.generate.out or Path(cfg.train.out_dir) / ("samples" if image else "generations.jsonl")), image)
+    return found
+
+
+# ----------------------------------------------------------------------------- what may be written into
+def writable_run_dir(run_dir: Path) -> None:
+    """train.out_dir is new, empty, or a run directory aigc made: never a prepared-data folder or a
+    folder of the user's own files, whose config.yaml or metrics.jsonl a run would overwrite."""
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return
+    made_by_aigc = (run_dir / "provenance.json").is_file() or (run_dir / "checkpoints").is_dir() or (run_dir / "metrics.jsonl").is_file()
+    if (run_dir / "meta.json").is_file() or not made_by_aigc:
+        raise AigcError(f"train.out_dir {run_dir} holds files aigc did not write there (a run would overwrite its config.yaml and logs)",
+                        "set train.out_dir to a new or empty folder")
+
+
+def _output_of_generate(out: Path, image: bool) -> None:
+    """An existing output is replaced only when aigc wrote it: its manifest lies beside or in it."""
+    manifest = out / "manifest.jsonl" if image else out.with_name(out.name + ".manifest.jsonl")
+    if image and out.is_dir() and any(out.iterdir()) and not manifest.is_file():
+        raise AigcError(f"--out {out} holds files that were not written by `aigc generate`", "choose a new or empty folder for the images")
+    if not image and out.is_file() and not manifest.is_file():
+        raise AigcError(f"{out} exists and was not written by `aigc generate` (no {manifest.name} beside it)",
+                        "choose another --out file (aigc never replaces a file it did not write)")
+
+
+def _same_modality(checkpoint: Path, cfg: ExperimentConfig) -> None:
+    from aigc_cli.backends import BACKENDS, backend_of_checkpoint
+
+    found = backend_of_checkpoint(checkpoint)
+    makes, wanted = BACKENDS[found].modality, BACKENDS[cfg.model.backend].modality
+    if makes != wanted:
+        kind = {"image": "images", "text": "text"}
+        raise AigcError(f"{checkpoint} holds a {found} model, which makes {kind[makes]}, but the config's model.backend is "
+                        f"{cfg.model.backend}, which makes {kind[wanted]}", "pass a checkpoint of this config's run, or the config it was trained with")
+
+
+# ----------------------------------------------------------------------------- --resume
+def _resume_fits(cfg: ExperimentConfig, data_dir: Path | None, keys: tuple[str, ...]) -> None:
+    """The run's newest intact checkpoint was trained with the same model (and prepared data) as
+    the config asks for now: else --resume would crash after rewriting the run's files, or train
+    the old model while config.yaml claims new sizes. Schedule keys (max_steps, lr...) may change."""
+    import yaml
+
+    from aigc_cli.checkpoints import latest_good_checkpoint
+
+    checkpoint = latest_good_checkpoint(Path(cfg.train.out_dir), report=lambda _: None)
+    if checkpoint is None or not (checkpoint / "config.yaml").is_file():
+        return
+    try:
+        saved = yaml.safe_load((checkpoint / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError, yaml.YAMLError):
+        return  # a checkpoint's own files were verified by their checksums; this one predates them
+    now = cfg.model_dump(mode="json")
+    differing = [key for key in keys for key in _differences(_at(saved, key), _at(now, key), key)]
+    if data_dir is not None:
+        differing += _data_differences(checkpoint, data_dir)
+    if differing:
+        raise AigcError(f"--resume: the config no longer fits {checkpoint}: {', '.join(differing[:6])} differ",
+                        f"undo those changes to continue the run, or set train.out_dir to a new directory for a new one")
+
+
+def _at(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _differences(saved, now, where: str) -> list[str]:
+    if saved is None:
+        return []  # not recorded then (a key added since): nothing to compare
+    if isinstance(saved, dict) and isinstance(now, dict):
+        if saved.get("backend", now.get("backend")) != now.get("backend"):
+            return [f"{where}.backend"]
+        return [d for key in saved if key in now for d in _differences(saved[key], now[key], f"{where}.{key}")]
+    return [] if saved == now else [where]
+
+
+def _data_differences(checkpoint: Path, data_dir: Path) -> list[str]:
+    import json
+
+    try:
+        meta = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
+        provenance = json.loads((checkpoint / "provenance.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    digests = lambda inputs: sorted(i.get("sha256") for i in inputs or [] if isinstance(i, dict))  # noqa: E731
+    differing = []
+    if provenance.get("inputs") is not None and digests(provenance["inputs"]) != digests(meta.get("inputs")):
+        differing.append(f"the prepared data in {data_dir} (other input files)")
+    ours, theirs = checkpoint / "tokenizer.json", data_dir / "tokenizer.json"
+    if ours.is_file() and theirs.is_file() and ours.read_bytes() != theirs.read_bytes():
+        differing.append(f"the tokenizer of {data_dir}")
+    return differing
 
 
 def check_eval(config_path: str | None, cfg: ExperimentConfig, checkpoint: str | None) -> Path | None:
@@ -89,7 +191,7 @@ def check_eval(config_path: str | None, cfg: ExperimentConfig, checkpoint: str |
     if config_path is None:
         return resolve_checkpoint(checkpoint) if checkpoint is not None and "prediction_perplexity" in ec.metrics else None
     names = set(ec.metrics)
-    if image:  # image_evaluation: what it samples or reconstructs needs the model
+    if image:  # evaluation/images.py: what it samples or reconstructs needs the model
         needs_model = names & {"loss", "psnr", "ssim"} or (names & {"fid", "kid", "coverage"} and not ec.generations)
     else:
         needs_model = names & set(MODEL_METRICS) or "prediction_perplexity" in names

@@ -8,7 +8,6 @@ a downloaded checkpoint with only pickled .bin weights, whose shapes torch must 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from aigc_cli.backends import BACKENDS, CHECKPOINT_MARKERS, CheckpointFiles, backend_of_checkpoint
+from aigc_cli.checkpoints import adapter_base
 from aigc_cli.errors import AigcError
 
 PREPARED_FORMAT_PREFIX = "aigc-prepared-"  # meta.json "format" of `aigc prep` outputs (text and images, any version)
@@ -150,7 +151,7 @@ def describe(path: str | Path) -> dict:
         return describe_prepared(path, meta)
     if is_run_dir(path):
         return describe_run(path)
-    if any((path / name).is_file() for name in ("aigc.json", "config.json", "adapter_config.json", "model_index.json")):
+    if any((path / name).is_file() for name in CHECKPOINT_MARKERS):
         return describe_checkpoint(path)
     raise AigcError(f"{path} is not a checkpoint, run directory or prepared dataset",
                     "pass train.out_dir, a folder under it in checkpoints/, or data.prepared_dir")
@@ -181,29 +182,21 @@ def describe_run(path: Path) -> dict:
 
 
 def describe_checkpoint(path: Path) -> dict:
-    from aigc_cli.backends import backend_of_checkpoint
-
     backend = backend_of_checkpoint(path)
     record = _read_json(path / "aigc.json")
     info: dict = {"kind": "checkpoint", "path": str(path), "backend": backend, "step": record.get("step")}
-    if backend == "ddpm":
-        unet = _read_json(path / "unet" / "config.json")
-        info["architecture"] = {"class": unet.get("_class_name"), "sample_size": unet.get("sample_size"),
-                                "in_channels": unet.get("in_channels"), "block_out_channels": unet.get("block_out_channels"),
-                                "num_class_embeds": unet.get("num_class_embeds")}
-        info["parameters"] = count_parameters(path / "unet")
-    elif backend == "lora":
-        adapter = _read_json(path / "adapter_config.json")
-        base = adapter.get("base_model_name_or_path")
-        info["architecture"] = {"peft_type": adapter.get("peft_type"), "r": adapter.get("r"), "lora_alpha": adapter.get("lora_alpha"),
-                                "target_modules": adapter.get("target_modules"), "modules_to_save": adapter.get("modules_to_save"),
-                                "base_model": base}
-        info["parameters"] = count_parameters(path)  # the adapter's own (trainable) weights
-        if base and Path(base).is_dir():
-            info["base_parameters"] = count_parameters(Path(base))
+    # Where this family's files describe it is declared in its registry entry (a backend this
+    # version does not know is read as a plain config.json + safetensors directory).
+    files = BACKENDS[backend].files if backend in BACKENDS else CheckpointFiles()
+    config = _read_json(path / files.config)
+    if files.fields is None:
+        info["architecture"] = _model_config_summary(config)
     else:
-        info["architecture"] = _model_config_summary(_read_json(path / "config.json"))
-        info["parameters"] = count_parameters(path)
+        info["architecture"] = {shown: config.get(key) for shown, key in files.fields.items()}
+    info["parameters"] = count_parameters(path / files.weights)  # for an adapter: its own (trainable) weights
+    base = adapter_base(path) if files.base_model else None  # (found again when base and adapter moved together)
+    if base and Path(base).is_dir():
+        info["base_parameters"] = count_parameters(Path(base))
     info["tokenizer"] = _tokenizer_info(path)
     info["config_hash"] = _config_hash(path)
     info["size_bytes"] = _size_on_disk(path)
@@ -276,7 +269,9 @@ def _tokenizer_info(directory: Path) -> dict | None:
 def _config_hash(directory: Path) -> str | None:
     """Short SHA-256 of the resolved config.yaml: equal hashes, equal settings."""
     path = directory / "config.yaml"
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else None
+    from aigc_cli.data.records import sha256_file
+
+    return sha256_file(path)[:12] if path.is_file() else None
 
 
 def _size_on_disk(directory: Path) -> int:
@@ -284,35 +279,40 @@ def _size_on_disk(directory: Path) -> int:
 
 
 def _read_json(path: Path) -> dict:
+    """A JSON object file aigc wrote; {} when it is not there, a clear error when it is damaged."""
+    if not path.is_file():
+        return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    except (OSError, ValueError) as exc:  # (UnicodeDecodeError is a ValueError)
+        raise _damaged(path, exc) from None
+    if not isinstance(data, dict):
+        raise _damaged(path, f"a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        return {}
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise _damaged(path, exc) from None
     return data if isinstance(data, dict) else {}
 
 
+def _damaged(path: Path, reason) -> AigcError:
+    first = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+    return AigcError(f"{path} is damaged ({first[:120]})", "restore it, or remove the folder it is in if it is no longer needed")
+
+
 def _metrics_rows(path: Path) -> list[dict]:
-    rows = []
+    from aigc_cli.data.records import log_records
+
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        return [row for _, row in log_records(path)]  # (without a line cut short by a kill)
     except OSError:
-        return rows
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a kill
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+        return []
 
 
 def human_size(size: int) -> str:

@@ -1,6 +1,6 @@
 """Print the README's "Config reference" from the schema, or rewrite it in place with --write.
 
-The schema (aigc_cli/config.py) is the one place defaults live; tests/test_readme.py fails when
+The schema (aigc_cli/config.py, and the model sections in the backend registry) is the one place defaults live; tests/test_readme.py fails when
 the README's copy drifts from it.
 """
 
@@ -13,14 +13,13 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from aigc_cli import config as schema
+from aigc_cli.backends import BACKENDS
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
 SECTIONS = [("data", schema.DataConfig), ("data.cleaning", schema.CleaningConfig), ("data.tokenizer", schema.TokenizerConfig),
             ("data.image", schema.ImageDataConfig),
-            ("model (backend: gpt)", schema.GPTModelConfig), ("model (backend: rnn)", schema.RNNModelConfig),
-            ("model (backend: ddpm)", schema.DDPMModelConfig), ("model (backend: vae)", schema.VAEModelConfig),
-            ("model (backend: gan)", schema.GANModelConfig),
+            *((f"model (backend: {name})", entry.config) for name, entry in BACKENDS.items() if entry.config),
             ("train", schema.TrainConfig), ("finetune", schema.FinetuneConfig), ("finetune.lora", schema.LoraConfig),
             ("generate", schema.GenerateConfig), ("generate.few_shot", schema.FewShotConfig),
             ("generate.images", schema.ImageGenerateConfig), ("eval", schema.EvalConfig)]

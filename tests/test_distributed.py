@@ -79,7 +79,7 @@ def test_two_processes_match_one_and_resume_on_one(reference, strategy, cli):
 
 
 def test_batch_must_divide_over_processes(monkeypatch):
-    from aigc_cli.distributed import start_processes
+    from aigc_cli.training.distributed import start_processes
 
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "0")
@@ -88,7 +88,7 @@ def test_batch_must_divide_over_processes(monkeypatch):
 
 
 def test_fsdp_refuses_backends_it_cannot_shard(monkeypatch):
-    from aigc_cli.distributed import start_processes
+    from aigc_cli.training.distributed import start_processes
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")

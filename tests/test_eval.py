@@ -70,9 +70,9 @@ BLEU_TOKENIZER = {"en": "13a", "zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}
 @pytest.mark.parametrize("lang", list(BLEU_TOKENIZER))
 def test_bleu_chrf_ter_equal_the_sacrebleu_command_line(cli, tmp_path, monkeypatch, lang):
     """Chunks of 7 items summed by aigc give the numbers sacrebleu prints for the whole files."""
-    import aigc_cli.evaluation
+    from aigc_cli.evaluation import scoring
 
-    monkeypatch.setattr(aigc_cli.evaluation, "CHUNK", 7)
+    monkeypatch.setattr(scoring, "CHUNK", 7)
     if lang == "en":
         refs_a = _sentences(60, 1)
         refs_b, hyps, extra = _edit(refs_a, 2), _edit(refs_a, 3), []
@@ -151,7 +151,7 @@ def test_chinese_rouge_keeps_the_characters(cli, tmp_path):
 def test_unicode_tokenizer_is_rouge_scores_on_ascii_and_keeps_other_scripts():
     from rouge_score import tokenizers
 
-    from aigc_cli.text_metrics import UnicodeTokenizer
+    from aigc_cli.evaluation.text_metrics import UnicodeTokenizer
 
     text = "The quick-brown fox's 3 jumps, over_the lazy dogs!"
     for stem in (False, True):
@@ -333,3 +333,22 @@ def test_benchmark_script_runs(tmp_path):
                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr
     assert "ratio" in out.stdout and "memory: aigc peaked" in out.stdout
+
+
+@pytest.mark.parametrize("lang, reference, prediction", [
+    ("zh", "我们今天去公园散步，天气很好。", "我们今天去公园散步，天气不错。"),
+    ("ja", "私たちは今日公園を散歩しました。", "私たちは今日公園を歩きました。"),
+    ("ko", "우리는 오늘 공원에서 산책했습니다", "우리는 오늘 공원을 걸었습니다"),
+])
+def test_cjk_bleu_without_lang_is_not_silently_zero(cli, tmp_path, lang, reference, prediction):
+    """No eval.lang: the language is guessed from the references, said on stderr, and BLEU scores
+    as with eval.lang set (13a would split nothing and give 0.0)."""
+    hyp, ref = tmp_path / "h.txt", tmp_path / "r.txt"
+    hyp.write_text(prediction + "\n", encoding="utf-8")
+    ref.write_text(reference + "\n", encoding="utf-8")
+    guessed = cli("eval", "--predictions", hyp, "--references", ref, "--metrics", "bleu", "--json", "--out", tmp_path / "a.json")
+    stated = cli("eval", "--predictions", hyp, "--references", ref, "--metrics", "bleu", "--lang", lang, "--json", "--out", tmp_path / "b.json")
+    assert guessed.exit_code == 0 and stated.exit_code == 0, guessed.stderr + stated.stderr
+    assert "look like" in guessed.stderr and "eval.lang" in guessed.stderr
+    a, b = json.loads(guessed.stdout)["metrics"]["bleu"], json.loads(stated.stdout)["metrics"]["bleu"]
+    assert a > 0 and a == pytest.approx(b)

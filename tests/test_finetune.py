@@ -183,7 +183,7 @@ def test_a_stock_gpt2_base_is_fine_tuned_on_the_fused_gelu(tmp_path, base_model)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.activations import GELUTanh
 
-    from aigc_cli.finetuning import load_base_model
+    from aigc_cli.training.finetune import load_base_model
 
     stock_dir = tmp_path / "stock"
     stock = AutoModelForCausalLM.from_pretrained(base_model).eval()
@@ -279,3 +279,28 @@ def test_tokenizer_model_mismatch(cli, tmp_path, base_model):
     save_tokenizer(build_char_tokenizer("".join(chr(0x4E00 + i) for i in range(2000))), broken)
     result = cli("finetune", finetune_config(tmp_path, broken))
     assert result.exit_code == 2 and "tokenizer/model mismatch" in result.stderr
+
+
+def test_a_lora_adapter_moved_with_its_base_still_loads(cli, tmp_path, base_model):
+    """adapter_config.json names the base by absolute path (for peft and other tools);
+    aigc_base.json records it relative to the adapter, so the pair can move together."""
+    import shutil
+
+    root = tmp_path / "before"
+    shutil.copytree(base_model.parent.parent, root / "base-run")
+    base = root / "base-run" / "checkpoints" / base_model.name
+    cfg = finetune_config(root / "lora", base)
+    out = json_out(cli("finetune", cfg, "--json"))
+    first = json_out(cli("generate", cfg, "--prompt", "German: eins\nEnglish: ", "--out", tmp_path / "a.jsonl", "--json"))
+    assert json.loads((Path(out["checkpoint"]) / "aigc_base.json").read_text())["relative_path"].startswith("..")
+
+    kept = shutil.copy(cfg, tmp_path / "ft.yaml")  # the config stays where it was
+    moved = tmp_path / "after"
+    shutil.move(root, moved)
+    adapter = moved / Path(out["checkpoint"]).relative_to(root)
+    second = json_out(cli("generate", kept, "--checkpoint", adapter, "--prompt", "German: eins\nEnglish: ",
+                          "--out", tmp_path / "b.jsonl", "--json"))
+    rows = [json.loads(Path(r["outputs"]).read_text().splitlines()[0]) for r in (first, second)]
+    assert rows[0]["completion"] == rows[1]["completion"]
+    info = json_out(cli("info", adapter, "--json"))
+    assert info["base_parameters"] > 0

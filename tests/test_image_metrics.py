@@ -1,4 +1,4 @@
-"""aigc_cli.image_metrics: PSNR/SSIM against known values and skimage, FID/KID in the eval
+"""aigc_cli.evaluation.image_metrics: PSNR/SSIM against known values and skimage, FID/KID in the eval
 classifier's feature space, the classifier itself (accuracy, determinism, caching), coverage,
 and the Inception error paths (torch-fidelity is not installed here)."""
 
@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
-from aigc_cli import image_metrics as im
+from aigc_cli.evaluation import image_metrics as im
 from aigc_cli.errors import AigcError
 
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """This machine's 2 cores are shared with other training runs: there two OpenMP threads stall
-    at every barrier and small ops run 10-40× slower than on one thread."""
+    at every barrier, and small ops run far slower than on one thread."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -144,9 +144,9 @@ def test_train_each_image_backend_loss_falls(cli, tmp_path, digits8, backend):
     import torch
 
     state = torch.load(Path(out["checkpoint"]) / "training_state.pt", weights_only=True)
-    from aigc_cli.backends import get_backend
+    from aigc_cli.backends import spec
 
-    assert set(state["optimizers"]) == set(get_backend(backend).PARTS)  # a GAN: two optimizers, one loop
+    assert set(state["optimizers"]) == set(spec(backend).parts)  # a GAN: two optimizers, one loop
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +170,31 @@ def test_ddpm_checkpoint_is_a_diffusers_pipeline(trained_ddpm):
     pipe = DDPMPipeline.from_pretrained(checkpoint)
     images = pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np").images
     assert images.shape == (2, 8, 8, 1) and np.isfinite(images).all()
+
+
+@pytest.mark.parametrize("conditional", [False, True], ids=["unconditional", "class-conditional"])
+def test_ddpm_checkpoint_samples_in_plain_diffusers(tmp_path, digits8, conditional):
+    """Every DDPM checkpoint samples in diffusers with the pipeline it carries; a class-conditional
+    one draws the classes asked for (DDPMPipeline cannot pass class labels)."""
+    import torch
+    from diffusers import DiffusionPipeline
+    from typer.testing import CliRunner
+
+    from aigc_cli.cli import app
+
+    cfg = image_config(tmp_path, "ddpm", data={"prepared_dir": str(digits8)}, model={"class_conditional": conditional})
+    result = CliRunner().invoke(app, ["train", str(cfg), "--json", "train.max_steps=4"])
+    assert result.exit_code == 0, result.stderr
+    checkpoint = json.loads(result.stdout)["checkpoint"]
+    pipe = DiffusionPipeline.from_pretrained(checkpoint, custom_pipeline=f"{checkpoint}/aigc_ddpm_pipeline.py", trust_remote_code=True)
+    generator = torch.Generator().manual_seed(0)
+    if conditional:
+        images = pipe(class_labels=[0, 3, 9], num_inference_steps=3, generator=generator, output_type="np").images
+        with pytest.raises(ValueError, match="class-conditional"):
+            pipe(batch_size=2, num_inference_steps=2)
+    else:
+        images = pipe(batch_size=3, num_inference_steps=3, generator=generator, output_type="np").images
+    assert images.shape == (3, 8, 8, 1) and np.isfinite(images).all() and images.std() > 0
 
 
 def test_generate_same_seed_same_png_bytes(cli, tmp_path, trained_ddpm):
@@ -226,7 +251,7 @@ def test_eval_fid_kid_coverage_from_a_folder(cli, tmp_path, digits8):
     assert abs(metrics["fid"]) < 1e-3  # the same images as the held-out set
     assert metrics["fid_real_floor"] > metrics["fid"]
     # KID against a set of zeros only, in the same (cached) classifier space: far larger.
-    from aigc_cli import image_metrics
+    from aigc_cli.evaluation import image_metrics
 
     train = ImageArray(digits8, "train")
     classifier, _ = image_metrics.cached_classifier(digits8, np.asarray(train.images), train.labels, 10)

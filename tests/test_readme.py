@@ -15,8 +15,10 @@ def test_config_reference_matches_the_schema():
     text = (REPO / "README.md").read_text(encoding="utf-8")
     assert module.readme_with_reference(text) == text, "run: python scripts/config_reference.py --write"
     from aigc_cli import config
+    from aigc_cli.backends import BACKENDS
 
     sections = {cls for cls in vars(config).values() if isinstance(cls, type) and issubclass(cls, config.Section)} - {config.Section, config.ExperimentConfig}
+    sections |= {entry.config for entry in BACKENDS.values() if entry.config}  # the model sections live in the registry
     assert sections == {cls for _, cls in module.SECTIONS}, "add the new config section to scripts/config_reference.py SECTIONS"
 
 

@@ -76,7 +76,7 @@ def test_loss_plot_is_redrawn_at_each_evaluation(tmp_path):
 
     from aigc_cli.backends import get_backend
     from aigc_cli.config import validate_config
-    from aigc_cli.run_logging import RunLogger
+    from aigc_cli.training.run_logging import RunLogger
 
     cfg = validate_config({"data": {"source": "x"}, "train": {"out_dir": str(tmp_path), "sample_every_eval": False}})
     (tmp_path / "metrics.jsonl").write_text('{"step": 0, "val_loss": 3.0}\n{"step": 5, "train_loss": 2.5, "lr": 0.001}\n')

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import math
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,8 @@ from torch import nn
 
 from aigc_cli.errors import AigcError
 
-PARTS = ("unet",)
-CPU_BF16 = True  # train.precision auto: bf16 autocast on CPUs with native bf16 (1.2× the images/s of fp32, same loss)
-MODALITY = "image"
 IMAGE_INFO = "aigc_image.json"
+PIPELINE_FILE = "aigc_ddpm_pipeline.py"
 
 
 class Diffusion(nn.Module):
@@ -113,6 +112,9 @@ def save(model: Diffusion, directory: Path) -> None:
     from diffusers import DDPMPipeline
 
     DDPMPipeline(unet=model.sampling_unet, scheduler=model.scheduler).save_pretrained(directory)
+    # diffusers' DDPMPipeline cannot pass class labels: the checkpoint carries a pipeline that can
+    # (DiffusionPipeline.from_pretrained(dir, custom_pipeline=f"{dir}/aigc_ddpm_pipeline.py", trust_remote_code=True)).
+    shutil.copyfile(Path(__file__).parent / "shipped" / PIPELINE_FILE, Path(directory) / PIPELINE_FILE)
     if model.ema is not None:
         model.unet.save_pretrained(directory / "unet_training")
     info = {**model.image_info, "ema_decay": model.ema_decay, "ema_updates": model.ema_updates}

@@ -16,12 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aigc_cli.backends import GANModelConfig
 from aigc_cli.backends.plain_io import load_plain, save_plain
 from aigc_cli.errors import AigcError
-
-PARTS = ("discriminator", "generator")
-CPU_BF16 = True  # train.precision auto: bf16 autocast on CPUs with native bf16 (1.3× the images/s, FID as in fp32)
-MODALITY = "image"
 
 
 def _generator(latent_dim: int, channels: int, size: int, width: int) -> nn.Sequential:
@@ -56,23 +53,20 @@ def _init_weights(module: nn.Module) -> None:
 
 
 class GAN(nn.Module):
-    def __init__(self, size: int, channels: int, latent_dim: int, generator_channels: int, discriminator_channels: int,
-                 loss: str, label_smoothing: float, classes: list[str] | None = None):
+    def __init__(self, config: GANModelConfig, data: dict):
+        """`data`: the prepared images' size, channels and classes."""
         super().__init__()
-        self.config = dict(size=size, channels=channels, latent_dim=latent_dim, generator_channels=generator_channels,
-                           discriminator_channels=discriminator_channels, loss=loss, label_smoothing=label_smoothing, classes=classes)
-        self.image_info = {"size": size, "channels": channels, "classes": classes, "class_conditional": False}
-        self.generator = _generator(latent_dim, channels, size, generator_channels)
-        self.discriminator = _discriminator(channels, size, discriminator_channels)
+        self.config, self.data = config, data
+        self.generator = _generator(config.latent_dim, data["channels"], data["size"], config.generator_channels)
+        self.discriminator = _discriminator(data["channels"], data["size"], config.discriminator_channels)
         self.apply(_init_weights)
 
 
-def build(model_cfg: Any, data_meta: dict) -> GAN:
+def build(model_cfg: GANModelConfig, data_meta: dict) -> GAN:
     size = data_meta["size"]
     if size < 8 or size & (size - 1):
         raise AigcError(f"the gan backend needs a power-of-two image size of at least 8 (data.image.size={size})", "set data.image.size to 16, 32 or 64")
-    return GAN(size, data_meta["channels"], model_cfg.latent_dim, model_cfg.generator_channels, model_cfg.discriminator_channels,
-               model_cfg.loss, model_cfg.label_smoothing, data_meta.get("classes"))
+    return GAN(model_cfg, {"size": size, "channels": data_meta["channels"], "classes": data_meta.get("classes")})
 
 
 def parameters(model: GAN, part: str):
@@ -81,14 +75,14 @@ def parameters(model: GAN, part: str):
 
 def loss(model: GAN, batch, part: str) -> torch.Tensor:
     real, _ = batch
-    latents = torch.randn(real.size(0), model.config["latent_dim"], device=real.device)
-    hinge = model.config["loss"] == "hinge"
+    latents = torch.randn(real.size(0), model.config.latent_dim, device=real.device)
+    hinge = model.config.loss == "hinge"
     if part == "discriminator":
         fake = model.generator(latents).detach()
         real_logits, fake_logits = model.discriminator(real).float(), model.discriminator(fake).float()
         if hinge:
             return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
-        real_target = torch.full_like(real_logits, 1.0 - model.config["label_smoothing"])
+        real_target = torch.full_like(real_logits, 1.0 - model.config.label_smoothing)
         return (F.binary_cross_entropy_with_logits(real_logits, real_target)
                 + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
     fake_logits = model.discriminator(model.generator(latents)).float()
@@ -102,15 +96,15 @@ def save(model: GAN, directory: Path) -> None:
 
 
 def load(directory: Path, device: str) -> GAN:
-    return load_plain(GAN, directory, device)
+    return load_plain(GAN, GANModelConfig, directory, device)
 
 
 def image_info(model: GAN) -> dict:
-    return model.image_info
+    return {**model.data, "class_conditional": False}
 
 
 def latent_shape(model: GAN) -> tuple[int, ...]:
-    return (model.config["latent_dim"],)
+    return (model.config.latent_dim,)
 
 
 @torch.inference_mode()

@@ -8,6 +8,7 @@ Everything but building and saving is the `gpt` backend's, since a PeftModel is 
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,12 @@ from typing import Any
 import torch
 
 from aigc_cli.backends import gpt
+from aigc_cli.checkpoints import ADAPTER_BASE, adapter_base
 from aigc_cli.errors import AigcError
 
 # peft 0.21 still asks transformers 5 for a renamed attribute; the warning is theirs, not the user's.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
-PARTS = ("model",)
-CPU_BF16 = True  # train.precision auto: bf16 autocast on CPUs with native bf16, as the gpt backend
 loss = gpt.loss
 next_token_logits = gpt.next_token_logits
 padded_next_token_logits = gpt.padded_next_token_logits
@@ -69,13 +69,18 @@ def parameters(model: torch.nn.Module, part: str):
 
 def save(model: torch.nn.Module, directory: Path) -> None:
     model.save_pretrained(directory)
+    base = model.peft_config["default"].base_model_name_or_path
+    if base and Path(base).exists():  # a local base: also recorded relative to the adapter (see checkpoints.adapter_base)
+        relative = os.path.relpath(Path(base).resolve(), Path(directory).resolve())
+        (Path(directory) / ADAPTER_BASE).write_text(json.dumps({"relative_path": relative}, indent=2) + "\n", encoding="utf-8")
 
 
 def base_of(directory: Path) -> str:
-    try:
-        return json.loads((Path(directory) / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
-    except (OSError, KeyError, json.JSONDecodeError) as exc:
-        raise AigcError(f"{directory} is not a LoRA adapter directory ({exc})", "pass a checkpoint written by `aigc finetune`") from None
+    base = adapter_base(Path(directory))
+    if base is None:
+        raise AigcError(f"{directory} is not a LoRA adapter directory (adapter_config.json names no base model)",
+                        "pass a checkpoint written by `aigc finetune`")
+    return base
 
 
 def load(directory: Path, device: str, trainable: bool = False) -> torch.nn.Module:

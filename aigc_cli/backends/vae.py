@@ -15,20 +15,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aigc_cli.backends import VAEModelConfig
 from aigc_cli.backends.plain_io import load_plain, save_plain
 from aigc_cli.errors import AigcError
 
-PARTS = ("vae",)
-MODALITY = "image"
+# config.json has always called the section's `channels` (the encoder widths) `widths`: its
+# `channels` is the images' channel count.
+_FILE_NAMES = {"channels": "widths"}
 
 
 class VAE(nn.Module):
-    def __init__(self, size: int, channels: int, widths: list[int], latent_dim: int, kl_weight: float,
-                 reconstruction: str, classes: list[str] | None = None):
+    def __init__(self, config: VAEModelConfig, data: dict):
+        """`data`: the prepared images' size, channels and classes."""
         super().__init__()
-        self.config = dict(size=size, channels=channels, widths=list(widths), latent_dim=latent_dim, kl_weight=kl_weight,
-                           reconstruction=reconstruction, classes=classes)
-        self.image_info = {"size": size, "channels": channels, "classes": classes, "class_conditional": False}
+        self.config, self.data = config, data
+        size, channels, widths = data["size"], data["channels"], config.channels
         down, previous = [], channels
         for width in widths:
             down += [nn.Conv2d(previous, width, 4, stride=2, padding=1), nn.BatchNorm2d(width), nn.SiLU()]
@@ -36,9 +37,9 @@ class VAE(nn.Module):
         self.encoder = nn.Sequential(*down, nn.Flatten())
         self.bottom = (widths[-1], size // 2 ** len(widths), size // 2 ** len(widths))
         flat = widths[-1] * self.bottom[1] * self.bottom[2]
-        self.to_mean = nn.Linear(flat, latent_dim)
-        self.to_logvar = nn.Linear(flat, latent_dim)
-        self.from_latent = nn.Linear(latent_dim, flat)
+        self.to_mean = nn.Linear(flat, config.latent_dim)
+        self.to_logvar = nn.Linear(flat, config.latent_dim)
+        self.from_latent = nn.Linear(config.latent_dim, flat)
         up = []
         for width, following in zip(reversed(widths), list(reversed(widths))[1:] + [None]):
             if following is None:
@@ -57,16 +58,15 @@ class VAE(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1]."""
         logits = self.decode_logits(latents)
-        return (torch.sigmoid(logits) if self.config["reconstruction"] == "bce" else logits.clamp(0, 1)) * 2 - 1
+        return (torch.sigmoid(logits) if self.config.reconstruction == "bce" else logits.clamp(0, 1)) * 2 - 1
 
 
-def build(model_cfg: Any, data_meta: dict) -> VAE:
+def build(model_cfg: VAEModelConfig, data_meta: dict) -> VAE:
     size = data_meta["size"]
     if size % 2 ** len(model_cfg.channels):
         raise AigcError(f"data.image.size={size} cannot be halved {len(model_cfg.channels)} times (one per model.channels entry)",
                         "use a power-of-two image size or fewer levels")
-    return VAE(size, data_meta["channels"], model_cfg.channels, model_cfg.latent_dim, model_cfg.kl_weight,
-               model_cfg.reconstruction, data_meta.get("classes"))
+    return VAE(model_cfg, {"size": size, "channels": data_meta["channels"], "classes": data_meta.get("classes")})
 
 
 def parameters(model: VAE, part: str):
@@ -80,24 +80,24 @@ def loss(model: VAE, batch, part: str) -> torch.Tensor:
     mean, logvar = model.encode(images)
     latents = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)  # reparameterisation
     logits = model.decode_logits(latents).float()
-    if model.config["reconstruction"] == "bce":
+    if model.config.reconstruction == "bce":
         reconstruction = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
     else:
         reconstruction = F.mse_loss(logits, targets, reduction="sum")
     kl = -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp())
-    return (reconstruction + model.config["kl_weight"] * kl) / images.size(0)
+    return (reconstruction + model.config.kl_weight * kl) / images.size(0)
 
 
 def save(model: VAE, directory: Path) -> None:
-    save_plain(model, directory, "aigc-vae")
+    save_plain(model, directory, "aigc-vae", _FILE_NAMES)
 
 
 def load(directory: Path, device: str) -> VAE:
-    return load_plain(VAE, directory, device)
+    return load_plain(VAE, VAEModelConfig, directory, device, _FILE_NAMES)
 
 
 def image_info(model: VAE) -> dict:
-    return model.image_info
+    return {**model.data, "class_conditional": False}
 
 
 @torch.inference_mode()
@@ -107,7 +107,7 @@ def sample(model: VAE, noise: torch.Tensor, labels, gen_cfg: Any, generators) ->
 
 
 def latent_shape(model: VAE) -> tuple[int, ...]:
-    return (model.config["latent_dim"],)
+    return (model.config.latent_dim,)
 
 
 @torch.inference_mode()

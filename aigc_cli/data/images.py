@@ -21,6 +21,7 @@ import numpy as np
 from aigc_cli.atomic_files import remove_stale_temporaries, staging_dir, write_json_atomic
 from aigc_cli.config import DataConfig, ExperimentConfig, require_data
 from aigc_cli.data.prepared_dir import read_meta, reusable_output
+from aigc_cli.data.records import sha256_file
 from aigc_cli.errors import AigcError
 from aigc_cli.locks import exclusive_lock
 from aigc_cli.provenance import software_versions, write_provenance
@@ -35,6 +36,18 @@ class ImageResult:
     data_dir: Path
     meta: dict
     reused: bool
+
+    def to_json(self) -> dict:
+        meta = self.meta
+        return {"data_dir": str(self.data_dir), "train_images": meta["train_images"], "val_images": meta["val_images"],
+                "classes": meta["classes"], "skipped": meta["skipped"], "reused": self.reused}
+
+    def summary_lines(self) -> list[str]:
+        meta = self.meta
+        classes = f", {len(meta['classes'])} classes" if meta["classes"] else ""
+        skipped = f", {meta['skipped']} unreadable skipped" if meta["skipped"] else ""
+        return [f"prepared images: {self.data_dir}" + (" (unchanged, reused)" if self.reused else ""),
+                f"  {meta['channels']}×{meta['size']}×{meta['size']}, train {meta['train_images']:,}, val {meta['val_images']:,}{classes}{skipped}"]
 
 
 @dataclass
@@ -118,6 +131,8 @@ def to_array(image, size: int, channels: int) -> np.ndarray:
     from PIL import Image, ImageOps
 
     image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        image = _to_8_bit(image)
     if image.mode in ("RGBA", "LA", "P"):
         # Transparent pixels become white, not whatever colour the file stores under alpha 0.
         rgba = image.convert("RGBA")
@@ -130,6 +145,22 @@ def to_array(image, size: int, channels: int) -> np.ndarray:
     left, top = (resized.width - size) // 2, (resized.height - size) // 2
     pixels = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def _to_8_bit(image):
+    """16-bit, 32-bit integer and float greyscale → 8-bit "L" at the right scale. Pillow's own
+    convert("L") clips such pixels to 0..255, so a 16-bit scan would come out two-toned."""
+    from PIL import Image
+
+    pixels = np.asarray(image)
+    if pixels.dtype.kind == "f":
+        peak = 1.0 if float(np.nanmax(pixels, initial=0.0)) <= 1.0 else 255.0
+    elif image.mode.startswith("I;16") or int(pixels.max(initial=0)) > 255:
+        peak = 65535.0 if image.mode.startswith("I;16") or int(pixels.max(initial=0)) <= 65535 else float(pixels.max())
+    else:
+        peak = 255.0
+    scaled = np.clip(np.nan_to_num(pixels.astype(np.float64)) * (255.0 / peak), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
 
 
 def _list_source(data: DataConfig) -> tuple[list[SourceImage], list[str] | None, list[dict]]:
@@ -155,7 +186,7 @@ def _list_source(data: DataConfig) -> tuple[list[SourceImage], list[str] | None,
     items = []
     for path in files:
         rel = path.relative_to(root).as_posix()
-        digest.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        digest.update(rel.encode() + b"\0" + bytes.fromhex(sha256_file(path)))
         label = index[rel.split("/")[0]] if classes else 0
         items.append(SourceImage(rel, label, lambda path=path: open_image(path)))
     inputs = [{"path": str(root), "files": len(files), "sha256": digest.hexdigest()}]

@@ -7,13 +7,12 @@ end-of-text token only (prompt positions get the label -100, which cross-entropy
 
 from __future__ import annotations
 
-import gzip
-import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aigc_cli.data.records import read_jsonl, read_lines, text_fields
 from aigc_cli.errors import AigcError
 
 if TYPE_CHECKING:
@@ -28,21 +27,15 @@ class PairRecord:
     where: str  # "path:line" for error messages
 
 
-def open_text(path: str | Path):
-    path = Path(path)
-    if not path.is_file():
+def _existing(path: str | Path) -> str | Path:
+    if not Path(path).is_file():
         raise AigcError(f"file not found: {path}", "check the path in the config")
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+    return path
 
 
-def read_lines(path: str | Path) -> list[str]:
-    try:
-        with open_text(path) as handle:
-            return [line.rstrip("\r\n") for line in handle]
-    except UnicodeDecodeError:
-        raise AigcError(f"{path} is not UTF-8 text", "convert it to UTF-8") from None
-    except (OSError, EOFError) as exc:
-        raise AigcError(f"cannot read {path}: {exc}", "check that the file is intact") from None
+def read_text_lines(path: str | Path) -> list[str]:
+    """Every line of a text file (.gz allowed), without its line ending."""
+    return [line for _, line in read_lines(_existing(path))]
 
 
 def read_pair_records(jsonl: str | None, source_file: str | None, target_file: str | None,
@@ -51,7 +44,7 @@ def read_pair_records(jsonl: str | None, source_file: str | None, target_file: s
     if jsonl:
         records = _read_jsonl(jsonl, response_field)
     elif source_file and target_file:
-        sources, targets = read_lines(source_file), read_lines(target_file)
+        sources, targets = read_text_lines(source_file), read_text_lines(target_file)
         if len(sources) != len(targets):
             raise AigcError(f"{source_file} has {len(sources)} lines but {target_file} has {len(targets)}",
                             "the two files must be line-aligned (line i of one translates line i of the other)")
@@ -66,34 +59,26 @@ def read_pair_records(jsonl: str | None, source_file: str | None, target_file: s
 
 def _read_jsonl(path: str, response_field: str) -> list[PairRecord]:
     records = []
-    try:
-        with open_text(path) as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise AigcError(f"{path}:{number}: malformed JSON ({exc.msg})", "fix that line; each line must be one JSON object") from None
-                if not isinstance(record, dict):
-                    raise AigcError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}", "each line must be one JSON object")
-                if response_field not in record:
-                    raise AigcError(f"{path}:{number}: no field '{response_field}' (the response)", "set finetune.response_field to the field that holds the answer")
-                records.append(PairRecord({k: str(v) for k, v in record.items()}, f"{path}:{number}"))
-    except UnicodeDecodeError:
-        raise AigcError(f"{path} is not UTF-8 text", "convert it to UTF-8") from None
+    for where, record in read_jsonl(_existing(path), "fix that line; each line must be one JSON object"):
+        if response_field not in record:
+            raise AigcError(f"{where}: no field '{response_field}' (the response)", "set finetune.response_field to the field that holds the answer")
+        records.append(PairRecord(text_fields(record, where), where))
     return records
 
 
 def check_template(template: str, setting: str) -> list[str]:
     """The field names a template uses; a malformed template is a config error."""
     try:
-        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:
         raise AigcError(f"{setting} is not a valid template ({exc})", "write fields as {name}; double literal braces: {{ }}") from None
-    if any(not name.isidentifier() for name in names):
-        raise AigcError(f"{setting} has an empty or odd placeholder", "write fields as {name}, e.g. 'German: {source}\\nEnglish: '")
-    return names
+    # Plain {name} only: a format spec ({source:d}) fails on text, and attribute or index access
+    # ({source.__class__}, {source[0]}) would reach into Python objects.
+    odd = [f"{{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+           for name, spec, conversion in fields if not name.isidentifier() or spec or conversion]
+    if odd:
+        raise AigcError(f"{setting} has a placeholder aigc cannot fill: {odd[0]}", "write fields as plain {name}, e.g. 'German: {source}\\nEnglish: '")
+    return [name for name, _, _ in fields]
 
 
 def fill_template(template: str, record: PairRecord, setting: str) -> str:

@@ -36,6 +36,16 @@ class PrepResult:
     meta: dict
     reused: bool
 
+    def to_json(self) -> dict:
+        meta = self.meta
+        return {"data_dir": str(self.data_dir), "vocab_size": meta["vocab_size"], "train_tokens": meta["train_tokens"],
+                "val_tokens": meta["val_tokens"], "reused": self.reused}
+
+    def summary_lines(self) -> list[str]:
+        meta = self.meta
+        return [f"prepared data: {self.data_dir}" + (" (unchanged, reused)" if self.reused else ""),
+                f"  vocabulary {meta['vocab_size']:,} ({meta['tokenizer']}), train {meta['train_tokens']:,} tokens, val {meta['val_tokens']:,} tokens"]
+
 
 def prepare_text_corpus(cfg: ExperimentConfig, force: bool = False, log: Callable[[str], None] = print) -> PrepResult:
     """Holds data.prepared_dir's lock throughout (see locks.py)."""
@@ -57,7 +67,7 @@ def _prepare_text_corpus(cfg: ExperimentConfig, force: bool = False, log: Callab
     log(f"pass 1/2: reading {data.source} to build the {data.tokenizer.kind} tokenizer")
     stats = SourceStats()
     tok, total_chars = _build_tokenizer(data, stats)
-    if total_chars == 0:
+    if total_chars == 0 or stats.blank:
         raise AigcError(f"data.source {data.source} holds no text after cleaning", "point data.source at a non-empty corpus")
     fingerprint = _fingerprint(data, stats.inputs)
     if reusable_output(out, existing, fingerprint, force):

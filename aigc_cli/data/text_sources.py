@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from aigc_cli.config import CleaningConfig, DataConfig
+from aigc_cli.data.records import not_null, read_jsonl, read_lines
 from aigc_cli.errors import AigcError
 
 CHUNK_LINES = 64  # the unit of the random train/val split inside one long document
@@ -39,6 +39,7 @@ class SourceStats:
     documents: int = 0
     lines: int = 0
     duplicate_lines_dropped: int = 0
+    blank: bool = True  # nothing but whitespace so far (a corpus empty after cleaning is an error)
 
 
 class LineCleaner:
@@ -72,10 +73,14 @@ def list_input_files(cfg: DataConfig) -> list[Path]:
         raise AigcError(f"data.source not found: {cfg.source}", "point data.source at a .txt/.jsonl file, a directory of .txt files, or builtin:python-docs")
     if path.is_dir():
         suffixes = {".jsonl", ".json"} if cfg.format == "jsonl" else {".txt"}
+        # Regular files only: a named pipe or device among them would block or never end.
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
         if not files:
             raise AigcError(f"no {'/'.join(sorted(suffixes))} files under {cfg.source}", "put text files there or point data.source at a file")
         return files
+    if not path.is_file():
+        raise AigcError(f"data.source {cfg.source} is not a regular file (a pipe or device would block or never end)",
+                        "point data.source at a file or a directory of files")
     return [path]
 
 
@@ -87,37 +92,27 @@ def source_format(cfg: DataConfig, path: Path) -> str:
 
 def iter_chunks(cfg: DataConfig, stats: SourceStats) -> Iterator[Chunk]:
     """Cleaned chunks of the whole source, in order. `stats` is filled in as a side effect."""
+    for chunk in _source_chunks(cfg, stats):
+        stats.blank = stats.blank and not chunk.text.strip()
+        yield chunk
+
+
+def _source_chunks(cfg: DataConfig, stats: SourceStats) -> Iterator[Chunk]:
     cleaner = LineCleaner(cfg.cleaning)
     if cfg.source.startswith(BUILTIN_PREFIX):
         yield from _builtin_chunks(cfg.source[len(BUILTIN_PREFIX):], cleaner, stats)
     else:
         for path in list_input_files(cfg):
-            digest = hashlib.sha256()
-            lines = _hashed_lines(path, digest)
+            digest = hashlib.sha256()  # of the file's bytes, fed as they are read
             if source_format(cfg, path) == "jsonl":
-                yield from _jsonl_chunks(path, lines, cfg.jsonl_field, cleaner, stats)
+                yield from _jsonl_chunks(read_jsonl(path, "fix that line; each line must be one JSON object", digest=digest), cfg.jsonl_field, cleaner, stats)
             else:
-                yield from _text_chunks(path, lines, cleaner, stats)
+                yield from _text_chunks(read_lines(path, keep_ends=True, digest=digest), cleaner, stats)
             stats.inputs.append({"path": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()})
     stats.duplicate_lines_dropped = cleaner.dropped
 
 
-def _hashed_lines(path: Path, digest) -> Iterator[tuple[int, str]]:
-    try:
-        with path.open("rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                digest.update(raw)
-                try:
-                    yield number, raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise AigcError(f"{path}:{number} is not valid UTF-8", "convert the file to UTF-8 (e.g. iconv -t utf-8)") from None
-    except PermissionError:
-        raise AigcError(f"cannot read {path}: permission denied", "fix the file's permissions") from None
-    except IsADirectoryError:
-        raise AigcError(f"{path} is a directory", "point data.source at a file or a directory of .txt files") from None
-
-
-def _text_chunks(path: Path, lines, cleaner: LineCleaner, stats: SourceStats) -> Iterator[Chunk]:
+def _text_chunks(lines, cleaner: LineCleaner, stats: SourceStats) -> Iterator[Chunk]:
     buffer: list[str] = []
     for _, line in lines:
         stats.lines += 1
@@ -133,19 +128,13 @@ def _text_chunks(path: Path, lines, cleaner: LineCleaner, stats: SourceStats) ->
     yield Chunk("".join(buffer), ends_document=True)
 
 
-def _jsonl_chunks(path: Path, lines, field_name: str, cleaner: LineCleaner, stats: SourceStats) -> Iterator[Chunk]:
-    for number, line in lines:
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise AigcError(f"{path}:{number}: malformed JSON ({exc.msg})", "fix that line; each line must be one JSON object") from None
-        if not isinstance(record, dict) or field_name not in record:
-            raise AigcError(f"{path}:{number}: no field '{field_name}' in this record", "set data.jsonl_field to the field that holds the text")
-        value = record[field_name]
+def _jsonl_chunks(records, field_name: str, cleaner: LineCleaner, stats: SourceStats) -> Iterator[Chunk]:
+    for where, record in records:
+        if field_name not in record:
+            raise AigcError(f"{where}: no field '{field_name}' in this record", "set data.jsonl_field to the field that holds the text")
+        value = not_null(record[field_name], where, field_name)
         if not isinstance(value, str):
-            raise AigcError(f"{path}:{number}: field '{field_name}' is {type(value).__name__}, not text", "the text field must hold a string")
+            raise AigcError(f"{where}: field '{field_name}' is {type(value).__name__}, not text", "the text field must hold a string")
         kept = [c for c in (cleaner(part) for part in value.split("\n")) if c is not None]
         stats.lines += 1
         stats.documents += 1

@@ -54,7 +54,12 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     path = Path(directory) / "tokenizer.json"
     if not path.is_file():
         raise AigcError(f"no tokenizer.json in {directory}", "point at a prepared-data or checkpoint directory (run `aigc prep` first)")
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # noqa: BLE001 — tokenizers raises its own Exception for a truncated or foreign file
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AigcError(f"{path} is damaged or not a tokenizers file ({first})",
+                        "copy the tokenizer.json of the prepared data or checkpoint again, or prepare the data again") from None
 
 
 def eos_id(tok: Tokenizer) -> int:
@@ -82,6 +87,21 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt", "tokenizer.model")
 
 
+# Written by transformers 5's save_pretrained but meaningless elsewhere: where the files were
+# loaded from (is_local, local_files_only) and 5.x's own class and backend names.
+SESSION_KEYS = ("is_local", "local_files_only", "backend", "name_or_path", "_commit_hash")
+PORTABLE_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def portable_tokenizer_config(config: dict) -> dict:
+    """tokenizer_config.json as base checkpoints write it, so transformers 4.x (which many serving
+    stacks still pin) loads it too: `PreTrainedTokenizerFast`, no session-local keys."""
+    config = {k: v for k, v in config.items() if k not in SESSION_KEYS}
+    cls = config.get("tokenizer_class") or "PreTrainedTokenizerFast"
+    config["tokenizer_class"] = PORTABLE_CLASSES.get(cls, cls)
+    return config
+
+
 def copy_tokenizer_files(src: str | Path, dst: str | Path, model_max_length: int | None = None) -> None:
     """Put the tokenizer next to a checkpoint (files copied as they are), recording the context length."""
     src, dst = Path(src), Path(dst)
@@ -91,7 +111,8 @@ def copy_tokenizer_files(src: str | Path, dst: str | Path, model_max_length: int
         if (src / name).is_file():
             shutil.copyfile(src / name, dst / name)
     config_path = dst / "tokenizer_config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {"tokenizer_class": "PreTrainedTokenizerFast"}
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    config = portable_tokenizer_config(config)
     if model_max_length:
         config["model_max_length"] = model_max_length
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from aigc_cli.atomic_files import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
-from aigc_cli.backends import backend_of_checkpoint
+from aigc_cli.backends import backend_of_checkpoint, spec
 from aigc_cli.checkpoints import checkpoint_identity, resolve_checkpoint
 from aigc_cli.config import ExperimentConfig, ImageGenerateConfig
+from aigc_cli.data.records import sha256_file
 from aigc_cli.errors import AigcError
 from aigc_cli.generation.manifest import OutputManifest, item_key
 from aigc_cli.inference.image_sampling import batch_ranges, class_labels, reconstruct, sample_image_batch
@@ -39,6 +40,16 @@ class ImageOutputs:
     grid: Path
     reconstructions: list[Path] = field(default_factory=list)
     reconstruction_grid: Path | None = None
+
+    def to_json(self) -> dict:
+        out = {"outputs": [str(f) for f in self.files], "grid": str(self.grid), "count": len(self.files), "out_dir": str(self.out_dir)}
+        if self.reconstruction_grid is not None:
+            out.update(reconstructions=[str(f) for f in self.reconstructions], reconstruction_grid=str(self.reconstruction_grid))
+        return out
+
+    def summary_lines(self) -> list[str]:
+        lines = [f"images: {self.out_dir} ({len(self.files)} PNG files)", f"grid: {self.grid}"]
+        return lines if self.reconstruction_grid is None else lines + [f"reconstructions: {self.reconstruction_grid}"]
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -78,14 +89,14 @@ def make_grid(images: np.ndarray, columns: int | None = None, padding: int = 2) 
     return grid
 
 
-def generate_images(cfg: ExperimentConfig, checkpoint: str | Path | None, num: int | None = None, seed: int | None = None,
-                    out: str | Path | None = None, log: Callable[[str], None] = lambda _: None, force: bool = False) -> ImageOutputs:
-    """PNG files, grid.png and samples.json in the output folder, idempotently: batches whose images
-    are all in manifest.jsonl (same checkpoint, seed, parameters) and intact on disk are reused."""
+def generate_images(cfg: ExperimentConfig, checkpoint: str | Path | None, log: Callable[[str], None] = lambda _: None,
+                    force: bool = False) -> ImageOutputs:
+    """generate.images.num_images PNG files, grid.png and samples.json in generate.out, idempotently:
+    batches whose images are all in manifest.jsonl (same checkpoint, seed, parameters) and intact on
+    disk are reused."""
     gc = cfg.generate.images
-    count = num or gc.num_images
-    seed = cfg.generate.seed if seed is None else seed
-    out_dir = Path(out or cfg.generate.out or Path(cfg.train.out_dir) / "samples")
+    count, seed = gc.num_images, cfg.generate.seed
+    out_dir = Path(cfg.generate.out or Path(cfg.train.out_dir) / "samples")
     if out_dir.exists() and not out_dir.is_dir():
         raise AigcError(f"--out {out_dir} is a file; image generation writes a folder", "pass a directory path to --out")
     with exclusive_lock(out_dir, "output folder"):
@@ -190,7 +201,7 @@ def _sample_into(out_dir: Path, loaded: _LazyImageModel, count: int, seed: int, 
 def _finished_image(manifest: OutputManifest, key: str, path: Path) -> np.ndarray | None:
     """The pixels of a finished image, or None when it is not in the manifest or its file changed since."""
     record = manifest.done.get(key)
-    if record is None or not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != record.get("sha256"):
+    if record is None or not path.is_file() or sha256_file(path) != record.get("sha256"):
         return None
     return read_png(path)
 
@@ -224,7 +235,7 @@ def _write_reconstructions(out_dir: Path, loaded: LoadedModel, gc: ImageGenerate
 
 def reconstruct_images(loaded: LoadedModel, source: str, cfg: ExperimentConfig) -> tuple[np.ndarray, np.ndarray]:
     """(originals, reconstructions) as uint8 arrays, for the vae backend."""
-    if not hasattr(loaded.backend, "reconstruct"):
+    if not spec(loaded.backend_name).reconstructs:
         raise AigcError(f"generate.images.reconstruct: the {loaded.backend_name} backend has no encoder", "reconstructions need a vae checkpoint")
     originals = load_images_for(loaded.info, source, cfg)
     return originals, reconstruct(loaded, originals)

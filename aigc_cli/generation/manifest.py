@@ -33,15 +33,11 @@ class OutputManifest:
         self._handle = None
 
     def _read(self) -> dict[str, dict]:
+        from aigc_cli.data.records import log_records
+
         done = {}
-        if not self.path.is_file():
-            return done
-        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the torn last line of a killed run
-            if isinstance(record, dict) and isinstance(record.get("key"), str):
+        for _, record in log_records(self.path):  # (without the torn last line of a killed run)
+            if isinstance(record.get("key"), str):
                 done[record["key"]] = record
         return done
 

@@ -10,9 +10,11 @@ loads no model and imports no torch.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -20,7 +22,8 @@ from aigc_cli.atomic_files import remove_stale_temporaries, write_json_atomic, w
 from aigc_cli.backends import backend_of_checkpoint
 from aigc_cli.checkpoints import checkpoint_identity, resolve_checkpoint
 from aigc_cli.config import ExperimentConfig, GenerateConfig
-from aigc_cli.data.pairs import PairRecord, fill_template, read_lines, read_pair_records
+from aigc_cli.data.pairs import PairRecord, fill_template, read_pair_records
+from aigc_cli.data.records import is_jsonl, read_jsonl, read_lines, text_fields
 from aigc_cli.errors import AigcError
 from aigc_cli.generation.manifest import OutputManifest, item_key
 from aigc_cli.locks import exclusive_lock
@@ -33,24 +36,16 @@ def read_prompts_file(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise AigcError(f"prompts file not found: {path}", "pass an existing file to --prompts-file")
-    lines = read_lines(path)
-    prompts: list[dict] = []
-    jsonl = path.name.lower().removesuffix(".gz").endswith((".jsonl", ".json"))
-    for number, line in enumerate(lines, start=1):
-        if not jsonl:
-            prompts.append({"source": line, "_where": f"{path}:{number}"})
-            continue
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise AigcError(f"{path}:{number}: malformed JSON ({exc.msg})", "each line must be a JSON object with a 'prompt' field") from None
-        if isinstance(record, str):
-            record = {"prompt": record}
-        if not isinstance(record, dict):
-            raise AigcError(f"{path}:{number}: expected a JSON object", "each line must look like {\"prompt\": \"...\"}")
-        prompts.append({**{k: str(v) for k, v in record.items()}, "_where": f"{path}:{number}"})
+    if not is_jsonl(path):
+        prompts = [{"source": line, "_where": f"{path}:{number}"} for number, line in read_lines(path)]
+    else:
+        prompts = []
+        for where, record in read_jsonl(path, "each line must be a JSON object with a 'prompt' field", objects_only=False):
+            if isinstance(record, str):
+                record = {"prompt": record}
+            if not isinstance(record, dict):
+                raise AigcError(f"{where}: expected a JSON object", "each line must look like {\"prompt\": \"...\"}")
+            prompts.append({**text_fields(record, where), "_where": where})
     if not prompts:
         raise AigcError(f"{path} holds no prompts", "put one prompt per line")
     return prompts
@@ -96,14 +91,32 @@ def completion_seed(seed: int, prompt: str, sample: int) -> int:
 _NOT_IN_KEY = {"prompts", "out", "num_samples", "template", "few_shot", "rstrip_prompt", "seed", "images", "batch_size"}
 
 
+@dataclass
+class TextOutputs:
+    path: Path  # the JSONL of completions
+    count: int
+    streamed: bool = False  # the completions were printed as they came
+
+    def to_json(self) -> dict:
+        return {"outputs": str(self.path), "count": self.count}
+
+    def summary_lines(self, preview: int = 3) -> list[str]:
+        lines = [f"generations: {self.path} ({self.count} completions)"]
+        if not self.streamed:
+            rows = itertools.islice(read_jsonl(self.path, "the file aigc just wrote"), preview)
+            lines += ["  " + (row["prompt"] + row["completion"]).replace("\n", " ⏎ ")[:160] for _, row in rows]
+        return lines
+
+
 def generate_text(cfg: ExperimentConfig, checkpoint: str | Path | None, prompts: list[dict] | None = None,
-                  out: str | Path | None = None, stream: bool = False, stream_to=sys.stdout,
-                  log: Callable[[str], None] = lambda _: None, force: bool = False) -> tuple[Path, int]:
-    """Completions for every prompt × sample into one JSONL file, idempotently: completions
+                  stream: bool = False, stream_to=sys.stdout, log: Callable[[str], None] = lambda _: None,
+                  force: bool = False) -> TextOutputs:
+    """Completions for every prompt × sample (generate.prompts unless `prompts`, records of a
+    prompts file, are given) into one JSONL file, generate.out, idempotently: completions
     already in `<out>.manifest.jsonl` (same checkpoint, prompt, parameters and seed) are reused,
     so a re-run after a kill generates only the rest; `force` regenerates everything."""
     gc = cfg.generate
-    out = Path(out or gc.out or Path(cfg.train.out_dir) / "generations.jsonl")
+    out = Path(gc.out or Path(cfg.train.out_dir) / "generations.jsonl")
     if out.is_dir():
         raise AigcError(f"--out {out} is a directory; text generation writes one JSONL file", "pass a file path, e.g. --out samples.jsonl")
     with exclusive_lock(out, "output file"):
@@ -111,7 +124,7 @@ def generate_text(cfg: ExperimentConfig, checkpoint: str | Path | None, prompts:
         return _generate_text(cfg, checkpoint, prompts, out, stream, stream_to, log, force)
 
 
-def _generate_text(cfg: ExperimentConfig, checkpoint, prompts, out: Path, stream: bool, stream_to, log, force: bool) -> tuple[Path, int]:
+def _generate_text(cfg: ExperimentConfig, checkpoint, prompts, out: Path, stream: bool, stream_to, log, force: bool) -> TextOutputs:
     gc = cfg.generate
     checkpoint = resolve_checkpoint(checkpoint or cfg.train.out_dir)
     prompts = build_prompts(gc, prompts if prompts else [{"source": p} for p in gc.prompts])
@@ -142,7 +155,7 @@ def _generate_text(cfg: ExperimentConfig, checkpoint, prompts, out: Path, stream
             "count": len(rows), "versions": software_versions(), "config": json.loads(json.dumps(cfg.model_dump(mode="json"))),
         })
         manifest.finish([item.key for item in items])
-    return out, len(rows)
+    return TextOutputs(out, len(rows), stream)
 
 
 class _Item(NamedTuple):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from aigc_cli.backends import backend_of_checkpoint, get_backend, modality as modality_of
+from aigc_cli.backends import backend_of_checkpoint, get_backend, spec
 from aigc_cli.checkpoints import load_weights, resolve_checkpoint
 from aigc_cli.data.tokenization import eos_id, load_tokenizer
 from aigc_cli.devices import pick_device
@@ -32,7 +32,7 @@ class LoadedModel:
     @property
     def validation_part(self) -> str:
         """The part whose loss is the held-out loss (a GAN's discriminator)."""
-        return self.backend.PARTS[0]
+        return spec(self.backend_name).validation_part
 
     @property
     def info(self) -> dict:
@@ -49,7 +49,7 @@ def load_model(checkpoint: str | Path, device: str = "auto", modality: str | Non
     checkpoint = resolve_checkpoint(checkpoint)
     name = backend_of_checkpoint(checkpoint)
     backend = get_backend(name)
-    kind = modality_of(backend)
+    kind = spec(name).modality
     if modality == "image" and kind != "image":
         raise AigcError(f"{checkpoint} holds a {name} text model, not an image model", "pass a checkpoint of a ddpm, vae or gan run")
     if modality == "text" and kind != "text":
@@ -70,7 +70,7 @@ def in_memory_model(checkpoint: Path, backend_name: str, model: torch.nn.Module,
         tokenizer = load_tokenizer(tokenizer_dir)
     eos = checkpoint_eos_id(tokenizer_dir, tokenizer) if tokenizer is not None else None
     first = next(model.parameters(), None)
-    return LoadedModel(Path(checkpoint), backend_name, backend, model, modality_of(backend), tokenizer, eos, device,
+    return LoadedModel(Path(checkpoint), backend_name, backend, model, spec(backend_name).modality, tokenizer, eos, device,
                        first.dtype if first is not None else torch.float32)
 
 

@@ -3,7 +3,7 @@ key/value cache for the whole batch, each row drawing from its own seeded random
 
 A row's draws are its own (uniforms from the row's seed, inverse-CDF sampling), so a completion
 is the same alone, in any batch and streamed. Rows decode together only where that is exact: a
-backend that decodes padded batches (`padded_next_token_logits`) and rows that stay within the
+backend that decodes padded batches (spec padded_decoding) and rows that stay within the
 context window; the others (the rnn, whose state padding would flow through, and rows that need
 the sliding re-encode past the window) go as batches of one. Streaming is a batch of one with
 an `on_text` callback.
@@ -15,6 +15,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from aigc_cli.backends import spec
 from aigc_cli.config import GenerateConfig
 from aigc_cli.inference.loading import LoadedModel
 
@@ -35,7 +36,7 @@ def sample_texts(loaded: LoadedModel, prompts: list[str], gc: GenerateConfig, se
     rows = [(tok.encode(p, add_special_tokens=False).ids if p else []) or [loaded.eos_id] for p in prompts]
     limit = backend.context_length(loaded.model)
     together = [i for i, row in enumerate(rows)
-                if hasattr(backend, "padded_next_token_logits") and (limit is None or len(row) + gc.max_new_tokens <= limit)]
+                if spec(loaded.backend_name).padded_decoding and (limit is None or len(row) + gc.max_new_tokens <= limit)]
     groups = [together] if len(together) > 1 else []
     groups += [[i] for i in range(len(rows)) if len(together) <= 1 or i not in together]
     processors = logits_processors(gc)

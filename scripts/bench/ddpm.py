@@ -158,7 +158,7 @@ def train_plain(cfg, steps: int, ema_foreach: bool) -> tuple[float, float]:
 
     from aigc_cli.backends import get_backend
     from aigc_cli.data.images import ImageArray
-    from aigc_cli.training import lr_at, make_optimizer
+    from aigc_cli.training.optimizer import lr_at, make_optimizer
 
     tc, mc, device = cfg.train, cfg.model, cfg.train.device
     train_data = ImageArray(cfg.data.prepared_dir, "train")

@@ -81,7 +81,7 @@ def run_aigc(hyp: Path, ref: Path, out: Path) -> dict[str, float]:
     from aigc_cli.evaluation import evaluate
 
     cfg = validate_config({"eval": {"generations": str(hyp), "references": str(ref), "metrics": METRICS, "out": str(out)}})
-    return evaluate(cfg, None, config_free=True).metrics
+    return evaluate(cfg, None, config_free=True).body["metrics"]
 
 
 def run_direct(hyp: Path, ref: Path) -> dict[str, float]:

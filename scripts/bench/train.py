@@ -338,10 +338,10 @@ def main(argv=None) -> int:
 
 def bf16_by_default(cfg) -> bool:
     """Whether aigc's train.precision auto picks bf16 here where the benchmark size is fp32."""
-    from aigc_cli.backends import get_backend
-    from aigc_cli.training import pick_precision
+    from aigc_cli.backends import spec
+    from aigc_cli.training.precision import pick_precision
 
-    return cfg.train.precision == "fp32" and pick_precision("auto", cfg.train.device, get_backend("gpt")) is not None
+    return cfg.train.precision == "fp32" and pick_precision("auto", cfg.train.device, spec("gpt")) is not None
 
 
 if __name__ == "__main__":

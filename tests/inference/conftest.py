@@ -17,9 +17,10 @@ def text_model(backend: str = "gpt", architecture: str = "gpt2", context: int = 
     tokenizer = build_char_tokenizer(TINY_TEXT)
     torch.manual_seed(0)
     if backend == "rnn":
-        from aigc_cli.backends.rnn import RNNLanguageModel
+        from aigc_cli.backends import RNNModelConfig, get_backend
 
-        model = RNNLanguageModel("lstm", tokenizer.get_vocab_size(), 16, 32, 1, 0.0, context)
+        section = RNNModelConfig(n_layer=1, n_embd=16, hidden_size=32, block_size=context)
+        model = get_backend("rnn").build(section, {"vocab_size": tokenizer.get_vocab_size(), "eos_id": 0})
     elif architecture == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 

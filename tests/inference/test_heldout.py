@@ -85,15 +85,15 @@ def test_the_loss_runs_under_the_given_autocast():
 def test_training_validation_is_the_mean_over_its_random_batches(gpt2):
     # training.estimate_loss draws batches from a generator seeded with `seed` and averages them.
     from aigc_cli.backends import get_backend
-    from aigc_cli.distributed import ParallelModel, Processes
-    from aigc_cli.training import estimate_loss
+    from aigc_cli.training.distributed import ParallelModel, Processes
+    from aigc_cli.training.recipe import estimate_loss
 
     class Tokens:
         def random_batch(self, batch_size, block_size, generator, shard=(0, 1)):
             windows = torch.randint(gpt2.model.config.vocab_size, (batch_size, block_size + 1), generator=generator)
             return windows[:, :-1], windows[:, 1:]
 
-    parallel = ParallelModel(get_backend("gpt"), gpt2.model, Processes(), "cpu")
+    parallel = ParallelModel(get_backend("gpt"), gpt2.model, Processes(), "cpu", parts=("model",))
     got = estimate_loss(parallel, "model", Tokens(), 3, 8, 4, seed=11, device="cpu", autocast=contextlib.nullcontext)
     generator = torch.Generator().manual_seed(11)
     with torch.no_grad():

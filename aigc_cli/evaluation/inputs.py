@@ -8,14 +8,12 @@ in a different order on the two sides (the rows read ahead are kept until their 
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from aigc_cli.data.records import is_jsonl, not_null, read_jsonl, read_lines
 from aigc_cli.errors import AigcError
 
 ID_FIELD = "id"
@@ -35,34 +33,15 @@ class Item:
     where: str
 
 
-def is_jsonl(path: str | Path) -> bool:
-    return str(path).lower().removesuffix(".gz").endswith((".jsonl", ".json"))
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _lines(path: str | Path, what: str) -> Iterator[tuple[int, str]]:
+def _existing(path: str | Path, what: str) -> Path:
     path = Path(path)
     if not path.is_file():
         raise AigcError(f"{what} file not found: {path}", f"check the path given for the {what}")
-    try:
-        with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")) as handle:
-            for number, line in enumerate(handle, start=1):
-                yield number, line.rstrip("\r\n")
-    except UnicodeDecodeError:
-        raise AigcError(f"{path} is not UTF-8 text", "convert it to UTF-8") from None
-    except (OSError, EOFError) as exc:
-        raise AigcError(f"cannot read {path}: {exc}", "check that the file is intact") from None
+    return path
 
 
 def _as_texts(value, where: str, field: str) -> list[str]:
-    if isinstance(value, str):
+    if isinstance(not_null(value, where, field), str):
         return [value]
     if isinstance(value, (int, float, bool)):  # labels such as 1 / 0
         return [str(value)]
@@ -73,20 +52,12 @@ def _as_texts(value, where: str, field: str) -> list[str]:
 
 def read_rows(path: str | Path, field: str, what: str, skip_later_samples: bool = False) -> Iterator[Row]:
     """Rows of a JSONL file (texts from `field`) or of a text file (one row per line)."""
+    _existing(path, what)
     if not is_jsonl(path):
-        for number, line in _lines(path, what):
+        for number, line in read_lines(path):
             yield Row([line], None, f"{path}:{number}")
         return
-    for number, line in _lines(path, what):
-        where = f"{path}:{number}"
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise AigcError(f"{where}: malformed JSON ({exc.msg})", f"fix that line; each line of the {what} must be one JSON object") from None
-        if not isinstance(record, dict):
-            raise AigcError(f"{where}: expected a JSON object, got {type(record).__name__}", f"each line of the {what} must be one JSON object")
+    for where, record in read_jsonl(path, f"fix that line; each line of the {what} must be one JSON object"):
         if skip_later_samples and record.get("sample", 0) != 0:
             continue  # `aigc generate --num N` writes N samples per input; the first one is scored
         if field not in record:

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
+from aigc_cli.backends import BACKENDS
 from aigc_cli.errors import AigcError
 
 # FSDP here means: shard the model, one optimizer, nothing that reads full weights between steps.
-FSDP_BACKENDS = ("gpt", "rnn", "vae", "lora")
+FSDP_BACKENDS = tuple(name for name, entry in BACKENDS.items() if entry.fsdp)
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ class ParallelModel:
     `model` stays the backend's own module (for DDP its weights are the trained ones; for FSDP
     they are shards, and `unsharded()` gathers the full model for saving)."""
 
-    def __init__(self, backend, model: torch.nn.Module, procs: Processes, device: str, compile: bool = False):
+    def __init__(self, backend, model: torch.nn.Module, procs: Processes, device: str, compile: bool = False, *, parts: tuple[str, ...]):
         self.model, self.procs = model, procs
         if procs.world_size > 1:
             model.to(device)  # "cuda" is this process's GPU now; a model loaded before that sits on GPU 0
@@ -132,7 +133,7 @@ class ParallelModel:
             from torch.nn.parallel import DistributedDataParallel
 
             self.module = DistributedDataParallel(self.module, device_ids=[procs.local_rank] if device == "cuda" else None,
-                                                  find_unused_parameters=len(backend.PARTS) > 1)  # a GAN's D step leaves G unused
+                                                  find_unused_parameters=len(parts) > 1)  # a GAN's D step leaves G unused
         elif procs.strategy == "fsdp":
             from torch.distributed.fsdp import fully_shard
 

@@ -188,7 +188,7 @@ def train_classifier(images_u8: Images, labels: np.ndarray, num_classes: int, se
         model = DigitClassifier(images.shape[1], num_classes, images.shape[2])
     # One thread: CPU conv kernels split their sums by thread count, so the weights would differ
     # between machines; and ops this small gain little from threads but stall for seconds at
-    # every barrier when the cores are shared (10× slower measured with training running beside).
+    # every barrier when the cores are shared (as when training runs beside).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

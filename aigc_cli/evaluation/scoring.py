@@ -3,8 +3,8 @@
 - loss / perplexity of a checkpoint on a prepared split. Deterministic: the split is cut into
   consecutive non-overlapping windows of the model's context length, every token counted once.
 - text metrics of predictions (the JSONL of `aigc generate`, any JSONL, or text lines) against
-  references, or of the predictions alone (aigc_cli/text_metrics.py), streamed in chunks.
-- image metrics (aigc_cli/image_evaluation.py).
+  references, or of the predictions alone (text_metrics.py), streamed in chunks.
+- image metrics (images.py).
 Scoring text files needs neither a config nor torch: `aigc eval --predictions F --references R`.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aigc_cli.config import IMAGE_BACKENDS, MODEL_METRICS, REFERENCE_METRICS, TEXT_METRICS, EvalConfig, ExperimentConfig, require_data
 from aigc_cli.errors import AigcError
-from aigc_cli.eval_report import Gates, build_report, gate_failures, load_gates, output_names, write_report
+from aigc_cli.evaluation.report import Gates, build_report, gate_failures, load_gates, output_names, write_report
 
 CHUNK = 1000  # items per sacrebleu call: big enough for its inner loops, small enough for flat memory
 
@@ -30,9 +30,15 @@ class EvalResult:
     body: dict  # the report itself
     failures: list[str]  # failed quality gates, one line each
 
-    @property
-    def metrics(self) -> dict[str, float]:
-        return self.body["metrics"]
+    def to_json(self) -> dict:
+        return {**self.body, "report": str(self.report), "markdown": str(self.markdown)}
+
+    def summary_lines(self) -> list[str]:
+        return [f"eval report: {self.report} (table: {self.markdown})"]
+
+    def gate_verdict(self) -> str | None:
+        """What says which gates failed (the verb then exits 1), or None when all passed."""
+        return "quality gate failed: " + "; ".join(self.failures) if self.failures else None
 
 
 def evaluate(cfg: ExperimentConfig, checkpoint: str | Path | None, log=lambda _: None, config_free: bool = False) -> EvalResult:
@@ -58,7 +64,7 @@ def _evaluate(cfg: ExperimentConfig, checkpoint, log, config_free: bool) -> Eval
     metrics: dict[str, float] = {}
     details: dict = {}
     if cfg.model.backend in IMAGE_BACKENDS:
-        from aigc_cli.image_evaluation import evaluate_images  # (config validation matched metrics to the backend)
+        from aigc_cli.evaluation.images import evaluate_images  # (config validation matched metrics to the backend)
 
         metrics, details = evaluate_images(cfg, checkpoint, log)
     elif set(MODEL_METRICS) & set(ec.metrics):
@@ -86,7 +92,7 @@ def _evaluate(cfg: ExperimentConfig, checkpoint, log, config_free: bool) -> Eval
 
 def _report(cfg, config_free, metrics, details, signatures, inputs, gates: Gates, text_names) -> EvalResult:
     from aigc_cli.provenance import software_versions, write_provenance
-    from aigc_cli.text_metrics import library_versions
+    from aigc_cli.evaluation.text_metrics import library_versions
 
     ec = cfg.eval
     out = _report_path(cfg, config_free)
@@ -110,7 +116,7 @@ def _beside(predictions: str) -> Path:
 def score_text(ec: EvalConfig, names: list[str], log, checkpoint: str | Path | None = None) -> tuple[dict, dict, dict, list]:
     """Stream predictions (and references) through every requested scorer: metrics, details,
     signatures and input hashes."""
-    from aigc_cli.eval_inputs import sha256_file
+    from aigc_cli.data.records import sha256_file
 
     references = [ec.references] if isinstance(ec.references, str) else list(ec.references or [])
     if not ec.generations:
@@ -147,7 +153,7 @@ def score_text(ec: EvalConfig, names: list[str], log, checkpoint: str | Path | N
 
 
 def _scorers(ec: EvalConfig, names: list[str]) -> dict:
-    from aigc_cli import text_metrics as tm
+    from aigc_cli.evaluation import text_metrics as tm
 
     scorers: dict = {}
     for name in ("bleu", "chrf", "ter"):
@@ -171,7 +177,7 @@ def _scorers(ec: EvalConfig, names: list[str]) -> dict:
 
 def _chunks(ec: EvalConfig, references: list[str]):
     """(predictions, references per item) in chunks of CHUNK items."""
-    from aigc_cli.eval_inputs import Item, read_items, read_rows
+    from aigc_cli.evaluation.inputs import Item, read_items, read_rows
 
     if references:
         items = read_items(ec.generations, references, ec.predictions_field, ec.references_field)

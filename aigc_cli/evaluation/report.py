@@ -17,7 +17,6 @@ from pathlib import Path
 from aigc_cli.atomic_files import write_json_atomic, write_text_atomic
 from aigc_cli.errors import AigcError
 
-EXIT_GATE_FAILED = 1
 LOWER_IS_BETTER = frozenset({"ter", "loss", "perplexity", "bits_per_token", "prediction_perplexity", "prediction_loss", "fid", "kid", "self_bleu", "repetition"})
 NO_DIRECTION = frozenset({"length_mean", "length_median", "length_min", "length_max", "kid_std", "fid_real_floor"})
 _LM = ("loss", "perplexity", "bits_per_token")

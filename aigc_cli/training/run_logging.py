@@ -10,13 +10,12 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import torch
 
 from aigc_cli.atomic_files import write_bytes_atomic, write_text_atomic
-from aigc_cli.backends import modality
+from aigc_cli.backends import spec
 from aigc_cli.config import ExperimentConfig
 
 SAMPLES_DIR = "train_samples"
@@ -65,7 +64,7 @@ class RunLogger:
                 # The samples draw from their own seeded generators; fork_rng guarantees the training
                 # RNG stream is left where it was, so a resumed run still matches an uninterrupted one.
                 with torch.random.fork_rng(devices=[torch.cuda.current_device()] if self.device == "cuda" else []):
-                    if modality(self.backend) == "image":
+                    if spec(self.backend_name).modality == "image":
                         self._image_samples(step, model)
                     else:
                         self._text_samples(step, model)
@@ -127,12 +126,9 @@ def plot_losses(metrics_path: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = []
-    for line in metrics_path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line torn by a killed run
-            continue
+    from aigc_cli.data.records import log_records
+
+    rows = [row for _, row in log_records(metrics_path)]  # (without a line torn by a killed run)
     train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -26,7 +26,7 @@ from aigc_cli.inference.loading import load_model
 
 
 def evaluate_images(cfg: ExperimentConfig, checkpoint: str | Path | None, log=lambda _: None) -> tuple[dict, dict]:
-    from aigc_cli import image_metrics
+    from aigc_cli.evaluation import image_metrics
 
     ec = cfg.eval
     data_dir = require_data(cfg).prepared_dir
@@ -104,7 +104,7 @@ def _what_was_scored(details: dict, names: set[str]) -> str:
 
 
 def _classifier(data_dir, real_train: ImageArray, log):
-    from aigc_cli import image_metrics
+    from aigc_cli.evaluation import image_metrics
 
     if real_train.labels is None or real_train.num_classes < 2:
         raise AigcError("coverage and classifier features need labelled data",
@@ -114,7 +114,7 @@ def _classifier(data_dir, real_train: ImageArray, log):
 
 
 def _feature_space(cfg: ExperimentConfig, classifier):
-    from aigc_cli import image_metrics
+    from aigc_cli.evaluation import image_metrics
 
     ec = cfg.eval
     if ec.image_features == "inception" or (ec.image_features == "auto" and ec.inception_weights):

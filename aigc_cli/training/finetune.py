@@ -2,7 +2,7 @@
 
 A recipe, not a second loop: load the base model and its tokenizer, turn the pairs into
 examples whose loss covers the response only, optionally add LoRA adapters or freeze blocks,
-then hand everything to `training.run_training`.
+then hand everything to `run_training` (loop.py), the loop `aigc train` runs.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from aigc_cli.data.tokenization import copy_tokenizer_files
 from aigc_cli.devices import pick_device
 from aigc_cli.errors import AigcError
 from aigc_cli.locks import exclusive_lock
-from aigc_cli.training import TrainingJob, run_training
+from aigc_cli.training.loop import TrainingJob, run_training
 
 
 @dataclass
@@ -34,6 +34,19 @@ class FinetuneResult:
     total_params: int
     truncated: int
     merged: Path | None = None
+    method: str = "full"  # finetune.method
+
+    def to_json(self) -> dict:
+        out = {"run_dir": str(self.run_dir), "checkpoint": str(self.checkpoint), "val_loss": self.val_loss,
+               "trainable_params": self.trainable_params, "total_params": self.total_params, "truncated": self.truncated}
+        return out if self.merged is None else {**out, "merged": str(self.merged)}
+
+    def summary_lines(self) -> list[str]:
+        share = self.trainable_params / max(1, self.total_params)
+        lines = [f"run directory: {self.run_dir}", f"checkpoint ({self.method}): {self.checkpoint}",
+                 f"trainable parameters: {self.trainable_params:,} of {self.total_params:,} ({share:.2%})",
+                 f"validation loss: {self.val_loss:.4f}"]
+        return lines if self.merged is None else lines + [f"merged model: {self.merged}"]
 
 
 def load_base_model(fc: FinetuneConfig, device: str):
@@ -147,4 +160,4 @@ def _finetune(cfg: ExperimentConfig, resume: bool, merge: bool, quiet: bool) -> 
             backend.merge(final.eval()).save_pretrained(tmp)
             copy_tokenizer_files(tokenizer_dir, tmp, max_length)
     return FinetuneResult(result.run_dir, result.checkpoint, result.val_loss, trainable, total,
-                          train_examples.truncated + val_examples.truncated, merged)
+                          train_examples.truncated + val_examples.truncated, merged, fc.method)

@@ -92,6 +92,42 @@ def sacrebleu_metric(name: str, lang: str | None, bleu_tokenize: str | None):
                         f"pip install 'sacrebleu[{extra}]', or set eval.bleu_tokenize=char") from None
 
 
+_KANA, _HANGUL, _HAN = re.compile("[\u3040-\u30ff]"), re.compile("[\uac00-\ud7af\u1100-\u11ff]"), re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def guess_cjk_language(texts: list[str]) -> str | None:
+    """zh, ja or ko when CJK characters are at least 30% of the texts' non-space characters."""
+    sample = "".join(texts[:500])
+    letters = sum(not c.isspace() for c in sample)
+    kana, hangul, han = (len(p.findall(sample)) for p in (_KANA, _HANGUL, _HAN))
+    if not letters or (kana + hangul + han) / letters < 0.3:
+        return None
+    return "ja" if kana else "ko" if hangul > han else "zh"
+
+
+def _metric_for_guessed_language(name: str, references: list[str]):
+    from aigc_cli.errors import warn
+
+    lang = guess_cjk_language(references)
+    if lang is None:
+        return sacrebleu_metric(name, None, None)
+    if name == "bleu" and lang in ("ja", "ko"):
+        try:
+            metric = sacrebleu_metric(name, lang, None)
+        except AigcError:  # no MeCab: characters, which need no tokenizer package
+            warn(f"eval: the references look like {_LANG_NAMES[lang]} and eval.lang is not set; MeCab is not installed, so BLEU "
+                 f"splits them into characters (sacrebleu's char tokenizer) — set eval.lang={lang} with pip install 'sacrebleu[{lang}]'")
+            return sacrebleu_metric(name, None, "char")
+    else:
+        metric = sacrebleu_metric(name, lang, None)
+    warn(f"eval: the references look like {_LANG_NAMES[lang]} and eval.lang is not set; {name.upper()} is scored as for "
+         f"eval.lang={lang} (set eval.lang to choose, or eval.bleu_tokenize)")
+    return metric
+
+
+_LANG_NAMES = {"zh": "Chinese", "ja": "Japanese", "ko": "Korean"}
+
+
 def _clear_tokenizer_caches(metric) -> None:
     """sacrebleu's tokenizers memoise up to 65,536 sentences each (functools.lru_cache on the
     class). A streamed pass tokenizes each sentence once, so the cache only grows memory with the
@@ -108,12 +144,19 @@ class SacrebleuScorer:
 
     def __init__(self, name: str, lang: str | None, bleu_tokenize: str | None):
         self.name = name
-        self.metric = sacrebleu_metric(name, lang, bleu_tokenize)
+        # Without eval.lang, BLEU and TER on Chinese, Japanese or Korean would split nothing (13a
+        # splits at spaces, which these scripts do not write) and score 0.0 silently: the
+        # language is then guessed from the first references, and said.
+        guess = lang is None and bleu_tokenize is None and name in ("bleu", "ter")
+        self.metric = None if guess else sacrebleu_metric(name, lang, bleu_tokenize)
         self.totals: list | None = None
         self.reference_counts: set[int] = set()
 
     def add(self, predictions: list[str], references: list[list[str]]) -> None:
         from sacrebleu.utils import sum_of_lists
+
+        if self.metric is None:
+            self.metric = _metric_for_guessed_language(self.name, [r for refs in references for r in refs])
 
         width = max(len(refs) for refs in references)
         streams = [[refs[j] if j < len(refs) else None for refs in references] for j in range(width)]
