@@ -422,7 +422,7 @@ def runs(directory: Annotated[Optional[str], typer.Argument(metavar="DIR", help=
     def work():
         from dataclasses import asdict
 
-        from aigc_cli.run_inspection import find_runs
+        from aigc_cli.runs.inspection import find_runs
 
         # No ./runs yet just means no runs; a folder that was named and is missing is a mistake.
         found = [] if directory is None and not Path("runs").is_dir() else find_runs(directory or "runs")
@@ -444,7 +444,7 @@ def info(path: Annotated[str, typer.Argument(metavar="PATH", help="A checkpoint,
     """
 
     def work():
-        from aigc_cli.run_inspection import describe
+        from aigc_cli.runs.inspection import describe
 
         described = describe(path)
         return Shown(described, _info_lines(described))
@@ -474,7 +474,7 @@ def _print_runs_table(found, directory: str) -> None:
 
 
 def _info_lines(info: dict, indent: str = "") -> list[str]:
-    from aigc_cli.run_inspection import human_size
+    from aigc_cli.runs.inspection import human_size
 
     lines = []
     for key, value in info.items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aigc_cli.checkpoints import list_checkpoints, resolve_checkpoint
+from aigc_cli.runs.checkpoints import list_checkpoints, resolve_checkpoint
 from aigc_cli.config import IMAGE_BACKENDS, MODEL_METRICS, ExperimentConfig
 from aigc_cli.errors import AigcError
 
@@ -27,7 +27,7 @@ def trained_checkpoint(config_path: str, checkpoint: str | None, out_dir: str) -
 
 
 def _is_model_dir(path: Path) -> bool:
-    from aigc_cli.checkpoints import MARKERS
+    from aigc_cli.runs.checkpoints import MARKERS
 
     return any((path / name).is_file() for name in MARKERS)
 
@@ -62,7 +62,7 @@ def check_train(config_path: str, cfg: ExperimentConfig, resume: bool = False) -
 
 
 def check_finetune(cfg: ExperimentConfig, resume: bool = False) -> None:
-    from aigc_cli.checkpoints import resolve_base
+    from aigc_cli.runs.checkpoints import resolve_base
 
     fc = cfg.finetune
     resolve_base(fc.base)
@@ -125,7 +125,7 @@ def _resume_fits(cfg: ExperimentConfig, data_dir: Path | None, keys: tuple[str, 
     the old model while config.yaml claims new sizes. Schedule keys (max_steps, lr...) may change."""
     import yaml
 
-    from aigc_cli.checkpoints import latest_good_checkpoint
+    from aigc_cli.runs.checkpoints import latest_good_checkpoint
 
     checkpoint = latest_good_checkpoint(Path(cfg.train.out_dir), report=lambda _: None)
     if checkpoint is None or not (checkpoint / "config.yaml").is_file():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from aigc_cli.atomic_files import write_text_atomic
+from aigc_cli.runs.atomic_files import write_text_atomic
 from aigc_cli.config import validate_config
 from aigc_cli.errors import AigcError
 

@@ -1,6 +1,6 @@
 """Print the README's "Config reference" from the schema, or rewrite it in place with --write.
 
-The schema (aigc_cli/config.py, and the model sections in the backend registry) is the one place defaults live; tests/test_readme.py fails when
+The schema (aigc_cli/config.py, and the model sections in the backend registry) is the one place defaults live; tests/docs/test_readme.py fails when
 the README's copy drifts from it.
 """
 

@@ -63,7 +63,7 @@ def test_every_verb_shares_one_error_path(config, monkeypatch, verb, raised, cod
     def fail(*args, **kwargs):
         raise raised
 
-    target = {"init": "aigc_cli.starter_configs.write_starter", "info": "aigc_cli.run_inspection.describe",
+    target = {"init": "aigc_cli.starter_configs.write_starter", "info": "aigc_cli.runs.inspection.describe",
               "prep": "aigc_cli.data.prepare.prepare_text_corpus"}[verb]
     monkeypatch.setattr(target, fail)
     args = {"init": ["init", "new", "--template", "text-gpt"], "info": ["info", "."], "prep": ["prep", config]}[verb]

@@ -4,7 +4,7 @@ A family is one module with the functions of `TextBackend` or `ImageBackend` (Pr
 base classes) plus one entry below: its `model:` config section and a `BackendSpec` naming the
 module and what it can do. Everything else is derived from BACKENDS — the config's `model`
 union and the text/image split (config.py), FSDP support (distributed.py), what `aigc info`
-reads (run_inspection.py), which backend wrote a directory (`backend_of_checkpoint`) — and no
+reads (runs/inspection.py), which backend wrote a directory (`backend_of_checkpoint`) — and no
 code asks a module what it can do: an optional ability is declared in the spec, and
 tests/backends/test_contract.py checks that every module implements what its spec declares.
 """

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from aigc_cli.backends import gpt
-from aigc_cli.checkpoints import ADAPTER_BASE, adapter_base
+from aigc_cli.runs.checkpoints import ADAPTER_BASE, adapter_base
 from aigc_cli.errors import AigcError
 
 # peft 0.21 still asks transformers 5 for a renamed attribute; the warning is theirs, not the user's.

@@ -18,13 +18,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from aigc_cli.atomic_files import remove_stale_temporaries, staging_dir, write_json_atomic
+from aigc_cli.runs.atomic_files import remove_stale_temporaries, staging_dir, write_json_atomic
 from aigc_cli.config import DataConfig, ExperimentConfig, require_data
 from aigc_cli.data.prepared_dir import read_meta, reusable_output
 from aigc_cli.data.records import sha256_file
 from aigc_cli.errors import AigcError
-from aigc_cli.locks import exclusive_lock
-from aigc_cli.provenance import software_versions, write_provenance
+from aigc_cli.runs.locks import exclusive_lock
+from aigc_cli.runs.provenance import software_versions, write_provenance
 
 META_FORMAT = "aigc-prepared-images-v1"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -58,7 +58,7 @@ class SourceImage:
 
 
 def prepare_images(cfg: ExperimentConfig, force: bool = False, log: Callable[[str], None] = print) -> ImageResult:
-    """Holds data.prepared_dir's lock throughout (see locks.py)."""
+    """Holds data.prepared_dir's lock throughout (see runs/locks.py)."""
     out = Path(require_data(cfg).prepared_dir)
     with exclusive_lock(out, "prepared-data directory"):
         remove_stale_temporaries(out.parent, (out.name,))

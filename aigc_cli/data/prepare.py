@@ -17,14 +17,14 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from aigc_cli.atomic_files import remove_stale_temporaries, staging_dir, write_json_atomic
+from aigc_cli.runs.atomic_files import remove_stale_temporaries, staging_dir, write_json_atomic
 from aigc_cli.config import DataConfig, ExperimentConfig, require_data
 from aigc_cli.data.text_sources import Chunk, SourceStats, iter_chunks
 from aigc_cli.data import tokenization
 from aigc_cli.data.prepared_dir import read_meta, reusable_output
 from aigc_cli.errors import AigcError
-from aigc_cli.locks import exclusive_lock
-from aigc_cli.provenance import software_versions, write_provenance
+from aigc_cli.runs.locks import exclusive_lock
+from aigc_cli.runs.provenance import software_versions, write_provenance
 
 META_FORMAT = "aigc-prepared-text-v1"
 ENCODE_BATCH_CHARS = 1 << 20
@@ -48,7 +48,7 @@ class PrepResult:
 
 
 def prepare_text_corpus(cfg: ExperimentConfig, force: bool = False, log: Callable[[str], None] = print) -> PrepResult:
-    """Holds data.prepared_dir's lock throughout (see locks.py)."""
+    """Holds data.prepared_dir's lock throughout (see runs/locks.py)."""
     out = Path(require_data(cfg).prepared_dir)
     with exclusive_lock(out, "prepared-data directory"):
         remove_stale_temporaries(out.parent, (out.name,))

@@ -30,7 +30,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from aigc_cli.atomic_files import staging_dir, write_json_atomic
+from aigc_cli.runs.atomic_files import staging_dir, write_json_atomic
 from aigc_cli.errors import AigcError
 
 BATCH = 256

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from aigc_cli.atomic_files import write_json_atomic, write_text_atomic
+from aigc_cli.runs.atomic_files import write_json_atomic, write_text_atomic
 from aigc_cli.errors import AigcError
 
 LOWER_IS_BETTER = frozenset({"ter", "loss", "perplexity", "bits_per_token", "prediction_perplexity", "prediction_loss", "fid", "kid", "self_bleu", "repetition"})

@@ -44,7 +44,7 @@ class EvalResult:
 def evaluate(cfg: ExperimentConfig, checkpoint: str | Path | None, log=lambda _: None, config_free: bool = False) -> EvalResult:
     """Every metric in eval.metrics, checked against the gates, written as report.json + report.md;
     the report's lock is held throughout."""
-    from aigc_cli.locks import exclusive_lock
+    from aigc_cli.runs.locks import exclusive_lock
 
     with exclusive_lock(_report_path(cfg, config_free), "eval report"):
         return _evaluate(cfg, checkpoint, log, config_free)
@@ -91,7 +91,7 @@ def _evaluate(cfg: ExperimentConfig, checkpoint, log, config_free: bool) -> Eval
 
 
 def _report(cfg, config_free, metrics, details, signatures, inputs, gates: Gates, text_names) -> EvalResult:
-    from aigc_cli.provenance import software_versions, write_provenance
+    from aigc_cli.runs.provenance import software_versions, write_provenance
     from aigc_cli.evaluation.text_metrics import library_versions
 
     ec = cfg.eval

@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from aigc_cli.atomic_files import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
+from aigc_cli.runs.atomic_files import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
 from aigc_cli.backends import backend_of_checkpoint, spec
-from aigc_cli.checkpoints import checkpoint_identity, resolve_checkpoint
+from aigc_cli.runs.checkpoints import checkpoint_identity, resolve_checkpoint
 from aigc_cli.config import ExperimentConfig, ImageGenerateConfig
 from aigc_cli.data.records import sha256_file
 from aigc_cli.errors import AigcError
 from aigc_cli.generation.manifest import OutputManifest, item_key
 from aigc_cli.inference.image_sampling import batch_ranges, class_labels, reconstruct, sample_image_batch
-from aigc_cli.locks import exclusive_lock
-from aigc_cli.provenance import software_versions, write_provenance
+from aigc_cli.runs.locks import exclusive_lock
+from aigc_cli.runs.provenance import software_versions, write_provenance
 
 if TYPE_CHECKING:
     from aigc_cli.inference.loading import LoadedModel

@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from aigc_cli.atomic_files import naming_the_path, write_text_atomic
+from aigc_cli.runs.atomic_files import naming_the_path, write_text_atomic
 
 
 def item_key(**fields) -> str:

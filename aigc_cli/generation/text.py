@@ -18,16 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from aigc_cli.atomic_files import remove_stale_temporaries, write_json_atomic, write_text_atomic
+from aigc_cli.runs.atomic_files import remove_stale_temporaries, write_json_atomic, write_text_atomic
 from aigc_cli.backends import backend_of_checkpoint
-from aigc_cli.checkpoints import checkpoint_identity, resolve_checkpoint
+from aigc_cli.runs.checkpoints import checkpoint_identity, resolve_checkpoint
 from aigc_cli.config import ExperimentConfig, GenerateConfig
 from aigc_cli.data.pairs import PairRecord, fill_template, read_pair_records
 from aigc_cli.data.records import is_jsonl, read_jsonl, read_lines, text_fields
 from aigc_cli.errors import AigcError
 from aigc_cli.generation.manifest import OutputManifest, item_key
-from aigc_cli.locks import exclusive_lock
-from aigc_cli.provenance import software_versions
+from aigc_cli.runs.locks import exclusive_lock
+from aigc_cli.runs.provenance import software_versions
 
 
 def read_prompts_file(path: str | Path) -> list[dict]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from aigc_cli.backends import backend_of_checkpoint, get_backend, spec
-from aigc_cli.checkpoints import load_weights, resolve_checkpoint
+from aigc_cli.runs.checkpoints import load_weights, resolve_checkpoint
 from aigc_cli.data.tokenization import eos_id, load_tokenizer
 from aigc_cli.devices import pick_device
 from aigc_cli.errors import AigcError

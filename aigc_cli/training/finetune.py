@@ -13,15 +13,15 @@ from pathlib import Path
 
 import torch
 
-from aigc_cli.atomic_files import staging_dir
+from aigc_cli.runs.atomic_files import staging_dir
 from aigc_cli.backends import get_backend
-from aigc_cli.checkpoints import resolve_base
+from aigc_cli.runs.checkpoints import resolve_base
 from aigc_cli.config import ExperimentConfig, FinetuneConfig
 from aigc_cli.data.pairs import PairExamples, read_pair_records
 from aigc_cli.data.tokenization import copy_tokenizer_files
 from aigc_cli.devices import pick_device
 from aigc_cli.errors import AigcError
-from aigc_cli.locks import exclusive_lock
+from aigc_cli.runs.locks import exclusive_lock
 from aigc_cli.training.loop import TrainingJob, run_training
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 
 from aigc_cli.backends import get_backend, spec
-from aigc_cli.checkpoints import load_weights
+from aigc_cli.runs.checkpoints import load_weights
 from aigc_cli.config import ExperimentConfig, require_data
 from aigc_cli.data.batches import TokenArray
 from aigc_cli.errors import EXIT_SIGINT, EXIT_SIGTERM, Interrupted, Terminated
-from aigc_cli.locks import exclusive_lock
+from aigc_cli.runs.locks import exclusive_lock
 from aigc_cli.training.distributed import Processes, mean_over_processes
 from aigc_cli.training.metrics import MetricsLog
 from aigc_cli.training.optimizer import lr_at, set_learning_rate

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from aigc_cli.atomic_files import naming_the_path, write_text_atomic
+from aigc_cli.runs.atomic_files import naming_the_path, write_text_atomic
 from aigc_cli.training.run_logging import RunLogger
 
 if TYPE_CHECKING:

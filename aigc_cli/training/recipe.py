@@ -16,13 +16,13 @@ from typing import Callable
 
 import torch
 
-from aigc_cli.atomic_files import remove_stale_temporaries
+from aigc_cli.runs.atomic_files import remove_stale_temporaries
 from aigc_cli.backends import BackendSpec, spec
-from aigc_cli.checkpoints import CHECKPOINTS, latest_good_checkpoint, list_checkpoints, read_training_state, write_checkpoint
+from aigc_cli.runs.checkpoints import CHECKPOINTS, latest_good_checkpoint, list_checkpoints, read_training_state, write_checkpoint
 from aigc_cli.config import ExperimentConfig, TrainConfig
 from aigc_cli.devices import pick_device
 from aigc_cli.errors import EXIT_DIVERGED, AigcError
-from aigc_cli.provenance import write_provenance
+from aigc_cli.runs.provenance import write_provenance
 from aigc_cli.training.distributed import ParallelModel, Processes, mean_over_processes, seed_own_noise, start_processes, wait_for_all
 from aigc_cli.training.metrics import METRICS, truncate_metrics
 from aigc_cli.training.optimizer import make_optimizer

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from aigc_cli.atomic_files import write_bytes_atomic, write_text_atomic
+from aigc_cli.runs.atomic_files import write_bytes_atomic, write_text_atomic
 from aigc_cli.backends import spec
 from aigc_cli.config import ExperimentConfig
 

@@ -16,7 +16,7 @@ import torch
 
 from aigc_cli.backends import (BACKENDS, DDPMModelConfig, DecodesPadded, GANModelConfig, GPTModelConfig, Reconstructs,
                                RNNModelConfig, UpdatesAfterStep, VAEModelConfig, get_backend, protocols, spec)
-from aigc_cli.checkpoints import write_checkpoint
+from aigc_cli.runs.checkpoints import write_checkpoint
 from aigc_cli.config import GenerateConfig, ImageGenerateConfig, LoraConfig, TrainConfig
 from aigc_cli.data.tokenization import build_char_tokenizer, save_tokenizer
 from aigc_cli.training.optimizer import make_optimizer
@@ -134,7 +134,7 @@ def test_loss_is_finite_and_backpropagates_for_every_part(name, tmp_path, tokeni
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_save_then_load_gives_identical_outputs(name, tmp_path, tokenizer):
-    from aigc_cli.checkpoints import load_weights
+    from aigc_cli.runs.checkpoints import load_weights
 
     backend, declared = get_backend(name), spec(name)
     torch.manual_seed(0)
@@ -187,7 +187,7 @@ def test_sampling_works_through_the_inference_layer(name, tmp_path, tokenizer):
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_info_describes_the_saved_checkpoint(name, tmp_path, tokenizer):
-    from aigc_cli.run_inspection import describe
+    from aigc_cli.runs.inspection import describe
 
     backend = get_backend(name)
     torch.manual_seed(0)

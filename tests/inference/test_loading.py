@@ -29,7 +29,7 @@ def text_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory):
-    from tests.test_images import image_config
+    from tests.cli.test_images import image_config
 
     tmp = tmp_path_factory.mktemp("image")
     return tmp, train(tmp, image_config(tmp, "vae", train={"max_steps": 2, "eval_every": 2}))

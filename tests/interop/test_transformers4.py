@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import json_out
-from tests.test_finetune import PAIRS, finetune_config
+from tests.training.test_finetune import PAIRS, finetune_config
 from tests.conftest import tiny_config
 
 OLDEST = "4.46.3"

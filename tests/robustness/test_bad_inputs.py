@@ -68,7 +68,7 @@ def hold_lock(target: str) -> Callable[[], None]:
     """Another process (as far as the lock file says: PID 999999) holds `target`'s lock."""
 
     def prepare() -> None:
-        from aigc_cli.locks import lock_path
+        from aigc_cli.runs.locks import lock_path
 
         lock_path(target).parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_path(target), os.O_RDWR | os.O_CREAT)

@@ -26,7 +26,7 @@ def _latest_step(run_dir: Path) -> int:
 
 
 def test_training_killed_three_ways_ends_bit_identical(cli, tmp_path, corpus):
-    from aigc_cli.checkpoints import checkpoint_problem, latest_good_checkpoint
+    from aigc_cli.runs.checkpoints import checkpoint_problem, latest_good_checkpoint
 
     reference = tiny_config(tmp_path / "reference", corpus, train=TRAIN, model=MODEL)
     json_out(cli("prep", reference, "--json"))

@@ -24,7 +24,7 @@ def run(*args):
 
 
 def test_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(world, tmp_path, monkeypatch):
-    from aigc_cli.checkpoints import checkpoint_problem
+    from aigc_cli.runs.checkpoints import checkpoint_problem
 
     copy = world_copy(world, tmp_path, monkeypatch)
     weights = Path(STEP4, "model.safetensors")
@@ -112,7 +112,7 @@ def test_skip_nonfinite_counts_the_skipped_batches(world, tmp_path, monkeypatch)
 
 
 def test_image_generation_rerun_samples_only_what_is_missing(tmp_path):
-    from tests.test_images import image_config
+    from tests.cli.test_images import image_config
 
     cfg = image_config(tmp_path, "vae", train={"max_steps": 2, "eval_every": 2, "eval_batches": 1})
     json_out(run("prep", cfg, "--json"))

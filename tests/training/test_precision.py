@@ -1,4 +1,4 @@
-"""aigc_cli/training/precision.py (auto's choices are tested in tests/test_train_generate_eval.py)."""
+"""aigc_cli/training/precision.py (auto's choices are tested in tests/cli/test_train_generate_eval.py)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 
 from aigc_cli import __version__
-from aigc_cli.atomic_files import write_json_atomic, write_text_atomic
+from aigc_cli.runs.atomic_files import write_json_atomic, write_text_atomic
 from aigc_cli.config import ExperimentConfig, dump_config
 
 _PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "peft", "diffusers")

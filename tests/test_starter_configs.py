@@ -1,5 +1,5 @@
 """`aigc init`: every shipped template is a valid config; init writes, lists, refuses to overwrite;
-an image template runs end to end (the text ones run in tests/test_readme.py's quick start)."""
+an image template runs end to end (the text ones run in tests/docs/test_readme.py's quick start)."""
 
 from __future__ import annotations
 

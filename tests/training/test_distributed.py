@@ -18,7 +18,7 @@ import pytest
 from aigc_cli.errors import AigcError
 from tests.conftest import TINY_TEXT, json_out, tiny_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TRAIN = {"precision": "fp32", "save_every": 10, "keep_last": 0, "log_every": 1, "batch_size": 4}
 
 

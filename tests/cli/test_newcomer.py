@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from aigc_cli.cli import app
 from tests.conftest import json_out, tiny_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VERBS = ["prep", "train", "finetune", "generate", "eval", "init", "runs", "info"]
 
 

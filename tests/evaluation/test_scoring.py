@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import json_out
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WORDS = "a man woman dog child red blue ball street runs sits plays with in on the of near big small green".split()
 ZH = ["今天天气很好，我们去公园散步。", "他在图书馆里看书。", "这只小猫非常可爱。", "我喜欢吃苹果和香蕉。", "明天我们要去北京开会。",
       "孩子们在操场上踢足球。", "妈妈正在厨房做饭。", "这本书的故事很有意思。", "火车站离这里不远。", "老师给学生们讲了一个故事。"]

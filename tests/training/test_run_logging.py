@@ -55,7 +55,7 @@ def test_samples_can_be_switched_off(cli, tmp_path, corpus):
 def test_image_run_writes_sample_grids(cli, tmp_path):
     from PIL import Image
 
-    from tests.test_images import image_config
+    from tests.cli.test_images import image_config
 
     cfg = image_config(tmp_path, "vae", train={"eval_every": 15, "sample_images": 6}, generate={"images": {"grid_columns": 3}})
     json_out(cli("prep", cfg, "--json"))

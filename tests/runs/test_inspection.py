@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import TINY_TEXT, json_out, tiny_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,8 @@ MODEL_CONFIGS = {
 
 
 def test_every_registered_backend_is_covered():
-    # lora cannot be built from scratch (it adapts a base model): tests/test_finetune.py covers it;
-    # the image backends run through the same loop in tests/test_images.py; bigram (a lookup table
+    # lora cannot be built from scratch (it adapts a base model): tests/training/test_finetune.py covers it;
+    # the image backends run through the same loop in tests/cli/test_images.py; bigram (a lookup table
     # that learns at its own pace) and every other backend in tests/backends/test_contract.py.
     assert {backend for backend, _ in MODEL_CONFIGS.values()} == set(BACKENDS) - {"lora", "ddpm", "vae", "gan", "bigram"}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 
 
@@ -59,7 +59,7 @@ def documented_errors() -> list[tuple[str, str]]:
             quotes = [line.strip()] if in_block and line.strip().startswith("error: ") else re.findall(r"`(error: [^`]+)`", line)
             for quote in quotes:
                 text = re.sub(r"\s+\(exit \d+\)$", "", quote.removeprefix("error: ").strip())
-                # Config errors are built from pydantic's (tests/test_cli_text.py checks them); "…" marks a shortened quote.
+                # Config errors are built from pydantic's (tests/cli/test_help_and_error_text.py checks them); "…" marks a shortened quote.
                 # Gate failures are printed by cli.py itself; "WHAT — HOW TO FIX" describes the form.
                 skip = re.match(r"\S+\.yaml: |quality gate failed: |[A-Z ]+ — [A-Z ]+$", text) or text.endswith(("...", "…"))
                 if not skip:

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from aigc_cli.backends import BACKENDS, CHECKPOINT_MARKERS, CheckpointFiles, backend_of_checkpoint
-from aigc_cli.checkpoints import adapter_base
+from aigc_cli.runs.checkpoints import adapter_base
 from aigc_cli.errors import AigcError
 
 PREPARED_FORMAT_PREFIX = "aigc-prepared-"  # meta.json "format" of `aigc prep` outputs (text and images, any version)

@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from aigc_cli.atomic_files import staging_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
+from aigc_cli.runs.atomic_files import staging_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
 from aigc_cli.backends import CHECKPOINT_MARKERS
 from aigc_cli.data.records import sha256_file
 from aigc_cli.errors import AigcError, warn

@@ -3,7 +3,7 @@
 The expected outputs live in tests/expected/*.txt. After an intended change to help texts or
 messages, regenerate them and review the diff:
 
-    AIGC_UPDATE_EXPECTED=1 python -m pytest -q tests/test_cli_text.py && git diff tests/expected
+    AIGC_UPDATE_EXPECTED=1 python -m pytest -q tests/cli/test_help_and_error_text.py && git diff tests/cli/expected
 """
 
 from __future__ import annotations
@@ -52,4 +52,4 @@ def test_output_matches_expected_text(name, tmp_path, monkeypatch):
     assert path.is_file(), f"no {path.name}: run AIGC_UPDATE_EXPECTED=1 python -m pytest {__file__}"
     assert actual == path.read_text(encoding="utf-8"), (
         f"the output of `aigc {' '.join(CASES[name])}` changed; if intended: "
-        f"AIGC_UPDATE_EXPECTED=1 python -m pytest -q tests/test_cli_text.py, and review git diff tests/expected")
+        f"AIGC_UPDATE_EXPECTED=1 python -m pytest -q tests/cli/test_help_and_error_text.py, and review git diff tests/cli/expected")
