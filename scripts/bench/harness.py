@@ -86,11 +86,24 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    facts = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    facts = {"cpu": cpu, "cpu_features": cpu_bf16_features(), "cores": os.cpu_count(), "python": platform.python_version(),
              "torch": torch.__version__, "os": f"{platform.system()} {platform.release()}"}
     if torch.cuda.is_available():
         facts["gpu"] = torch.cuda.get_device_name()
     return facts
+
+
+def cpu_bf16_features() -> str:
+    """What decides bf16 on this CPU: "AVX512-BF16, AMX", "AVX512-BF16" or "no native bf16 (AVX2)"."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    found = [name for flag, name in (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX")) if flag in flags]
+    if found:
+        return ", ".join(found)
+    return "no native bf16" + (" (AVX2)" if "avx2" in flags else "")
 
 
 def matmul_flops(device: str, dtype=None, size: int = 1024, seconds: float = 1.0) -> float:

@@ -91,6 +91,8 @@ def markdown(rows: list[dict], problems: dict[str, str], facts: dict, smoke: boo
     if smoke:
         lines += ["**Smoke run (`--smoke`): one iteration at tiny sizes — these numbers mean nothing.**", ""]
     lines += [f"- date: {facts['date']}", f"- machine: {facts['machine']}",
+              "- precision: fp32 unless a row says bf16 autocast (generation and DDPM sampling always run in fp32); "
+              "eval, prep and startup do no model arithmetic",
               f"- load average (1 min) before / after: {facts['load_before']:.2f} / {facts['load_after']:.2f} on {facts['cores']} cores",
               f"- other busy processes at the start: {facts['busy'] or 'none'}", f"- threads per benchmark (OMP_NUM_THREADS): {facts['threads']}",
               f"- wall time of the whole run: {facts['wall']:.0f} s", "",
