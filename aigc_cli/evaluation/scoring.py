@@ -195,8 +195,11 @@ def _chunks(ec: EvalConfig, references: list[str]):
 class PredictionPerplexity:
     """Perplexity of the predictions under a checkpoint: how fluent the model finds them, with no
     references needed. Each prediction is scored as a document of its own, every token predicted
-    after the end-of-text token (the context a generated document starts from); text longer than
-    the model's context goes in consecutive windows. exp(mean loss over all scored tokens)."""
+    after the end-of-text token (the context a generated document starts from). Text longer than
+    the model's context is scored as lm-evaluation-harness's loglikelihood_rolling scores it:
+    consecutive windows of the context length, the last one shifted back to end at the text's end
+    so its few new tokens are predicted with a full context (the tokens before them are context
+    only, not scored again). exp(mean loss over all scored tokens)."""
 
     def __init__(self, checkpoint: str | Path, batch_size: int):
         from aigc_cli.inference.heldout import LossSum
@@ -211,29 +214,29 @@ class PredictionPerplexity:
         from aigc_cli.inference.heldout import heldout_loss
 
         loaded = self.loaded
-        windows: list[list[int]] = []
+        windows: list[tuple[list[int], int]] = []  # (ids, how many leading targets are context only)
         for text in predictions:
             ids = [loaded.eos_id] + (loaded.tokenizer.encode(text, add_special_tokens=False).ids if text else [])
             self.items += 1
             self.empty += len(ids) == 1
-            windows += [ids[i:i + self.window + 1] for i in range(0, len(ids) - 1, self.window)]
-        windows.sort(key=len)  # similar lengths share a batch: less padding
+            windows += rolling_windows(ids, self.window)
+        windows.sort(key=lambda w: len(w[0]))  # similar lengths share a batch: less padding
         batches = (self._padded(windows[start:start + self.batch_size]) for start in range(0, len(windows), self.batch_size))
         self.scored = heldout_loss(self.loaded, self.loaded.validation_part, batches, self.loaded.device, per="token", so_far=self.scored)
 
-    def _padded(self, windows: list[list[int]]):
+    def _padded(self, windows: list[tuple[list[int], int]]):
         """(inputs, targets) of windows of different lengths: padding sits after each row's tokens,
-        which a causal model never looks at, and its targets are ignored."""
+        which a causal model never looks at; its targets, and those of context-only tokens, are ignored."""
         import torch
 
         from aigc_cli.inference.heldout import IGNORE_INDEX
 
-        width = max(len(w) for w in windows) - 1
+        width = max(len(ids) for ids, _ in windows) - 1
         inputs = torch.full((len(windows), width), self.loaded.eos_id, dtype=torch.long)
         targets = torch.full((len(windows), width), IGNORE_INDEX, dtype=torch.long)
-        for row, ids in enumerate(windows):
+        for row, (ids, context_only) in enumerate(windows):
             inputs[row, :len(ids) - 1] = torch.tensor(ids[:-1])
-            targets[row, :len(ids) - 1] = torch.tensor(ids[1:])
+            targets[row, context_only:len(ids) - 1] = torch.tensor(ids[1 + context_only:])
         return inputs, targets
 
     def result(self) -> dict[str, float]:
@@ -245,6 +248,19 @@ class PredictionPerplexity:
     def details(self) -> dict:
         return {"checkpoint": str(self.loaded.checkpoint), "backend": self.loaded.backend_name, "tokens": self.scored.weight,
                 "items": self.items, "empty_predictions": self.empty, "context": self.window}
+
+def rolling_windows(ids: list[int], window: int) -> list[tuple[list[int], int]]:
+    """Windows of at most window+1 ids (window inputs, each predicting the next id) covering every
+    target ids[1:] once: consecutive while whole, the last one moved back to end at the end of the
+    text, its repeated leading targets marked context-only (lm-eval's rolling windows)."""
+    targets = len(ids) - 1
+    out = [(ids[start:start + window + 1], 0) for start in range(0, targets - targets % window, window)]
+    rest = targets % window
+    if rest:
+        start = max(0, len(ids) - 1 - window)
+        out.append((ids[start:], (len(ids) - 1 - start) - rest))
+    return out
+
 
 def evaluate_language_model(cfg: ExperimentConfig, checkpoint: str | Path | None) -> tuple[dict, dict]:
     from aigc_cli.data.batches import TokenArray

@@ -65,6 +65,10 @@ def build_prompts(gc: GenerateConfig, records: list[dict]) -> list[tuple[str, st
     for record in records:
         where = record.get("_where", "--prompt")
         fields = {k: v for k, v in record.items() if k != "_where"}
+        if not gc.template and "prompt" not in fields and "source" not in fields:
+            # Without a template only a `prompt` (or `source`) field is a prompt: anything else would be an empty one.
+            raise AigcError(f"{where}: no 'prompt' field (fields: {', '.join(sorted(fields)) or 'none'})",
+                            "give each JSONL line a 'prompt' field, or set generate.template to fill from the fields it has")
         shown = fields.get("prompt", fields.get("source", ""))
         if not gc.template:
             out.append((shown, shown))

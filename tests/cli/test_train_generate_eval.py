@@ -137,19 +137,29 @@ def test_prediction_perplexity_agrees_with_the_model_and_ranks_fluency(cli, prep
         scores[name] = json_out(cli("eval", "--predictions", path, "--metrics", "prediction_perplexity", "--checkpoint", out["checkpoint"], "--json"))
     assert scores["fluent"]["metrics"]["prediction_perplexity"] < 0.8 * scores["garbled"]["metrics"]["prediction_perplexity"]
 
-    # The same number from the model's logits, window by window (block_size 16: most lines need several).
+    # The same number from the model's logits, in lm-evaluation-harness's rolling windows
+    # (lm_eval.utils.get_rolling_token_windows with context_len=1, then make_disjoint_window;
+    # block_size 16: most lines need several windows, and the last one keeps a full context).
     model = AutoModelForCausalLM.from_pretrained(out["checkpoint"]).eval()
     tokenizer = load_tokenizer(out["checkpoint"])
     scored = scores["fluent"]["prediction_perplexity"]
-    total, count = 0.0, 0
+    total, count, max_len = 0.0, 0, 16
     with torch.no_grad():
         for line in fluent:
-            ids = [model.config.eos_token_id] + tokenizer.encode(line, add_special_tokens=False).ids
-            for start in range(0, len(ids) - 1, 16):
-                window = torch.tensor(ids[start:start + 17])
-                logits = model(input_ids=window[None, :-1]).logits[0]
-                total += torch.nn.functional.cross_entropy(logits, window[1:], reduction="sum").item()
-                count += len(window) - 1
+            tokens = tokenizer.encode(line, add_special_tokens=False).ids
+            first = min(max_len, len(tokens))
+            pairs = [([model.config.eos_token_id] + tokens[:first - 1], tokens[:first])]
+            predicted = first
+            while predicted < len(tokens):
+                n = min(len(tokens) - predicted, max_len)
+                end = predicted + n
+                pairs.append((tokens[max(0, end - max_len - 1):end - 1], tokens[end - n:end]))
+                predicted += n
+            for context, continuation in pairs:
+                window = (context[:len(context) - (len(continuation) - 1)] + continuation)[-(max_len + 1):]
+                logits = model(input_ids=torch.tensor([window[:-1]])).logits[0, -len(continuation):]
+                total += torch.nn.functional.cross_entropy(logits, torch.tensor(continuation), reduction="sum").item()
+                count += len(continuation)
     assert scored["tokens"] == count and scored["items"] == len(fluent)
     assert scores["fluent"]["metrics"]["prediction_loss"] == pytest.approx(total / count, rel=1e-4)
 

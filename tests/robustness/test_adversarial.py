@@ -145,6 +145,12 @@ CASES: dict[str, tuple[Callable[[], object], list[str], int, str]] = {
     "gate-bound-nan-option": (lambda: write("p.txt", "a b c\n"), ["eval", "--predictions", "p.txt", "--references", "p.txt", "--fail-under", "bleu=nan"], 2,
                               "'eval.fail_under.bleu'"),
     "gate-bound-nan-config": (config_with(eval={"fail_above": {"ter": float("nan")}}), ["eval", "x.yaml"], 2, "'eval.fail_above.ter'"),
+    "prompts-jsonl-without-prompt-field": (lambda: write("p.jsonl", '{"question": "to be?"}\n{"question": "or not?"}\n'),
+                                           [*GEN, "--prompts-file", "p.jsonl"], 2, "p.jsonl:1: no 'prompt' field (fields: question)"),
+    "prompts-jsonl-null-prompt": (lambda: write("p.jsonl", '{"prompt": null}\n'), [*GEN, "--prompts-file", "p.jsonl"], 2, "p.jsonl:1"),
+    "pairs-null-response": (lambda: write("pairs.jsonl", '{"source": "a", "target": null}\n' * 4),
+                            ["finetune", CFG, f"finetune.base={STEP4}", "finetune.train_file=pairs.jsonl", "train.out_dir=ft"], 2, "pairs.jsonl:1"),
+    "corpus-jsonl-null-text": (lambda: write("c.jsonl", '{"text": null}\n'), ["prep", CFG, "data.source=c.jsonl", "data.prepared_dir=p2"], 2, "c.jsonl:1"),
     "data-source-empty-string": (NOTHING, ["prep", CFG, "data.source=", "data.prepared_dir=p2"], 2, "'data.source'"),
     "data-source-blank": (NOTHING, ["prep", CFG, "data.source=' '", "data.prepared_dir=p2"], 2, "'data.source'"),
     "corpus-blank-after-cleaning": (lambda: write("blank.txt", " \n\t\n   \n" * 50), ["prep", CFG, "data.source=blank.txt", "data.prepared_dir=p2",
@@ -224,3 +230,17 @@ def test_a_bom_is_no_text_in_a_corpus(world, tmp_path, monkeypatch):
         result = CliRunner().invoke(app, ["prep", CFG, f"data.source={name}.txt", f"data.prepared_dir=p-{name}", "--json"])
         assert result.exit_code == 0, result.stderr
     assert Path("p-bom/train.bin").read_bytes() == Path("p-plain/train.bin").read_bytes()
+
+
+def test_a_bom_in_references_or_predictions_changes_no_score(world, tmp_path, monkeypatch):
+    world_copy(world, tmp_path, monkeypatch)
+    write("hyp.txt", "the cat sat on the mat\na dog ran\n")
+    write("ref.txt", "the cat sat on a mat\na dog ran fast\n")
+    write("hyp-bom.txt", "\ufeffthe cat sat on the mat\na dog ran\n")
+    write("ref-bom.txt", "\ufeffthe cat sat on a mat\na dog ran fast\n")
+    scores = []
+    for hyp, ref in (("hyp.txt", "ref.txt"), ("hyp-bom.txt", "ref-bom.txt")):
+        result = CliRunner().invoke(app, ["eval", "--predictions", hyp, "--references", ref, "--metrics", "bleu,chrf,rougeL", "--json"])
+        assert result.exit_code == 0, result.stderr
+        scores.append(__import__("json").loads(result.stdout)["metrics"])
+    assert scores[0] == scores[1]
