@@ -99,7 +99,7 @@ class GPTModelConfig(Section):
         return self
 
 
-# cpu_bf16: 1.15× the tokens/s 128 wide, 1.95× 256 wide, same loss. A checkpoint is a transformers
+# cpu_bf16: measured faster at the same loss (README: Training). A checkpoint is a transformers
 # model directory, so one from elsewhere (config.json alone) is a gpt too.
 BACKENDS["gpt"] = BackendSpec("aigc_cli.backends.gpt", "text", GPTModelConfig, cpu_bf16=True, fsdp=True,
                               padded_decoding=True, files=CheckpointFiles(marker="config.json"))
@@ -115,7 +115,7 @@ class RNNModelConfig(Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, between layers and before the output.")
 
 
-# No cpu_bf16: the LSTM ran 1.5× faster in bf16 but to a worse loss (1.604 against 1.592).
+# No cpu_bf16: the LSTM ran faster in bf16 but to a worse loss (README: Training).
 # No padded decoding: padding would flow through the recurrent state.
 BACKENDS["rnn"] = BackendSpec("aigc_cli.backends.rnn", "text", RNNModelConfig, fsdp=True)
 
@@ -150,7 +150,7 @@ class DDPMModelConfig(Section):
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="Exponential moving average of the weights used for sampling and saved (0: off).")
 
 
-# cpu_bf16: 1.2× the images/s of fp32, same loss. No fsdp: the EMA reads the full weights after
+# cpu_bf16: measured faster at the same loss. No fsdp: the EMA reads the full weights after
 # every step. A checkpoint is a diffusers pipeline directory, the UNet's config in unet/.
 BACKENDS["ddpm"] = BackendSpec(
     "aigc_cli.backends.ddpm", "image", DDPMModelConfig, parts=("unet",), cpu_bf16=True, ema=True,
@@ -181,7 +181,7 @@ class GANModelConfig(Section):
 
 
 # The discriminator steps first (it learns first), and its loss is the one validated.
-# cpu_bf16: 1.3× the images/s, FID as in fp32. No fsdp: two optimizers.
+# cpu_bf16: measured faster, FID as in fp32. No fsdp: two optimizers.
 BACKENDS["gan"] = BackendSpec("aigc_cli.backends.gan", "image", GANModelConfig, parts=("discriminator", "generator"),
                               validation_part="discriminator", validation_label="discriminator loss", cpu_bf16=True)
 

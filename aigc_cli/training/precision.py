@@ -19,7 +19,7 @@ def cpu_has_native_bf16() -> bool:
 def pick_precision(requested: str, device: str, backend_spec: BackendSpec | None = None) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32. fp16 is never chosen: on CPU it is ~100× slower.
     auto: bf16 on CUDA GPUs that have it, and on CPUs with native bf16 for backends measured to
-    gain there at the same loss (`spec cpu_bf16=True`: gpt and lora 1.15-1.95×, ddpm 1.2×, gan 1.3×)."""
+    gain there at the same loss (spec `cpu_bf16=True`; the figures are in the README, Training)."""
     if requested == "fp32":
         return None
     supported = torch.cuda.is_bf16_supported() if device == "cuda" else torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
