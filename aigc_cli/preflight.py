@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aigc_cli.runs.checkpoints import list_checkpoints, resolve_checkpoint
+from aigc_cli.runs.checkpoints import is_model_dir, list_checkpoints, resolve_checkpoint
 from aigc_cli.config import IMAGE_BACKENDS, MODEL_METRICS, ExperimentConfig
 from aigc_cli.errors import AigcError
 
@@ -20,16 +20,10 @@ def trained_checkpoint(config_path: str, checkpoint: str | None, out_dir: str) -
     if checkpoint is not None:
         return resolve_checkpoint(checkpoint)
     run_dir = Path(out_dir)
-    if not run_dir.exists() or (run_dir.is_dir() and not list_checkpoints(run_dir) and not _is_model_dir(run_dir)):
+    if not run_dir.exists() or (run_dir.is_dir() and not list_checkpoints(run_dir) and not is_model_dir(run_dir)):
         raise AigcError(f"no trained model yet: {run_dir} holds no checkpoint",
                         f"train first (`aigc train {config_path}`), or pass --checkpoint DIR")
     return resolve_checkpoint(run_dir)
-
-
-def _is_model_dir(path: Path) -> bool:
-    from aigc_cli.runs.checkpoints import MARKERS
-
-    return any((path / name).is_file() for name in MARKERS)
 
 
 def prepared_data(config_path: str, cfg: ExperimentConfig) -> Path:

@@ -222,6 +222,11 @@ def latest_good_checkpoint(run_dir: str | Path, report: Callable[[str], None] = 
                     "restore one from a backup, or start a new run in another train.out_dir")
 
 
+def is_model_dir(path: Path) -> bool:
+    """A checkpoint or a model directory from another tool: it holds one of the marker files."""
+    return any((Path(path) / name).is_file() for name in MARKERS)
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory, or a run directory standing for its latest good checkpoint; verified."""
     path = Path(path)
@@ -229,7 +234,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise AigcError(f"checkpoint not found: {path}", "pass a directory under <train.out_dir>/checkpoints/, or a run directory")
     if list_checkpoints(path):
         checkpoint = latest_good_checkpoint(path)
-    elif any((path / name).is_file() for name in MARKERS):
+    elif is_model_dir(path):
         checkpoint = path
         problem = checkpoint_problem(checkpoint)
         if problem is not None:
