@@ -15,6 +15,7 @@ import json
 import random
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -87,8 +88,8 @@ def write_starter(name: str, directory: str | Path, force: bool = False) -> list
     text = render_template(name, directory)
     validate_config(yaml.safe_load(text), source=f"template {name}")  # e.g. a folder name that breaks the YAML
     files = {directory / f"{name}.yaml": lambda: text}
-    if name == "finetune-lora":
-        files.update(_function_summary_files(directory))
+    if name in STARTER_DATA:
+        files.update(STARTER_DATA[name](directory))
     if directory.exists() and not directory.is_dir():
         raise AigcError(f"{directory} is a file, not a folder", "pass the folder to write the config into")
     existing = [str(path) for path in files if path.exists()]
@@ -124,3 +125,38 @@ def _function_summary_files(directory: Path) -> dict:
         directory / "python-summaries-val.src.txt": lambda: "".join(p["source"] + "\n" for p in split()[1]),
         directory / "python-summaries-val.ref.txt": lambda: "".join(p["target"] + "\n" for p in split()[1]),
     }
+
+
+def _chat_files(directory: Path) -> dict:
+    """Conversations about the standard library for chat-sft (`messages` rows), and the held-out
+    conversations cut before their last answer, with those answers line by line (for
+    `generate --prompts-file` and `eval.references`)."""
+    from aigc_cli.data.builtin_chat import jsonl, python_chat
+
+    def val():
+        return python_chat("val")
+
+    return {
+        directory / "python-chat.jsonl": lambda: jsonl([c.row() for c in python_chat("train")]),
+        directory / "python-chat-val.jsonl": lambda: jsonl([c.row() for c in val()]),
+        directory / "python-chat-val-prompts.jsonl": lambda: jsonl([{"messages": c.messages[:-1]} for c in val()]),
+        directory / "python-chat-val.ref.txt": lambda: "".join(c.messages[-1]["content"] + "\n" for c in val()),
+    }
+
+
+def _preference_files(directory: Path) -> dict:
+    """Preference pairs for chat-dpo: {"prompt": messages, "chosen": str, "rejected": str}."""
+    from aigc_cli.data.builtin_chat import jsonl, python_preferences
+
+    return {
+        directory / "python-prefs.jsonl": lambda: jsonl([p.row() for p in python_preferences("train")]),
+        directory / "python-prefs-val.jsonl": lambda: jsonl([p.row() for p in python_preferences("val")]),
+    }
+
+
+# Templates whose data `aigc init` writes beside them: name -> {path: a function making its text}.
+STARTER_DATA: dict[str, Callable[[Path], dict[Path, Callable[[], str]]]] = {
+    "finetune-lora": _function_summary_files,
+    "chat-sft": _chat_files,
+    "chat-dpo": _preference_files,
+}
