@@ -7,7 +7,10 @@ form — "What does json.loads do?" → its summary; "What does it take?" → it
 question's wording, the order of the two questions and an optional system message varied per
 function by a seeded generator, so a model has to read the question to answer it. A preference
 pair asks the same questions; `chosen` is the right answer and `rejected` the answer of the same
-kind (summary or signature) of another function of the same split.
+kind (summary or signature) of another function of the same split. Rows are
+{"messages": [...]} and {"prompt": [...], "chosen": "...", "rejected": "..."} with chosen and
+rejected as strings; the `preference` format's reader (finetune.format) equally accepts them as
+lists of assistant messages, [{"role": "assistant", "content": "..."}].
 
 Held-out functions are chosen by a hash of their summary, so functions that share a summary
 (posixpath.join and ntpath.join, a method and its override) land on the same side and a held-out
