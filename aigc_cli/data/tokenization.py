@@ -148,6 +148,9 @@ def pretrained_tokenizer(ref: str, key: str) -> Iterator[PretrainedTokenizer]:
         if not path.is_dir():
             raise AigcError(f"{key} {ref} is not a directory", "point it at a model, checkpoint or prepared-data directory")
     source = str(path) if path.exists() else hub_id(ref, key)
+    if path.exists() and not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")):
+        raise AigcError(f"{key} {path} holds no tokenizer (no tokenizer.json, tokenizer.model or vocab.json)",
+                        "point it at a Hugging Face model, checkpoint or prepared-data directory")
     with tempfile.TemporaryDirectory(prefix="aigc-tokenizer-") as converted:
         directory = path if (path / "tokenizer.json").is_file() else _saved_by_transformers(source, key, Path(converted))
         tok = load_tokenizer(directory)
