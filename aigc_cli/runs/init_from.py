@@ -158,8 +158,8 @@ def check_vocabulary(ref: str, config: dict, data_dir: Path) -> None:
             "into a new data.prepared_dir, then train again")
     ours, theirs = data_dir / "tokenizer.json", Path(ref) / "tokenizer.json"
     if ours.is_file() and Path(ref).is_dir() and theirs.is_file() and not _same_vocabulary(ours, theirs):
-        used = meta.get("tokenizer_source") or f"a {meta.get('tokenizer')} tokenizer built by `aigc prep`"
-        raise AigcError(f"the prepared data in {data_dir} was tokenized with another tokenizer ({used}) than {KEY} {ref}'s", hint)
+        used = f"the tokenizer of {meta['tokenizer_source']}" if meta.get("tokenizer_source") else f"a {meta.get('tokenizer')} tokenizer built by `aigc prep`"
+        raise AigcError(f"the prepared data in {data_dir} was tokenized with {used}, not with the tokenizer of {KEY} {ref}", hint)
     rows, vocab = config.get("vocab_size"), meta.get("vocab_size")
     if isinstance(rows, int) and isinstance(vocab, int) and vocab > rows:
         raise AigcError(f"the prepared data in {data_dir} has a {vocab:,}-token vocabulary, but {KEY} {ref} has only {rows:,} embeddings", hint)

@@ -90,7 +90,7 @@ def prepared_data_job(cfg: ExperimentConfig, start: PretrainedStart | None = Non
         return backend.build(mc, meta).to(device)
 
     provenance = {"prepared_data": str(data_dir)}
-    if start is not None:
+    if start is not None and int(os.environ.get("RANK", "0")) == 0:  # only process 0 writes provenance.json (and hashes weights for it)
         provenance["init_from"] = provenance_record(start, mc.init_from)
     return TrainingJob(mc.backend, backend, make_model, train_data, val_data, block_size, tokenizer_dir,
                        meta["inputs"], provenance)

@@ -149,8 +149,9 @@ def test_other_tokenizer_is_exit_2_naming_both(cli, tmp_path, base):
     cfg = continued_config(tmp_path, base, source=other, tokenizer={"kind": "char"})
     assert cli("prep", cfg).exit_code == 0
     line = error_line(cli("train", cfg))
-    assert f"the prepared data in {tmp_path / 'prepared'} was tokenized with another tokenizer" in line
-    assert str((base / "checkpoints" / "step-000020").resolve()) in line and "data.tokenizer.kind=pretrained" in line
+    assert (f"the prepared data in {tmp_path / 'prepared'} was tokenized with a char tokenizer built by `aigc prep`, "
+            f"not with the tokenizer of model.init_from {(base / 'checkpoints' / 'step-000020').resolve()}") in line
+    assert "data.tokenizer.kind=pretrained" in line
     assert not (tmp_path / "run").exists()
 
 
