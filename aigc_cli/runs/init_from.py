@@ -121,7 +121,7 @@ def with_pretrained_sizes(cfg: ExperimentConfig, config: dict, where: str) -> Ex
     """`cfg` with model.* taken from a pretrained model's config.json (see the module's docstring)."""
     mc = cfg.model
     sizes = stated_sizes(config)
-    given = mc.model_fields_set
+    given = {key for key in mc.model_fields_set if getattr(mc, key) is not None}  # null means "the default": the model's
     if "architecture" in given and "architecture" in sizes and mc.architecture != sizes["architecture"]:
         raise AigcError(f"model.architecture={mc.architecture}, but {KEY} {where} is a '{config.get('model_type')}' model",
                         f"leave model.architecture out when {KEY} is set (the pretrained model's config.json decides)")

@@ -143,6 +143,21 @@ def test_sizes_equal_to_the_models_are_accepted(tmp_path, base):
     assert start.ref == str((base / "checkpoints" / "step-000020").resolve()) and start.dropout is None
 
 
+def test_a_llama_configs_sizes_fill_the_section_and_a_given_dropout_replaces_its_own(tmp_path):
+    from aigc_cli.backends.gpt import start_from
+    from aigc_cli.config import load_config
+    from aigc_cli.runs.init_from import pretrained_start
+
+    save_llama(tmp_path / "llama", vocab_size=300, eos_id=1)
+    cfg = load_config(continued_config(tmp_path, tmp_path / "llama", source=tmp_path / "unused.txt"),
+                      ["model.intermediate_size=null", "model.dropout=0.2"])
+    filled, start = pretrained_start(cfg, tmp_path / "no-prepared-data-yet")
+    model = filled.model
+    assert (model.architecture, model.n_layer, model.n_head, model.n_kv_head, model.n_embd, model.intermediate_size) == ("llama", 1, 2, 1, 32, 64)
+    assert start.dropout == 0.2 and model.dropout == 0.2
+    assert start_from(start.ref, "cpu", dropout=start.dropout).config.attention_dropout == 0.2
+
+
 def test_other_tokenizer_is_exit_2_naming_both(cli, tmp_path, base):
     other = tmp_path / "other.txt"
     other.write_text("a completely different alphabet: xyz qrs\n" * 50, encoding="utf-8")
