@@ -36,9 +36,9 @@ class CleaningConfig(Section):
 
 
 class TokenizerConfig(Section):
-    kind: Literal["char", "bpe", "pretrained"] = Field("char", description="char: one token per character (byte fallback for unseen ones); bpe: byte-level BPE trained on the corpus; pretrained: the tokenizer of an existing directory.")
+    kind: Literal["char", "bpe", "pretrained"] = Field("char", description="char: one token per character (byte fallback for unseen ones); bpe: byte-level BPE trained on the corpus; pretrained: an existing model's tokenizer (data.tokenizer.path, default model.init_from), for continued pretraining.")
     vocab_size: int = Field(8000, ge=1, description="Vocabulary size for `bpe` (at least 257: 256 bytes + end-of-text).")
-    path: Optional[str] = Field(None, description="For `pretrained`: a directory holding tokenizer.json (a checkpoint or prepared-data directory).")
+    path: Optional[str] = Field(None, description="For `pretrained`: where the tokenizer comes from — a Hugging Face model directory, a checkpoint, run or prepared-data directory, or a hub id when online (default: model.init_from). Its files are copied into data.prepared_dir, so train, generate and eval use it.")
     max_train_bytes: int = Field(16_000_000, ge=1, description="Train the BPE merges on at most this many bytes of the corpus (the whole corpus is still encoded). BPE training holds about 10-12x this in memory (16 MB: ~320 MB peak).")
 
 

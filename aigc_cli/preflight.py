@@ -49,10 +49,14 @@ def existing_file(path: str, what: str, hint: str = "check the path") -> Path:
 
 
 def check_train(config_path: str, cfg: ExperimentConfig, resume: bool = False) -> None:
+    from aigc_cli.runs.init_from import pretrained_start
+
     data_dir = prepared_data(config_path, cfg)
     writable_run_dir(Path(cfg.train.out_dir))
+    # model.init_from: the model exists, its sizes and context fit model.*, the prepared vocabulary is its own.
+    cfg, _ = pretrained_start(cfg, data_dir, resume)
     if resume:
-        _resume_fits(cfg, data_dir, ("model",))
+        _resume_fits(cfg, data_dir, ("model",))  # with init_from, model.* as filled in from the model, as config.yaml holds it
 
 
 def check_finetune(cfg: ExperimentConfig, resume: bool = False) -> None:

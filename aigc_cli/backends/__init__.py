@@ -67,6 +67,8 @@ class BackendSpec:
     """Has an encoder: the module has reconstruct (Reconstructs), for generate.images.reconstruct."""
     padded_decoding: bool = False
     """Decodes a left-padded batch at once: the module has padded_next_token_logits (DecodesPadded)."""
+    init_from: bool = False
+    """`aigc train` can start from a pretrained model (its section's init_from): the module has start_from (StartsFromPretrained)."""
     files: CheckpointFiles = field(default_factory=CheckpointFiles)
 
     def __post_init__(self):
@@ -88,7 +90,9 @@ class GPTModelConfig(Section):
     n_embd: int = Field(128, ge=1, description="Hidden size.")
     intermediate_size: Optional[int] = Field(None, ge=1, description="MLP width (default 4×n_embd for gpt2, 8/3×n_embd rounded for llama).")
     block_size: int = Field(64, ge=2, description="Context length in tokens.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, attention and residuals.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, attention and residuals (with init_from: left out, the model's own; given, it replaces the model's).")
+    init_from: Optional[str] = Field(None, description="Continued pretraining: start `aigc train` from this causal LM instead of random weights — a Hugging Face model directory (GPT-2, Llama, Qwen, ...), a checkpoint or run directory of `aigc train` (its latest checkpoint), or a hub id when online. Its config.json sets architecture, n_layer, n_head, n_kv_head, n_embd and intermediate_size: leave them out or give the model's values (any other is exit 2). block_size, the training window, must be at most its context. Prepare the data with data.tokenizer.kind=pretrained.")
+    trust_remote_code: bool = Field(False, description="With init_from: allow a hub model's own Python code to run. Off unless you trust the source.")
 
     @model_validator(mode="after")
     def _heads_divide(self):
@@ -102,7 +106,7 @@ class GPTModelConfig(Section):
 # cpu_bf16: measured faster at the same loss (README: Training). A checkpoint is a transformers
 # model directory, so one from elsewhere (config.json alone) is a gpt too.
 BACKENDS["gpt"] = BackendSpec("aigc_cli.backends.gpt", "text", GPTModelConfig, cpu_bf16=True, fsdp=True,
-                              padded_decoding=True, files=CheckpointFiles(marker="config.json"))
+                              padded_decoding=True, init_from=True, files=CheckpointFiles(marker="config.json"))
 
 
 class RNNModelConfig(Section):
@@ -266,9 +270,18 @@ class DecodesPadded(Protocol):
                                  state: Any) -> tuple["torch.Tensor", Any]: ...
 
 
+@runtime_checkable
+class StartsFromPretrained(Protocol):
+    """spec.init_from: the pretrained model `ref` (a resolved directory or hub id) on `device`, to continue
+    training; `dropout`, when given, replaces the model's own rates."""
+
+    def start_from(self, ref: str, device: str, trust_remote_code: bool = False, dropout: float | None = None) -> "torch.nn.Module": ...
+
+
 def protocols(entry: BackendSpec) -> list[type]:
     """The Protocols a module with this spec implements: its modality's and one per declared ability."""
-    declared = [(entry.ema, UpdatesAfterStep), (entry.reconstructs, Reconstructs), (entry.padded_decoding, DecodesPadded)]
+    declared = [(entry.ema, UpdatesAfterStep), (entry.reconstructs, Reconstructs), (entry.padded_decoding, DecodesPadded),
+                (entry.init_from, StartsFromPretrained)]
     return [TextBackend if entry.modality == "text" else ImageBackend] + [p for wanted, p in declared if wanted]
 
 

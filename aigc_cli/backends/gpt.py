@@ -1,4 +1,5 @@
-"""`gpt`: a Hugging Face transformers causal LM (GPT-2 or Llama architecture), random init.
+"""`gpt`: a Hugging Face transformers causal LM (GPT-2 or Llama architecture), random init, or
+any pretrained causal LM to continue training (`start_from`, for model.init_from).
 
 The checkpoint is the model's own `save_pretrained` directory, so `AutoModelForCausalLM`
 loads it unchanged.
@@ -67,6 +68,36 @@ def build(model_cfg: Any, data_meta: dict) -> torch.nn.Module:
             tie_word_embeddings=True, bos_token_id=eos_id, eos_token_id=eos_id,
         )
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+
+
+# What model.dropout sets in a pretrained config: GPT-2's three rates, the Llama family's one.
+DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout")
+
+
+def start_from(ref: str, device: str, trust_remote_code: bool = False, dropout: float | None = None) -> torch.nn.Module:
+    """A pretrained causal LM (a directory or hub id) to continue training: model.init_from."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from aigc_cli.errors import AigcError
+
+    _quiet_transformers()
+    try:
+        config = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
+        if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not trust_remote_code:
+            raise AigcError(f"model.init_from {ref} is a '{config.model_type}' model, not a causal language model",
+                            "continue pretraining a decoder-only model (GPT-2, Llama, Qwen, ... or a checkpoint of `aigc train`)")
+        if dropout is not None:
+            keys = [key for key in DROPOUT_KEYS if type(getattr(config, key, None)) in (int, float)]
+            if not keys:
+                raise AigcError(f"model.dropout: the '{config.model_type}' model of model.init_from {ref} has no dropout rate aigc can set",
+                                "leave model.dropout out (the model keeps its own)")
+            for key in keys:
+                setattr(config, key, dropout)
+        return load_pretrained(ref, trust_remote_code, config).to(device)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AigcError(f"cannot load model.init_from {ref}: {first}", "check the directory, or the hub id and your connection") from None
 
 
 def parameters(model: torch.nn.Module, part: str):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -52,42 +53,65 @@ def prepare_text_corpus(cfg: ExperimentConfig, force: bool = False, log: Callabl
     out = Path(require_data(cfg).prepared_dir)
     with exclusive_lock(out, "prepared-data directory"):
         remove_stale_temporaries(out.parent, (out.name,))
-        return _prepare_text_corpus(cfg, force, log)
+        with ExitStack() as stack:
+            return _prepare_text_corpus(cfg, stack, force, log)
 
 
-def _prepare_text_corpus(cfg: ExperimentConfig, force: bool = False, log: Callable[[str], None] = print) -> PrepResult:
+def pretrained_tokenizer_ref(cfg: ExperimentConfig) -> tuple[str, str]:
+    """(where data.tokenizer.kind=pretrained takes its tokenizer from, the key that says so):
+    data.tokenizer.path, else the model continued pretraining starts from."""
+    data = require_data(cfg)
+    if data.tokenizer.path:
+        return data.tokenizer.path, "data.tokenizer.path"
+    init_from = getattr(cfg.model, "init_from", None)
+    if init_from:
+        return init_from, "model.init_from"
+    raise AigcError("data.tokenizer.kind=pretrained needs data.tokenizer.path (or model.init_from, whose tokenizer it then uses)",
+                    "set data.tokenizer.path to a model, checkpoint or prepared-data directory holding the tokenizer")
+
+
+def _prepare_text_corpus(cfg: ExperimentConfig, stack: ExitStack, force: bool = False, log: Callable[[str], None] = print) -> PrepResult:
     data = require_data(cfg)
     out = Path(data.prepared_dir)
     existing = read_meta(out, META_FORMAT)
-    if data.tokenizer.kind == "pretrained" and not data.tokenizer.path:
-        raise AigcError("data.tokenizer.kind=pretrained needs data.tokenizer.path", "set it to a directory holding tokenizer.json")
+    pretrained = None
+    if data.tokenizer.kind == "pretrained":
+        pretrained = stack.enter_context(tokenization.pretrained_tokenizer(*pretrained_tokenizer_ref(cfg)))
     if data.tokenizer.kind == "bpe" and data.tokenizer.vocab_size < tokenization.MIN_BPE_VOCAB:
         tokenization.train_bpe_tokenizer([], data.tokenizer.vocab_size)  # raises the clear error before any reading
 
-    log(f"pass 1/2: reading {data.source} to build the {data.tokenizer.kind} tokenizer")
+    log(f"pass 1/2: reading {data.source} to build the {data.tokenizer.kind} tokenizer"
+        if pretrained is None else f"pass 1/2: reading {data.source} (tokenizer: {pretrained.source})")
     stats = SourceStats()
-    tok, total_chars = _build_tokenizer(data, stats)
+    tok, total_chars = _build_tokenizer(data, stats, pretrained)
     if total_chars == 0 or stats.blank:
         raise AigcError(f"data.source {data.source} holds no text after cleaning", "point data.source at a non-empty corpus")
-    fingerprint = _fingerprint(data, stats.inputs)
+    # A pretrained tokenizer is part of the inputs: the same path may hold another one tomorrow.
+    tokenizer_record = {} if pretrained is None else {"tokenizer_source": pretrained.source, "tokenizer_sha256": pretrained.sha256}
+    fingerprint = _fingerprint(data, stats.inputs, tokenizer_record)
     if reusable_output(out, existing, fingerprint, force):
         log(f"{out} is already prepared from the same inputs and settings; reusing it")
         return PrepResult(out, existing, reused=True)
 
     vocab_size = tok.get_vocab_size()
+    eos = pretrained.eos_id if pretrained is not None else tokenization.eos_id(tok)
     dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
     log(f"pass 2/2: encoding {total_chars:,} characters with a {vocab_size:,}-token vocabulary")
     with staging_dir(out, replace=True) as tmp:
-        counts = _encode_splits(data, tok, total_chars, tmp, dtype)
+        counts = _encode_splits(data, tok, eos, total_chars, tmp, dtype)
         for split in ("train", "val"):
             if counts[split] == 0:
                 raise AigcError(f"the {split} split is empty", "add more text or change data.val_fraction")
-        tokenization.save_tokenizer(tok, tmp)
+        if pretrained is None:
+            tokenization.save_tokenizer(tok, tmp)
+        else:
+            tokenization.copy_pretrained_tokenizer(pretrained, tmp)
         meta = {
             "format": META_FORMAT,
             "tokenizer": data.tokenizer.kind,
+            **tokenizer_record,
             "vocab_size": vocab_size,
-            "eos_id": tokenization.eos_id(tok),
+            "eos_id": eos,
             "dtype": np.dtype(dtype).name,
             "train_tokens": counts["train"],
             "val_tokens": counts["val"],
@@ -106,20 +130,21 @@ def _prepare_text_corpus(cfg: ExperimentConfig, force: bool = False, log: Callab
 
 
 
-def _fingerprint(data: DataConfig, inputs: list[dict]) -> str:
+def _fingerprint(data: DataConfig, inputs: list[dict], tokenizer_record: dict) -> str:
     settings = data.model_dump(mode="json", exclude={"prepared_dir"})
-    blob = json.dumps({"format": META_FORMAT, "settings": settings, "inputs": [i["sha256"] for i in inputs]}, sort_keys=True)
+    # Keyed only when there is one, so data prepared before pretrained tokenizers were recorded is still reused.
+    extra = {"tokenizer": tokenizer_record} if tokenizer_record else {}
+    blob = json.dumps({"format": META_FORMAT, "settings": settings, "inputs": [i["sha256"] for i in inputs], **extra}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _build_tokenizer(data: DataConfig, stats: SourceStats):
+def _build_tokenizer(data: DataConfig, stats: SourceStats, pretrained: tokenization.PretrainedTokenizer | None):
     kind = data.tokenizer.kind
     total = 0
-    if kind == "pretrained":
-        tok = tokenization.load_tokenizer(data.tokenizer.path)
+    if pretrained is not None:
         for chunk in iter_chunks(data, stats):
             total += len(chunk.text)
-        return tok, total
+        return pretrained.tokenizer, total
     if kind == "char":
         chars: set[str] = set()
         for chunk in iter_chunks(data, stats):
@@ -182,8 +207,7 @@ def _split_chunks(data: DataConfig, total_chars: int) -> Iterator[tuple[str, Chu
         yield "train", held
 
 
-def _encode_splits(data: DataConfig, tok, total_chars: int, out: Path, dtype) -> dict[str, int]:
-    eos = tokenization.eos_id(tok)
+def _encode_splits(data: DataConfig, tok, eos: int, total_chars: int, out: Path, dtype) -> dict[str, int]:
     counts = {"train": 0, "val": 0}
     pending: dict[str, list[Chunk]] = {"train": [], "val": []}
     pending_chars = {"train": 0, "val": 0}

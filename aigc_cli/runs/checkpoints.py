@@ -260,28 +260,35 @@ def refuse_pickled_weights(directory: str | Path) -> None:
                             "or use a safetensors checkpoint")
 
 
-def resolve_base(base: str | None) -> str:
-    """A local model directory (as an absolute path) or a hub id; offline, a hub id fails fast."""
+def resolve_base(base: str | None, key: str = "finetune.base") -> str:
+    """A local model directory (as an absolute path) or a hub id; offline, a hub id fails fast.
+    `key` is the config key that named it, for the messages."""
     if not base:
-        raise AigcError("finetune.base is not set", "set finetune.base to a model directory (e.g. runs/x/checkpoints/step-001000) or a hub id")
+        raise AigcError(f"{key} is not set", f"set {key} to a model directory (e.g. runs/x/checkpoints/step-001000) or a hub id")
     path = Path(base).expanduser()
     if path.exists():
         path = latest_good_checkpoint(path) or path  # a run directory means its latest intact checkpoint
         if not (path / "config.json").is_file():
-            raise AigcError(f"finetune.base {base} is not a model directory (no config.json)",
+            raise AigcError(f"{key} {base} is not a model directory (no config.json)",
                             "point it at a Hugging Face model directory, e.g. a checkpoint of `aigc train`")
         problem = checkpoint_problem(path)
         if problem is not None:
-            raise AigcError(f"finetune.base {path} is damaged: {problem}", "use an earlier checkpoint of that run (or the run directory)")
+            raise AigcError(f"{key} {path} is damaged: {problem}", "use an earlier checkpoint of that run (or the run directory)")
         refuse_pickled_weights(path)
         return str(path.resolve())
-    looks_like_path = base.startswith((".", "/", "~")) or base.count("/") > 1 or os.sep != "/" and os.sep in base
+    return hub_id(base, key)
+
+
+def hub_id(ref: str, key: str) -> str:
+    """`ref`, which names nothing on disk, as a hub id: an error when it looks like a path, or when
+    HF_HUB_OFFLINE is set (a download attempt would only fail, after a long wait)."""
+    looks_like_path = ref.startswith((".", "/", "~")) or ref.count("/") > 1 or os.sep != "/" and os.sep in ref
     if looks_like_path:
-        raise AigcError(f"finetune.base not found: {base}", "check the path")
+        raise AigcError(f"{key} not found: {ref}", "check the path")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        raise AigcError(f"finetune.base '{base}' is a hub id, but HF_HUB_OFFLINE is set so nothing can be downloaded",
+        raise AigcError(f"{key} '{ref}' is a hub id, but HF_HUB_OFFLINE is set so nothing can be downloaded",
                         "pass a local model directory instead (or unset HF_HUB_OFFLINE when online)")
-    return base
+    return ref
 
 
 def load_weights(backend, checkpoint: Path, device: str, **options):

@@ -19,6 +19,7 @@ import torch
 
 from aigc_cli.backends import get_backend, spec
 from aigc_cli.runs.checkpoints import load_weights
+from aigc_cli.runs.init_from import PretrainedStart, pretrained_start, provenance_record
 from aigc_cli.config import ExperimentConfig, require_data
 from aigc_cli.data.batches import TokenArray
 from aigc_cli.errors import EXIT_SIGINT, EXIT_SIGTERM, Interrupted, Terminated
@@ -55,14 +56,19 @@ class TrainResult:
 
 
 def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> TrainResult:
-    """`aigc train`: a fresh model of model.* on the prepared token arrays or images."""
-    return run_training(cfg, prepared_data_job(cfg), resume, quiet)
+    """`aigc train`: a fresh model of model.* (or model.init_from's pretrained one) on the prepared token arrays or images."""
+    # With init_from, model.* is the pretrained model's: the run's config.yaml says what it trains.
+    cfg, start = pretrained_start(cfg, Path(require_data(cfg).prepared_dir), resume)
+    return run_training(cfg, prepared_data_job(cfg, start), resume, quiet)
 
 
-def prepared_data_job(cfg: ExperimentConfig) -> TrainingJob:
-    """What `aigc train` trains: model.* built fresh (or loaded to resume) on data.prepared_dir."""
+def prepared_data_job(cfg: ExperimentConfig, start: PretrainedStart | None = None) -> TrainingJob:
+    """What `aigc train` trains: model.* built fresh, or `start`'s pretrained model (model.init_from),
+    or loaded to resume, on data.prepared_dir."""
     mc = cfg.model
     data_dir = Path(require_data(cfg).prepared_dir)
+    if start is None and getattr(mc, "init_from", None):  # a caller other than train_model: a fresh start
+        _, start = pretrained_start(cfg, data_dir)
     backend = get_backend(mc.backend)
     if spec(mc.backend).modality == "image":
         from aigc_cli.data.images import ImageArray
@@ -79,10 +85,15 @@ def prepared_data_job(cfg: ExperimentConfig) -> TrainingJob:
     def make_model(previous: Path | None, device: str) -> torch.nn.Module:
         if previous is not None:
             return load_weights(backend, previous, device)
+        if start is not None:
+            return backend.start_from(start.ref, device, mc.trust_remote_code, start.dropout)
         return backend.build(mc, meta).to(device)
 
+    provenance = {"prepared_data": str(data_dir)}
+    if start is not None and int(os.environ.get("RANK", "0")) == 0:  # only process 0 writes provenance.json (and hashes weights for it)
+        provenance["init_from"] = provenance_record(start, mc.init_from)
     return TrainingJob(mc.backend, backend, make_model, train_data, val_data, block_size, tokenizer_dir,
-                       meta["inputs"], {"prepared_data": str(data_dir)})
+                       meta["inputs"], provenance)
 
 
 def run_training(cfg: ExperimentConfig, job: TrainingJob, resume: bool = False, quiet: bool = False) -> TrainResult:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from aigc_cli.backends import (BACKENDS, DDPMModelConfig, DecodesPadded, GANModelConfig, GPTModelConfig, Reconstructs,
-                               RNNModelConfig, UpdatesAfterStep, VAEModelConfig, get_backend, protocols, spec)
+                               RNNModelConfig, StartsFromPretrained, UpdatesAfterStep, VAEModelConfig, get_backend, protocols, spec)
 from aigc_cli.runs.checkpoints import write_checkpoint
 from aigc_cli.config import GenerateConfig, ImageGenerateConfig, LoraConfig, TrainConfig
 from aigc_cli.data.tokenization import build_char_tokenizer, save_tokenizer
@@ -111,7 +111,7 @@ def test_module_implements_exactly_what_its_spec_declares(name):
                 got = inspect.signature(vars(module)[member]).parameters
                 assert list(got)[:len(expected)] == expected, f"{name}.{member}{inspect.signature(vars(module)[member])}"
                 assert all(p.default is not p.empty for p in list(got.values())[len(expected):]), f"{name}.{member}: extra arguments need defaults"
-    for ability in (UpdatesAfterStep, Reconstructs, DecodesPadded):
+    for ability in (UpdatesAfterStep, Reconstructs, DecodesPadded, StartsFromPretrained):
         assert isinstance(module, ability) == (ability in wanted), f"{name}: {ability.__name__} implemented but not declared, or declared but missing"
     if declared.config is not None:
         assert declared.config.model_fields["backend"].default == name, "the section's backend tag is the registry name"
