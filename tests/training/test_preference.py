@@ -433,3 +433,19 @@ def test_the_loop_logs_rewards_and_resumes_exactly(base_dir, tmp_path):
     strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith("_per_s")} for r in rs]
     assert strip(rows_of(tmp_path / "resumed")) == strip(rows)
     assert resumed.stats == straight.stats
+
+
+def test_finetune_refuses_a_preference_method_until_preference_records_are_read(cli, base_dir, tmp_path):
+    # Until aigc_cli/data/chat.py's reader is wired into finetune._examples (then this test goes).
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({f"t{i}": i for i in range(VOCAB)}, unk_token="t0"))
+    PreTrainedTokenizerFast(tokenizer_object=words, eos_token="t2").save_pretrained(base_dir)
+    (tmp_path / "pairs.jsonl").write_text('{"source": "t5", "target": "t6"}\n' * 4, encoding="utf-8")
+    path = tmp_path / "dpo.yaml"
+    path.write_text(f"finetune: {{base: {base_dir}, method: dpo, train_file: {tmp_path / 'pairs.jsonl'}}}\n"
+                    f"train: {{out_dir: {tmp_path / 'run'}}}\n", encoding="utf-8")
+    result = cli("finetune", path)
+    assert result.exit_code == 2 and "finetune.method dpo needs preference records" in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
