@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from aigc_cli.config import FinetuneConfig, PreferenceConfig
+from aigc_cli.config import PREFERENCE_METHODS, FinetuneConfig, PreferenceConfig
 from aigc_cli.training.loss_stats import report
 
 IGNORE_INDEX = -100
@@ -133,6 +133,8 @@ def preference_loss_fn(pc: PreferenceConfig, method: str, reference: torch.nn.Mo
     a backend's signature. For dpo, `reference` is the frozen model scoring the replies (weights:
     full), or None: `model` is then a peft model, and its base with the adapters disabled is the
     reference. Every call reports the rewards (loss_stats)."""
+    if method not in PREFERENCE_METHODS:
+        raise ValueError(f"not a preference method: {method!r} (one of {', '.join(PREFERENCE_METHODS)})")
     if method == "dpo" and reference is not None and any(p.requires_grad for p in reference.parameters()):
         raise ValueError("the DPO reference must be frozen (see frozen_reference)")
 
