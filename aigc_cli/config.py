@@ -120,12 +120,34 @@ class LoraConfig(Section):
     dora: bool = Field(False, description="DoRA (peft's use_dora): learn each weight column's magnitude apart from its LoRA-updated direction; closer to full fine-tuning at low rank, slower per step.")
 
 
+# Preference tuning (finetune.method dpo|orpo|simpo): each key names the methods it applies to, and
+# the names of TRL's arguments that mean the same, so a TRL config translates key by key.
+PREFERENCE_METHODS = ("dpo", "orpo", "simpo")
+PREFERENCE_DEFAULT_BETA = {"dpo": 0.1, "simpo": 2.0}  # TRL DPOConfig.beta; the SimPO paper's β (TRL CPOConfig's 0.1 is CPO's)
+
+
+class PreferenceConfig(Section):
+    weights: Literal["lora", "full"] = Field("lora", description="Which weights dpo/orpo/simpo train: lora: adapters (finetune.lora), and DPO's reference is the base with the adapters disabled (no second copy in memory); full: every weight (minus finetune.freeze_layers), and DPO keeps a frozen copy of the base as its reference.")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="dpo only (TRL DPOConfig.loss_type): sigmoid: -log σ(β·Δ), the DPO paper's loss; ipo: (Δ' - 1/(2β))², Δ' the log-ratio difference per reply token, as TRL computes IPO; hinge: max(0, 1 - β·Δ). Δ = (chosen - rejected) policy log-prob minus the same for the reference.")
+    beta: Optional[float] = Field(None, gt=0.0, description="dpo: β, the weight of staying close to the reference (TRL DPOConfig.beta; for ipo it is τ); default 0.1. simpo: β, the scale of the length-averaged reward (TRL CPOConfig.beta); default 2.0, the SimPO paper's. orpo has no β: see orpo_lambda.")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="dpo with loss_type sigmoid: ε, the share of pairs assumed to be labelled the wrong way round; > 0 is robust DPO (Chowdhury et al. 2024), TRL's loss_type 'robust' with label_smoothing ε. 0: plain DPO.")
+    simpo_gamma: float = Field(0.5, ge=0.0, description="simpo only: γ, the target reward margin: the loss is -log σ(β·(mean log-prob of chosen - of rejected) - γ) (TRL CPOConfig.simpo_gamma, same default).")
+    orpo_lambda: float = Field(0.1, gt=0.0, description="orpo only: λ, the weight of the odds-ratio term beside the NLL of the chosen reply (TRL calls it ORPOConfig.beta; same default).")
+    reference: Literal["model"] = Field("model", description="dpo: where the reference log-probs come from. model: computed each step without gradients, from the base with the adapters disabled (weights: lora) or the frozen copy (weights: full). orpo and simpo use no reference.")
+    disable_dropout: bool = Field(True, description="Turn dropout off in the forward passes of preference tuning (TRL's disable_dropout, same default): the log-probs then depend on the weights alone, and DPO's rewards start at exactly 0.")
+
+    def beta_for(self, method: str) -> float:
+        """β of dpo or simpo: the one set, or the method's default."""
+        return self.beta if self.beta is not None else PREFERENCE_DEFAULT_BETA[method]
+
+
 class FinetuneConfig(Section):
     base: Optional[str] = Field(None, description="Base model: a local Hugging Face causal-LM directory (e.g. a checkpoint of `aigc train`) or a hub id when online. Required by `aigc finetune`.")
-    method: Literal["full", "lora"] = Field("lora", description="full: update every weight (minus frozen layers); lora: train low-rank adapters with peft.")
+    method: Literal["full", "lora", "dpo", "orpo", "simpo"] = Field("lora", description="full: update every weight (minus frozen layers); lora: train low-rank adapters with peft. Preference tuning on prompt/chosen/rejected records (finetune.preference): dpo (against a reference model), orpo (NLL of chosen + odds ratio), simpo (length-averaged reward with a margin); the last two need no reference.")
     trust_remote_code: bool = Field(False, description="Allow a hub model's own Python code to run. Off unless you trust the source.")
     freeze_layers: int = Field(0, ge=0, description="full only: freeze the bottom N transformer blocks.")
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     train_file: Optional[str] = Field(None, description="Training pairs as JSONL (fields named by prompt_field/response_field and the template).")
     source_file: Optional[str] = Field(None, description="Or: a text file of sources, one per line (.gz allowed)...")
     target_file: Optional[str] = Field(None, description="...with the line-aligned responses (.gz allowed).")
@@ -139,6 +161,28 @@ class FinetuneConfig(Section):
     max_length: Optional[int] = Field(None, ge=8, description="Truncate prompt+response to this many tokens (default: the base model's context).")
     packing: bool = Field(False, description="Concatenate examples into full max_length rows (faster; examples may attend to the previous one).")
     seed: int = Field(1337, ge=0, le=SEED_MAX, description="Seed of the validation hold-out.")
+
+    @model_validator(mode="after")
+    def _preference_settings_apply(self):
+        """A preference setting the chosen method would silently ignore is an error, naming where it applies."""
+        if self.method not in PREFERENCE_METHODS:
+            return self
+        pc, method = self.preference, self.method
+        if method == "orpo" and pc.beta is not None:
+            raise ValueError("finetune.preference.beta does not apply to method orpo: ORPO's weight is finetune.preference.orpo_lambda "
+                             "(what TRL's ORPOConfig calls beta)")
+        applies = {"loss_type": ("method dpo", method == "dpo"),
+                   "label_smoothing": ("method dpo with loss_type sigmoid", method == "dpo" and pc.loss_type == "sigmoid"),
+                   "simpo_gamma": ("method simpo", method == "simpo"), "orpo_lambda": ("method orpo", method == "orpo")}
+        for key, (where, here) in applies.items():
+            if getattr(pc, key) != PreferenceConfig.model_fields[key].default and not here:
+                this = f"method {method}" + (f" with loss_type {pc.loss_type}" if key == "label_smoothing" and method == "dpo" else "")
+                raise ValueError(f"finetune.preference.{key} applies to {where} only, not to {this}: remove it or change the method")
+        for key in ("source_file", "target_file", "val_source_file", "val_target_file"):
+            if getattr(self, key):
+                raise ValueError(f"finetune.{key} holds prompt/response lines; method {method} needs preference records "
+                                 "(prompt, chosen, rejected) in finetune.train_file")
+        return self
 
 
 # ----------------------------------------------------------------------------- generate / eval

@@ -21,6 +21,7 @@ SECTIONS = [("data", schema.DataConfig), ("data.cleaning", schema.CleaningConfig
             ("data.image", schema.ImageDataConfig),
             *((f"model (backend: {name})", entry.config) for name, entry in BACKENDS.items() if entry.config),
             ("train", schema.TrainConfig), ("finetune", schema.FinetuneConfig), ("finetune.lora", schema.LoraConfig),
+            ("finetune.preference", schema.PreferenceConfig),
             ("generate", schema.GenerateConfig), ("generate.few_shot", schema.FewShotConfig),
             ("generate.images", schema.ImageGenerateConfig), ("eval", schema.EvalConfig)]
 

@@ -8,7 +8,7 @@ then hand everything to `run_training` (loop.py), the loop `aigc train` runs.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,13 +16,13 @@ import torch
 from aigc_cli.runs.atomic_files import staging_dir
 from aigc_cli.backends import get_backend
 from aigc_cli.runs.checkpoints import resolve_base
-from aigc_cli.config import ExperimentConfig, FinetuneConfig
+from aigc_cli.config import PREFERENCE_METHODS, ExperimentConfig, FinetuneConfig
 from aigc_cli.data.pairs import PairExamples, read_pair_records
 from aigc_cli.data.tokenization import copy_tokenizer_files
 from aigc_cli.devices import pick_device
 from aigc_cli.errors import AigcError
 from aigc_cli.runs.locks import exclusive_lock
-from aigc_cli.training.loop import TrainingJob, run_training
+from aigc_cli.training.loop import TrainingJob, run_training, stats_lines
 
 
 @dataclass
@@ -35,17 +35,19 @@ class FinetuneResult:
     truncated: int
     merged: Path | None = None
     method: str = "full"  # finetune.method
+    stats: dict[str, float] = field(default_factory=dict)  # what the loss reported (a preference method's rewards)
 
     def to_json(self) -> dict:
         out = {"run_dir": str(self.run_dir), "checkpoint": str(self.checkpoint), "val_loss": self.val_loss,
                "trainable_params": self.trainable_params, "total_params": self.total_params, "truncated": self.truncated}
+        out = {**out, "stats": self.stats} if self.stats else out
         return out if self.merged is None else {**out, "merged": str(self.merged)}
 
     def summary_lines(self) -> list[str]:
         share = self.trainable_params / max(1, self.total_params)
         lines = [f"run directory: {self.run_dir}", f"checkpoint ({self.method}): {self.checkpoint}",
                  f"trainable parameters: {self.trainable_params:,} of {self.total_params:,} ({share:.2%})",
-                 f"validation loss: {self.val_loss:.4f}"]
+                 f"validation loss: {self.val_loss:.4f}"] + stats_lines(self.stats)
         return lines if self.merged is None else lines + [f"merged model: {self.merged}"]
 
 
@@ -92,6 +94,9 @@ def freeze_bottom_layers(model: torch.nn.Module, n: int) -> None:
 
 
 def _examples(fc: FinetuneConfig, tokenizer, max_length: int):
+    if fc.method in PREFERENCE_METHODS:  # until the preference records reader (aigc_cli/data/chat.py) is wired in here
+        raise AigcError(f"finetune.method {fc.method} needs preference records, which this version cannot read yet",
+                        "use finetune.method full or lora")
     train = read_pair_records(fc.train_file, fc.source_file, fc.target_file, fc.prompt_field, fc.response_field, "finetune.train")
     if fc.val_file or (fc.val_source_file and fc.val_target_file):
         val = read_pair_records(fc.val_file, fc.val_source_file, fc.val_target_file, fc.prompt_field, fc.response_field, "finetune.val")
@@ -130,8 +135,13 @@ def _finetune(cfg: ExperimentConfig, resume: bool, merge: bool, quiet: bool) -> 
     if not (tokenizer_dir / "tokenizer.json").is_file():
         with staging_dir(tokenizer_dir, replace=True) as tmp:
             tokenizer.save_pretrained(tmp)
-    backend_name = "lora" if fc.method == "lora" else "gpt"
-    backend = get_backend(backend_name)
+    if fc.method in PREFERENCE_METHODS:
+        from aigc_cli.training.preference import preference_backend
+
+        backend_name, backend = preference_backend(fc, base_model)  # the loss is the method's; the rest gpt's or lora's
+    else:
+        backend_name = "lora" if fc.method == "lora" else "gpt"
+        backend = get_backend(backend_name)
 
     def make_model(previous: Path | None, device: str) -> torch.nn.Module:
         if backend_name == "lora":
@@ -160,4 +170,4 @@ def _finetune(cfg: ExperimentConfig, resume: bool, merge: bool, quiet: bool) -> 
             backend.merge(final.eval()).save_pretrained(tmp)
             copy_tokenizer_files(tokenizer_dir, tmp, max_length)
     return FinetuneResult(result.run_dir, result.checkpoint, result.val_loss, trainable, total,
-                          train_examples.truncated + val_examples.truncated, merged, fc.method)
+                          train_examples.truncated + val_examples.truncated, merged, fc.method, result.stats)

@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,10 +25,11 @@ from aigc_cli.data.batches import TokenArray
 from aigc_cli.errors import EXIT_SIGINT, EXIT_SIGTERM, Interrupted, Terminated
 from aigc_cli.runs.locks import exclusive_lock
 from aigc_cli.training.distributed import Processes, mean_over_processes
+from aigc_cli.training.loss_stats import process_means
 from aigc_cli.training.metrics import MetricsLog
 from aigc_cli.training.optimizer import lr_at, set_learning_rate
 from aigc_cli.training.progress import StepProgress
-from aigc_cli.training.recipe import Run, TrainingJob, next_batches, save_checkpoint, setup, train_step, validation_loss
+from aigc_cli.training.recipe import Run, TrainingJob, next_batches, save_checkpoint, setup, train_step, validation
 
 
 @dataclass
@@ -42,17 +43,27 @@ class TrainResult:
     skipped_batches: int = 0  # steps whose non-finite loss was skipped (train.skip_nonfinite)
     val_loss_name: str = "loss"  # which loss val_loss is: a GAN's is its discriminator's
     wrote_samples: bool = False  # train_samples/ (train.sample_every_eval)
+    stats: dict[str, float] = field(default_factory=dict)  # what the loss reported: last logged step's and last validation's ("val_")
 
     def to_json(self) -> dict:
-        return {"run_dir": str(self.run_dir), "checkpoint": str(self.checkpoint), "val_loss": self.val_loss,
-                "steps": self.steps, f"{self.unit}_per_s": self.tokens_per_s, "skipped_batches": self.skipped_batches}
+        out = {"run_dir": str(self.run_dir), "checkpoint": str(self.checkpoint), "val_loss": self.val_loss,
+               "steps": self.steps, f"{self.unit}_per_s": self.tokens_per_s, "skipped_batches": self.skipped_batches}
+        return {**out, "stats": self.stats} if self.stats else out
 
     def summary_lines(self) -> list[str]:
         written = "config.yaml, metrics.jsonl, loss.png" + (", train_samples/" if self.wrote_samples else "") + ", TensorBoard events"
         which = "" if self.val_loss_name == "loss" else f" ({self.val_loss_name})"
         return [f"run directory: {self.run_dir}  ({written}; watch with: tensorboard --logdir {self.run_dir})",
                 f"final checkpoint: {self.checkpoint}",
-                f"validation loss{which}: {self.val_loss:.4f} after {self.steps} steps"]
+                f"validation loss{which}: {self.val_loss:.4f} after {self.steps} steps"] + stats_lines(self.stats)
+
+
+def stats_lines(stats: dict[str, float]) -> list[str]:
+    """The reported scalars of a result, validation's and training's on a line each."""
+    val = {name.removeprefix("val_"): v for name, v in stats.items() if name.startswith("val_")}
+    train = {name: v for name, v in stats.items() if not name.startswith("val_")}
+    return [f"{label}: " + ", ".join(f"{name} {value:.4f}" for name, value in values.items())
+            for label, values in (("validation", val), ("last logged step", train)) if values]
 
 
 def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> TrainResult:
@@ -109,6 +120,8 @@ def train(run: Run, stop: StopSignals, quiet: bool = False) -> TrainResult:
     """From run.start_step to train.max_steps, per step in nanoGPT's order: evaluate, checkpoint, step, log."""
     tc = run.tc
     val_loss, train_loss, per_s, throughput = float("nan"), float("nan"), 0.0, Throughput()
+    val_stats: dict[str, float] = {}
+    train_stats: dict[str, float] = {}  # what the loss reports beside its value (loss_stats), at the last log row
     with StepProgress(tc.max_steps, run.start_step, "train", quiet or not run.procs.is_main, tc.log_every) as progress, \
             MetricsLog(run) as metrics:
         progress.announce(_announcement(run), _evaluations_left(run))
@@ -122,8 +135,8 @@ def train(run: Run, stop: StopSignals, quiet: bool = False) -> TrainResult:
             # 1. evaluate
             if step % tc.eval_every == 0 or step == tc.max_steps:
                 eval_start = time.perf_counter()
-                val_loss = validation_loss(run)
-                metrics.record({"step": step, "val_loss": val_loss})
+                val_loss, val_stats = validation(run)
+                metrics.record({"step": step, "val_loss": val_loss, **val_stats})
                 progress.message(f"step {step}: val {run.val_loss_name} {val_loss:.4f}")
                 # No samples from a model whose loss is not finite (nothing to read, and sampling would fail).
                 metrics.evaluated(step, None if run.parallel.sharded or not math.isfinite(val_loss) else run.model)
@@ -145,13 +158,15 @@ def train(run: Run, stop: StopSignals, quiet: bool = False) -> TrainResult:
             done = step + 1
             if done % tc.log_every == 0 or done == tc.max_steps:
                 train_loss = float(mean_over_processes(result.loss, run.procs)) / tc.grad_accum_steps
+                train_stats = process_means(result.stats, run.procs)
                 per_s = throughput.per_second()
-                row = {"step": done, "train_loss": train_loss, "lr": lr, f"{run.unit}_per_s": round(per_s, 1)}
+                row = {"step": done, "train_loss": train_loss, **train_stats, "lr": lr, f"{run.unit}_per_s": round(per_s, 1)}
                 metrics.record({**row, "skipped_nonfinite": run.skipped} if tc.skip_nonfinite else row)
                 throughput.restart()
             progress.update(done, loss=train_loss, lr=lr, **{"tok/s" if run.unit == "tokens" else "img/s": per_s})
 
-    return TrainResult(run.run_dir, run.checkpoint, val_loss, tc.max_steps, per_s, run.unit, run.skipped, run.val_loss_name, tc.sample_every_eval)
+    return TrainResult(run.run_dir, run.checkpoint, val_loss, tc.max_steps, per_s, run.unit, run.skipped, run.val_loss_name,
+                       tc.sample_every_eval, {**train_stats, **val_stats})
 
 
 class Throughput:

@@ -24,6 +24,7 @@ from aigc_cli.devices import pick_device
 from aigc_cli.errors import EXIT_DIVERGED, AigcError
 from aigc_cli.runs.provenance import write_provenance
 from aigc_cli.training.distributed import ParallelModel, Processes, mean_over_processes, seed_own_noise, start_processes, wait_for_all
+from aigc_cli.training.loss_stats import batch_means, collect, process_means
 from aigc_cli.training.metrics import METRICS, truncate_metrics
 from aigc_cli.training.optimizer import make_optimizer
 from aigc_cli.training.precision import pick_precision
@@ -103,6 +104,7 @@ class StepResult:
     loss: torch.Tensor  # the last part's loss summed over the micro-batches, on the device (reading it syncs)
     skipped: bool  # a part's update was skipped for a non-finite loss or gradient
     samples: int  # tokens (or images) trained on in this step, over all processes
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # what the loss reported (loss_stats), mean over micro-batches
 
 
 def setup(cfg: ExperimentConfig, job: TrainingJob, resume: bool = False, quiet: bool = False) -> Run:
@@ -178,7 +180,8 @@ def train_step(run: Run, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> St
     tc, skipped = run.tc, False
     for part, opt in run.optimizers.items():
         opt.zero_grad(set_to_none=True)
-        part_loss = _backward(run, part, batches)
+        with collect() as reported:
+            part_loss = _backward(run, part, batches)
         # One host sync per part and step: a non-finite update must never reach the weights.
         if not _clipped_and_finite(run, part, part_loss).item():
             if not tc.skip_nonfinite:
@@ -193,7 +196,7 @@ def train_step(run: Run, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> St
         run.job.backend.after_step(run.model)
     run.step += 1
     per_batch = (lambda inputs: inputs.numel()) if run.unit == "tokens" else (lambda inputs: inputs.size(0))
-    return StepResult(part_loss, skipped, run.procs.world_size * sum(per_batch(inputs) for inputs, _ in batches))
+    return StepResult(part_loss, skipped, run.procs.world_size * sum(per_batch(inputs) for inputs, _ in batches), batch_means(reported))
 
 
 def _backward(run: Run, part: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -252,6 +255,14 @@ def validation_loss(run: Run) -> float:
     tc = run.tc
     return estimate_loss(run.parallel, run.validation_part, run.job.val_data, tc.batch_size, run.job.block_size,
                          tc.eval_batches, tc.seed + 1, run.device, run.autocast)
+
+
+def validation(run: Run) -> tuple[float, dict[str, float]]:
+    """validation_loss, and the means of what the loss reported on those batches as "val_<name>"
+    (a preference loss's reward accuracy on held-out pairs); every process must call it."""
+    with collect() as reported:
+        loss = validation_loss(run)
+    return loss, process_means(batch_means(reported), run.procs, prefix="val_")
 
 
 def save_checkpoint(run: Run, step: int) -> Path:
