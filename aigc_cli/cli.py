@@ -329,6 +329,8 @@ def chat_verb(checkpoint: Annotated[str, typer.Argument(metavar="CHECKPOINT", he
 
         raw: dict = {}
         for item in overrides or []:
+            if not item.startswith("generate."):
+                raise AigcError(f"aigc chat takes generate.KEY=VALUE overrides only, not {item!r}", "sampling settings live under generate., e.g. generate.top_k=50")
             apply_override(raw, item)
         options = {"generate.temperature": temperature, "generate.top_p": top_p, "generate.max_new_tokens": max_new_tokens, "generate.seed": seed}
         cfg = validate_config(set_options(raw, options), source="aigc chat")
