@@ -4,7 +4,8 @@ Before every reply the conversation (the system message and the turns since the 
 rendered by the checkpoint's chat template (inference/chat_format.py) and the reply is decoded by
 the one decode loop (inference/text_decoding.py), streamed as it grows and ended at the
 checkpoint's end-of-turn token. A reply's seed comes from --seed and the prompt text as in
-`aigc generate`, so a conversation gets the same reply in both. When the conversation outgrows
+`aigc generate`, so with the same settings a conversation gets the same reply in both (while
+the reply's room is not cut short by the context). When the conversation outgrows
 the model's context, its oldest exchanges are left out (the system message stays), said once.
 """
 
