@@ -263,7 +263,7 @@ def finetune(config: ConfigArg, overrides: OverridesArg = None,
 @app.command()
 def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: CheckpointOpt = None,
              prompt: Annotated[Optional[list[str]], typer.Option("--prompt", metavar="TEXT", help="A prompt (repeatable).")] = None,
-             prompts_file: Annotated[Optional[str], typer.Option("--prompts-file", metavar="FILE", help="One prompt per line, or JSONL with a 'prompt' field.")] = None,
+             prompts_file: Annotated[Optional[str], typer.Option("--prompts-file", metavar="FILE", help="One prompt per line, JSONL with a 'prompt' field, or JSONL conversations ('messages' rows, formatted by the checkpoint's chat template).")] = None,
              out: Annotated[Optional[str], typer.Option("--out", metavar="PATH", help="Text: JSONL output file (default generate.out, else <train.out_dir>/generations.jsonl). Images: output folder (default <train.out_dir>/samples).")] = None,
              num: Annotated[Optional[int], typer.Option("--num", min=1, metavar="N", help="Images to sample (generate.images.num_images); for text, completions per prompt.")] = None,
              seed: Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Sampling seed (generate.seed); the same seed gives the same output.")] = None,
@@ -303,6 +303,42 @@ def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
                              log=_log(quiet), force=force)
 
     _run(work, as_json, debug, load, print_config)
+
+
+@app.command("chat")
+def chat_verb(checkpoint: Annotated[str, typer.Argument(metavar="CHECKPOINT", help="A checkpoint, a run directory (its latest checkpoint), or a merged or LoRA adapter directory.", show_default=False)],
+              overrides: Annotated[Optional[list[str]], typer.Argument(metavar="generate.KEY=VALUE", help="Sampling overrides such as generate.top_k=50 generate.repetition_penalty=1.1.", show_default=False)] = None,
+              system: Annotated[Optional[str], typer.Option("--system", metavar="TEXT", help="The system message to start with (/system changes it).")] = None,
+              temperature: Annotated[Optional[float], typer.Option("--temperature", metavar="T", help="Sampling temperature; 0 is greedy (generate.temperature, default 0.8).")] = None,
+              top_p: Annotated[Optional[float], typer.Option("--top-p", metavar="P", help="Nucleus sampling mass; 1.0 is off (generate.top_p).")] = None,
+              max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", metavar="N", help="Longest reply in tokens (generate.max_new_tokens, default 200).")] = None,
+              seed: Annotated[Optional[int], typer.Option("--seed", metavar="N", help="Sampling seed (generate.seed): the same conversation gets the same reply.")] = None,
+              device: Annotated[str, typer.Option("--device", metavar="NAME", help="auto, cpu, cuda or mps.")] = "auto",
+              debug: DebugOpt = False) -> None:
+    """Chat with a checkpoint in the terminal: its chat template, streamed replies, the history kept.
+
+    Type a message and Enter; /system TEXT sets the system message, /reset forgets the
+    conversation, /help lists the commands, Ctrl-C stops a reply, Ctrl-D or /quit quits. When the
+    conversation outgrows the model's context, its oldest turns are left out.
+
+    Example: aigc chat runs/chat-sft --system "You answer briefly." --temperature 0.7
+    """
+
+    def work():
+        from aigc_cli.config import apply_override, set_options, validate_config
+
+        raw: dict = {}
+        for item in overrides or []:
+            if not item.startswith("generate."):
+                raise AigcError(f"aigc chat takes generate.KEY=VALUE overrides only, not {item!r}", "sampling settings live under generate., e.g. generate.top_k=50")
+            apply_override(raw, item)
+        options = {"generate.temperature": temperature, "generate.top_p": top_p, "generate.max_new_tokens": max_new_tokens, "generate.seed": seed}
+        cfg = validate_config(set_options(raw, options), source="aigc chat")
+        from aigc_cli.generation.chat import chat_in_terminal
+
+        return chat_in_terminal(checkpoint, cfg.generate, device, system)
+
+    _run(work, False, debug)
 
 
 @app.command("eval")

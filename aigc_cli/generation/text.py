@@ -1,5 +1,10 @@
 """`aigc generate` for text: prompts in, one JSONL file of completions out, a manifest beside it.
 
+Prompts are plain text (filled into generate.template) or conversations (`messages` rows),
+which the checkpoint's chat template renders; a conversation's row keeps its messages and adds
+the reply as `completion`. Decoding ends at the end-of-text token or the checkpoint's end-of-turn
+tokens (see inference/loading.py end_token_ids).
+
 Every completion has its own random generator, seeded from (seed, prompt, sample number), so
 a completion does not change when other prompts or more samples are added to the batch.
 Prompts are sampled generate.batch_size at a time by the inference layer's one decode loop
@@ -26,13 +31,16 @@ from aigc_cli.data.pairs import PairRecord, fill_template, read_pair_records
 from aigc_cli.data.records import is_jsonl, read_jsonl, read_lines, text_fields
 from aigc_cli.errors import AigcError
 from aigc_cli.generation.manifest import OutputManifest, item_key
+from aigc_cli.inference.chat_format import chat_formatter, prompt_messages
 from aigc_cli.runs.locks import exclusive_lock
 from aigc_cli.runs.provenance import software_versions
 
 
 def read_prompts_file(path: str | Path) -> list[dict]:
     """Prompt records: one per line ({"source": line}, .gz allowed), or JSONL objects whose fields fill
-    generate.template (a `prompt` field is used as it is when there is no template)."""
+    generate.template (a `prompt` field is used as it is when there is no template), or JSONL
+    conversations ({"messages": [...]}, formatted by the checkpoint's chat template). A file holds
+    plain prompts or conversations, not both: the two make rows of different shapes."""
     path = Path(path)
     if not path.is_file():
         raise AigcError(f"prompts file not found: {path}", "pass an existing file to --prompts-file")
@@ -45,10 +53,32 @@ def read_prompts_file(path: str | Path) -> list[dict]:
                 record = {"prompt": record}
             if not isinstance(record, dict):
                 raise AigcError(f"{where}: expected a JSON object", "each line must look like {\"prompt\": \"...\"}")
-            prompts.append({**text_fields(record, where), "_where": where})
+            if "messages" in record:
+                prompts.append({"messages": prompt_messages(record["messages"], where), "_where": where})
+            else:
+                prompts.append({**text_fields(record, where), "_where": where})
     if not prompts:
         raise AigcError(f"{path} holds no prompts", "put one prompt per line")
+    _one_kind(prompts)
     return prompts
+
+
+def _one_kind(prompts: list[dict]) -> None:
+    kind = lambda record: "'messages'" if "messages" in record else "plain prompt"
+    other = next((p for p in prompts if kind(p) != kind(prompts[0])), None)
+    if other is not None:
+        raise AigcError(f"{other['_where']}: a {kind(other)} row in a file whose first row ({prompts[0]['_where']}) is a {kind(prompts[0])} row",
+                        "a prompts file holds plain prompts or 'messages' conversations, not both; put them in separate files")
+
+
+def chat_prompts(gc: GenerateConfig, checkpoint: Path, records: list[dict]) -> list[tuple[str, str]]:
+    """(the last user turn, full prompt text) per conversation record: the checkpoint's chat
+    template renders the messages, ready for the assistant's reply."""
+    if gc.template or gc.few_shot.k:
+        raise AigcError("generate.template and generate.few_shot do not apply to 'messages' rows",
+                        "the checkpoint's chat template formats conversations; unset generate.template and generate.few_shot.k")
+    format_messages = chat_formatter(checkpoint)
+    return [(record["messages"][-1]["content"], format_messages(record["messages"], record["_where"])) for record in records]
 
 
 def build_prompts(gc: GenerateConfig, records: list[dict]) -> list[tuple[str, str]]:
@@ -108,7 +138,8 @@ class TextOutputs:
         lines = [f"generations: {self.path} ({self.count} completions)"]
         if not self.streamed:
             rows = itertools.islice(read_jsonl(self.path, "the file aigc just wrote"), preview)
-            lines += ["  " + (row["prompt"] + row["completion"]).replace("\n", " ⏎ ")[:160] for _, row in rows]
+            shown = lambda row: f"{row['input']} → {row['completion']}" if "messages" in row else row["prompt"] + row["completion"]
+            lines += ["  " + shown(row).replace("\n", " ⏎ ")[:160] for _, row in rows]
         return lines
 
 
@@ -131,15 +162,18 @@ def generate_text(cfg: ExperimentConfig, checkpoint: str | Path | None, prompts:
 def _generate_text(cfg: ExperimentConfig, checkpoint, prompts, out: Path, stream: bool, stream_to, log, force: bool) -> TextOutputs:
     gc = cfg.generate
     checkpoint = resolve_checkpoint(checkpoint or cfg.train.out_dir)
-    prompts = build_prompts(gc, prompts if prompts else [{"source": p} for p in gc.prompts])
+    records = prompts if prompts else [{"source": p} for p in gc.prompts]
+    conversations = [record["messages"] for record in records] if "messages" in records[0] else None
+    prompts = chat_prompts(gc, checkpoint, records) if conversations else build_prompts(gc, records)
     params = gc.model_dump(mode="json", exclude={"prompts", "out"})
     identity = checkpoint_identity(checkpoint)
     decoding = gc.model_dump(mode="json", exclude=_NOT_IN_KEY)
     items = []
-    for shown, prompt in prompts:
+    for number, (shown, prompt) in enumerate(prompts):
         for sample in range(gc.num_samples):
             seed = completion_seed(gc.seed, prompt, sample)
-            items.append(_Item(item_key(checkpoint=identity, prompt=prompt, params=decoding, seed=seed, sample=sample), shown, prompt, sample, seed))
+            items.append(_Item(item_key(checkpoint=identity, prompt=prompt, params=decoding, seed=seed, sample=sample), shown, prompt, sample, seed,
+                               conversations[number] if conversations else None))
     with OutputManifest(out.with_name(out.name + ".manifest.jsonl"), force) as manifest:
         pending = [item for item in items if item.key not in manifest.done]
         reused = f"; {len(items) - len(pending)} already done (in {manifest.path.name}), generating {len(pending)}" if len(pending) < len(items) else ""
@@ -150,7 +184,8 @@ def _generate_text(cfg: ExperimentConfig, checkpoint, prompts, out: Path, stream
             _stream(loaded, gc, items, manifest, stream_to)
         elif pending:
             _sample_in_batches(loaded, gc, pending, manifest)
-        rows = [{"input": item.shown, "prompt": item.prompt, "completion": manifest.done[item.key]["completion"], "sample": item.sample,
+        rows = [{**({"messages": item.messages} if item.messages is not None else {}),
+                 "input": item.shown, "prompt": item.prompt, "completion": manifest.done[item.key]["completion"], "sample": item.sample,
                  "seed": item.seed, "new_tokens": manifest.done[item.key]["new_tokens"], "finish_reason": manifest.done[item.key]["finish_reason"],
                  "params": params, "checkpoint": str(checkpoint)} for item in items]
         write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -165,9 +200,10 @@ def _generate_text(cfg: ExperimentConfig, checkpoint, prompts, out: Path, stream
 class _Item(NamedTuple):
     key: str  # the manifest's key: everything the completion depends on
     shown: str  # the input as the user wrote it
-    prompt: str  # the full prompt text (template and few-shot examples filled in)
+    prompt: str  # the full prompt text (template and few-shot examples filled in, or the chat template's rendering)
     sample: int
     seed: int
+    messages: list | None = None  # the conversation, for 'messages' rows: written back unchanged beside the reply
 
 
 def _load(checkpoint: Path):

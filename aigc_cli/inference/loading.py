@@ -1,6 +1,7 @@
 """One loader for every backend: a checkpoint directory → a LoadedModel in eval mode that knows
 what it is (text or image), how it reads text (tokenizer, end-of-text id), where it runs and in
-which precision. Training's samples describe the model they hold in memory the same way."""
+which precision, and at which tokens a reply ends. Training's samples describe the model they
+hold in memory the same way."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class LoadedModel:
     eos_id: int | None
     device: str
     dtype: torch.dtype
+    stop_ids: tuple[int, ...] = ()  # decoding ends at any of these: end-of-text, and a chat model's end-of-turn
 
     @property
     def validation_part(self) -> str:
@@ -69,9 +71,10 @@ def in_memory_model(checkpoint: Path, backend_name: str, model: torch.nn.Module,
     if tokenizer is None and tokenizer_dir is not None:
         tokenizer = load_tokenizer(tokenizer_dir)
     eos = checkpoint_eos_id(tokenizer_dir, tokenizer) if tokenizer is not None else None
+    stops = end_token_ids(Path(checkpoint), model, eos) if eos is not None else ()
     first = next(model.parameters(), None)
     return LoadedModel(Path(checkpoint), backend_name, backend, model, spec(backend_name).modality, tokenizer, eos, device,
-                       first.dtype if first is not None else torch.float32)
+                       first.dtype if first is not None else torch.float32, stops)
 
 
 def checkpoint_eos_id(directory: Path | None, tokenizer) -> int:
@@ -85,3 +88,21 @@ def checkpoint_eos_id(directory: Path | None, tokenizer) -> int:
     token = token.get("content") if isinstance(token, dict) else token
     token_id = tokenizer.token_to_id(token) if isinstance(token, str) else None
     return token_id if token_id is not None else eos_id(tokenizer)
+
+
+def end_token_ids(directory: Path, model: torch.nn.Module, eos: int) -> tuple[int, ...]:
+    """The ids decoding stops at: the end-of-text id and the `eos_token_id` (an id or a list) of
+    the directory's generation_config.json, else of the model's generation config. A model tuned
+    on chat data ends its turns with an end-of-turn token (chatml's <|im_end|>) listed there, as
+    transformers' own generate reads it; a LoRA adapter's directory may carry the file its base lacks."""
+    named = None
+    path = directory / "generation_config.json"
+    if path.is_file():
+        try:
+            named = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+        except (OSError, ValueError, AttributeError):
+            named = None
+    if named is None:
+        named = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    named = [named] if isinstance(named, int) else named if isinstance(named, list) else []
+    return tuple(dict.fromkeys([eos, *(i for i in named if isinstance(i, int) and not isinstance(i, bool))]))

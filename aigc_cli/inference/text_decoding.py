@@ -23,7 +23,7 @@ from aigc_cli.inference.loading import LoadedModel
 class Completion(NamedTuple):
     text: str
     new_tokens: int
-    finish_reason: str  # "length", "eos" or "stop"
+    finish_reason: str  # "length", "eos" (an end-of-text or end-of-turn token) or "stop" (a stop string)
 
 
 def sample_texts(loaded: LoadedModel, prompts: list[str], gc: GenerateConfig, seeds: list[int],
@@ -69,6 +69,7 @@ def decode(loaded: LoadedModel, rows: list[list[int]], gc: GenerateConfig, seeds
     """The loop. Several rows need a backend with a padded forward and rows within the context
     window (sample_texts groups them so); a single row takes the plain incremental forward."""
     device, eos, backend = loaded.device, loaded.eos_id, loaded.backend
+    ends = set(loaded.stop_ids) | {eos}  # end-of-text, and a chat model's end-of-turn
     batch = _LeftPadded(rows, eos, device)
     uniforms = completion_uniforms(seeds, gc.max_new_tokens, device)
     new: list[list[int]] = [[] for _ in rows]
@@ -87,7 +88,7 @@ def decode(loaded: LoadedModel, rows: list[list[int]], gc: GenerateConfig, seeds
             next_ids = draw_tokens(torch.softmax(scores, dim=-1), uniforms[live, step])
         done = []
         for j, (i, token) in enumerate(zip(live, next_ids[:, 0].tolist())):
-            if token == eos:
+            if token in ends:
                 finish[i] = "eos"
                 done.append(j)
                 continue

@@ -22,6 +22,7 @@ WIDTH = "100"  # the terminal width help is rendered at, so the text does not de
 
 CASES = {
     "help": ["--help"],
+    "help-chat": ["chat", "--help"],
     "init-list": ["init", "--list"],
     "error-config-not-found": ["train", "nothere.yaml"],
     "error-unknown-key": ["train", "text-gpt.yaml", "train.max_step=10"],

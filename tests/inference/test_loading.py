@@ -72,3 +72,18 @@ def test_a_model_in_memory_is_described_like_a_loaded_one(text_run):
     assert (described.modality, described.eos_id, described.dtype, described.backend) == \
         (loaded.modality, loaded.eos_id, loaded.dtype, loaded.backend)
     assert described.tokenizer.get_vocab() == loaded.tokenizer.get_vocab()
+
+
+def test_decoding_stops_at_generation_config_end_ids(text_run, tmp_path):
+    import json
+
+    from aigc_cli.inference.loading import end_token_ids
+
+    loaded = load_model(text_run[1]["checkpoint"], "cpu")
+    assert loaded.stop_ids == (loaded.eos_id,)  # an aigc model trained on text: end-of-text alone
+    for named, expected in [([7, 5], (0, 7, 5)), (9, (0, 9)), ([0, 3], (0, 3)), (None, (0,))]:
+        (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": named}), encoding="utf-8")
+        model = type("NoGenerationConfig", (torch.nn.Module,), {})()  # (so only the file names ids)
+        assert end_token_ids(tmp_path, model, 0) == expected
+    (tmp_path / "generation_config.json").write_text("{damaged", encoding="utf-8")
+    assert end_token_ids(tmp_path, loaded.model, 0) == (0, *([] if loaded.eos_id == 0 else [loaded.eos_id]))

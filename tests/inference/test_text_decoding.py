@@ -75,6 +75,32 @@ def test_greedy_decoding_is_the_argmax_of_a_full_forward(gpt2):
         assert completion.text == tok.decode(expected) and completion.new_tokens == len(expected)
 
 
+def test_decoding_ends_at_any_of_the_stop_ids_alone_and_batched(gpt2):
+    # A chat model ends its turn with an end-of-turn token (generation_config.json's eos_token_id
+    # list) as well as at end-of-text: here a token greedy decoding draws stands for it.
+    import dataclasses
+
+    import torch
+
+    gc = GenerateConfig(max_new_tokens=8, temperature=0, repetition_penalty=3.0)  # (a random model would repeat one token)
+    processors, greedy = logits_processors(gc), []
+    with torch.no_grad():
+        for prompt in ["To be", "床前"]:
+            ids = gpt2.tokenizer.encode(prompt, add_special_tokens=False).ids
+            for _ in range(gc.max_new_tokens):
+                ids.append(int(processors(torch.tensor([ids]), gpt2.model(input_ids=torch.tensor([ids])).logits[:, -1]).argmax()))
+            greedy.append(ids[-gc.max_new_tokens:])
+    end_of_turn = greedy[0][3]
+    assert greedy[0].index(end_of_turn) > 0 and end_of_turn != gpt2.eos_id
+    chat_model = dataclasses.replace(gpt2, stop_ids=(gpt2.eos_id, end_of_turn))
+    expected = [row[:row.index(end_of_turn)] if end_of_turn in row else row for row in greedy]
+    for completions in (sample_texts(chat_model, ["To be", "床前"], gc, [1, 2]),
+                        [sample_texts(chat_model, [p], gc, [s], on_text=lambda piece: None)[0] for p, s in [("To be", 1), ("床前", 2)]]):
+        assert [c.new_tokens for c in completions] == [len(row) for row in expected]
+        assert completions[0].finish_reason == "eos" and completions[0].new_tokens == greedy[0].index(end_of_turn)
+        assert [c.text for c in completions] == [gpt2.tokenizer.decode(row) for row in expected]
+
+
 def test_rows_past_the_context_window_go_alone_through_the_same_loop():
     loaded = text_model(context=16)
     gc = GenerateConfig(max_new_tokens=12, temperature=1.0, top_k=None)
