@@ -58,7 +58,10 @@ def build_app(served: ServedModel, api_key: str | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok"}
+        """Readiness (no API key needed), with the worker's counts: requests finished, cancelled,
+        failed, and the most rows it has decoded in one step."""
+        worker = served.worker
+        return {"status": "ok", "model": served.name, "requests": dict(worker.counts), "peak_batch": worker.peak_batch}
 
     @app.get("/v1/models")
     async def models() -> dict:
