@@ -137,8 +137,11 @@ def _run_uvicorn(app, sock: socket.socket) -> str | None:
     caught: list[str] = []
     # uvicorn handles the signals while it runs, then re-raises them to the handlers it found:
     # these, which note the signal instead of unwinding (exit 143 is for interrupted work).
-    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signal.Signals(signum).name))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    def note(signum, frame):
+        caught.append(signal.Signals(signum).name)
+        server.should_exit = True  # a signal in the moment before uvicorn took the handlers over stops it too
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.run(sockets=[sock])
     finally:
