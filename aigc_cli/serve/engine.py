@@ -171,6 +171,7 @@ class DecodeWorker:
             return []
         with self._wake:
             jobs = [self._pending.popleft() for _ in range(min(len(self._pending), self.max_batch - live))]
+        self.counts["cancelled"] += sum(job.cancelled for job in jobs)  # their clients left while they waited
         return [_Row(job, completion_uniforms([job.sampling.seed], job.sampling.max_tokens, "cpu")[0].tolist())
                 for job in jobs if not job.cancelled]
 
