@@ -9,8 +9,9 @@ row's own seeded uniforms drawn by inverse CDF) with every sampling setting kept
 row has its own temperature, top_p, seed, max_tokens, stop strings, and the checkpoint's
 end-of-turn ids end every row. A seeded request therefore gets the same text alone or in any
 batch, up to floating-point rounding of the padded batch (identical in fp32 on CPU; the tests
-check it). Backends without padded decoding (rnn, bigram), and caches that are not transformers'
-plain DynamicCache, decode one request at a time in arrival order.
+check it). Backends without padded decoding (rnn, bigram) decode one request at a time, in
+arrival order; a model whose cache is not transformers' plain DynamicCache (sliding-window
+layers, say) batches the requests waiting when its batch empties (the next batch, not the next step).
 
 The HTTP side submits a Job and receives its events (Delta pieces while streaming, then Finished
 or Failed) through the job's `emit`, called from this thread. An exception in a step fails the
