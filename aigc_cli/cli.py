@@ -394,6 +394,30 @@ def evaluate(config: Annotated[Optional[str], typer.Argument(metavar="CONFIG", h
         raise typer.Exit(EXIT_GATE_FAILED)
 
 
+@app.command()
+def serve(checkpoint: Annotated[str, typer.Argument(metavar="CHECKPOINT", help="Checkpoint directory, or a run directory (its latest checkpoint); LoRA adapters and merged models too.", show_default=False)],
+          host: Annotated[str, typer.Option("--host", metavar="HOST", help="Address to listen on; 0.0.0.0 for every interface.")] = "127.0.0.1",
+          port: Annotated[int, typer.Option("--port", min=0, max=65535, metavar="N", help="Port to listen on (0: any free port, printed at start).")] = 8000,
+          api_key: Annotated[Optional[str], typer.Option("--api-key", metavar="KEY", envvar="AIGC_API_KEY", show_envvar=True, show_default=False, help="Require `Authorization: Bearer KEY` on /v1 requests.")] = None,
+          max_batch: Annotated[int, typer.Option("--max-batch", min=1, metavar="N", help="Requests decoded together at most; more wait for a free row.")] = 32,
+          device: Annotated[str, typer.Option("--device", metavar="NAME", help="auto, cuda, mps or cpu.")] = "auto",
+          debug: DebugOpt = False, quiet: QuietOpt = False) -> None:
+    """Serve a text checkpoint over an OpenAI-compatible HTTP API: /v1/completions, /v1/chat/completions, /v1/models.
+
+    Concurrent requests are decoded together in one batch; streaming uses server-sent events.
+    SIGTERM or Ctrl-C finishes the requests in flight and exits 0.
+
+    Example: aigc serve runs/text-gpt --port 8000, then any OpenAI client with base_url http://127.0.0.1:8000/v1
+    """
+
+    def work():
+        from aigc_cli.serve.server import serve_checkpoint
+
+        return serve_checkpoint(checkpoint, host, port, api_key, max_batch, device, log=_log(quiet))
+
+    _run(work, False, debug)
+
+
 def _json_safe(value):
     """NaN and infinity (a diverged validation loss) become null: JSON has no such numbers."""
     if isinstance(value, float) and not math.isfinite(value):

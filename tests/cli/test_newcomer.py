@@ -16,7 +16,7 @@ from aigc_cli.cli import app
 from tests.conftest import json_out, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
-VERBS = ["prep", "train", "finetune", "generate", "chat", "eval", "init", "runs", "info"]
+VERBS = ["prep", "train", "finetune", "generate", "chat", "eval", "init", "runs", "info", "serve"]
 
 
 def _modules_after(args: list[str], cwd: Path) -> tuple[int, str, set[str]]:
