@@ -126,6 +126,7 @@ class FinetuneConfig(Section):
     trust_remote_code: bool = Field(False, description="Allow a hub model's own Python code to run. Off unless you trust the source.")
     freeze_layers: int = Field(0, ge=0, description="full only: freeze the bottom N transformer blocks.")
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    quantization: Literal["none", "4bit", "8bit"] = Field("none", description="QLoRA: load the frozen base quantized by bitsandbytes (CUDA or CPU) and train LoRA adapters on it. 4bit: NF4 with double quantization, computing in bf16 where train.precision picks it, else fp32; 8bit: LLM.int8. Needs LoRA adapters. Checkpoints stay plain peft adapters; `aigc generate`/`eval` and --merge use the full-precision base.")
     train_file: Optional[str] = Field(None, description="Training pairs as JSONL (fields named by prompt_field/response_field and the template).")
     source_file: Optional[str] = Field(None, description="Or: a text file of sources, one per line (.gz allowed)...")
     target_file: Optional[str] = Field(None, description="...with the line-aligned responses (.gz allowed).")
@@ -139,6 +140,17 @@ class FinetuneConfig(Section):
     max_length: Optional[int] = Field(None, ge=8, description="Truncate prompt+response to this many tokens (default: the base model's context).")
     packing: bool = Field(False, description="Concatenate examples into full max_length rows (faster; examples may attend to the previous one).")
     seed: int = Field(1337, ge=0, le=SEED_MAX, description="Seed of the validation hold-out.")
+
+    @model_validator(mode="after")
+    def _quantization_needs_adapters(self):
+        if self.quantization != "none" and not trains_adapters(self):
+            raise ValueError(f"quantization={self.quantization} needs LoRA adapters (method=lora), not method={self.method}: a quantized base cannot be trained in full")
+        return self
+
+
+def trains_adapters(fc: FinetuneConfig) -> bool:
+    """Whether finetune trains LoRA adapters on a frozen base (what quantization needs)."""
+    return fc.method == "lora"
 
 
 # ----------------------------------------------------------------------------- generate / eval
