@@ -70,8 +70,20 @@ def load_quantized(ref: str, trust_remote_code: bool, config: Any, quantization:
         raise AigcError(f"cannot load finetune.base {ref} quantized to {quantization} on {device}: {first}",
                         "set finetune.quantization=none, or train on a device bitsandbytes supports (CUDA or CPU)") from None
     keep_4bit_layout_for_training(model)
+    own_unquantized_tensors(model)
     # No activation checkpointing: aigc trains without it everywhere, and the memory saved here is the weights'.
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def own_unquantized_tensors(model: torch.nn.Module) -> None:
+    """The tensors bitsandbytes leaves in full precision (embeddings, norms, biases) come out of the
+    loader as views into the memory-mapped safetensors file, which keeps the whole file mapped —
+    the full-precision weights just quantized included, resident as long as the model lives.
+    Copies of those few tensors let the mapping go."""
+    for module in model.modules():
+        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            if type(tensor).__name__ not in ("Params4bit", "Int8Params"):
+                tensor.data = tensor.data.clone()
 
 
 def keep_4bit_layout_for_training(model: torch.nn.Module) -> None:

@@ -73,6 +73,7 @@ def test_adapters_train_on_bitsandbytes_layers_on_cpu(bases, arch, quantization)
     layer = bnb.nn.Linear4bit if quantization == "4bit" else bnb.nn.Linear8bitLt
     quantized = [m for m in model.modules() if isinstance(m, layer)]
     assert len(quantized) == (4 if arch == "gpt2" else 7)  # every attention and MLP projection of the one block
+    assert model.get_input_embeddings().weight is model.get_output_embeddings().weight  # still tied after the copies
     model = lora.add_adapters(model, SimpleNamespace(r=4, alpha=8, dropout=0.0, target_modules=None, modules_to_save=None,
                                                      rslora=False, dora=False))
     wrapped = [m for m in model.modules() if hasattr(m, "lora_A")]
