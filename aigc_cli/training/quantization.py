@@ -36,7 +36,7 @@ def compute_dtype(tc, device: str) -> torch.dtype:
 def check_quantized_run(tc, device: str) -> None:
     """Refuse what a quantized base cannot do, before it loads."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and tc.strategy == "fsdp":
-        raise AigcError("finetune.quantization cannot be combined with train.strategy=fsdp: FSDP does not shard bitsandbytes' packed weights",
+        raise AigcError("finetune.quantization cannot be combined with train.strategy=fsdp: aigc does not shard bitsandbytes' quantized weights",
                         "use train.strategy=ddp (every process holds the quantized base), or finetune.quantization=none")
 
 
