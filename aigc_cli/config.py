@@ -148,6 +148,7 @@ class FinetuneConfig(Section):
     freeze_layers: int = Field(0, ge=0, description="full only: freeze the bottom N transformer blocks.")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    quantization: Literal["none", "4bit", "8bit"] = Field("none", description="QLoRA: load the frozen base quantized by bitsandbytes (CUDA or CPU) and train LoRA adapters on it. 4bit: NF4 with double quantization, computing in bf16 where train.precision picks it, else fp32; 8bit: LLM.int8. Needs LoRA adapters. Checkpoints stay plain peft adapters; `aigc generate`/`eval` and --merge use the full-precision base.")
     train_file: Optional[str] = Field(None, description="Training pairs as JSONL (fields named by prompt_field/response_field and the template).")
     source_file: Optional[str] = Field(None, description="Or: a text file of sources, one per line (.gz allowed)...")
     target_file: Optional[str] = Field(None, description="...with the line-aligned responses (.gz allowed).")
@@ -183,6 +184,17 @@ class FinetuneConfig(Section):
                 raise ValueError(f"finetune.{key} holds prompt/response lines; method {method} needs preference records "
                                  "(prompt, chosen, rejected) in finetune.train_file")
         return self
+
+    @model_validator(mode="after")
+    def _quantization_needs_adapters(self):
+        if self.quantization != "none" and not trains_adapters(self):
+            raise ValueError(f"quantization={self.quantization} needs LoRA adapters (method=lora, or preference.weights=lora under dpo/orpo/simpo), not method={self.method}{' with preference.weights=full' if self.method in PREFERENCE_METHODS else ''}: a quantized base cannot be trained in full")
+        return self
+
+
+def trains_adapters(fc: FinetuneConfig) -> bool:
+    """Whether finetune trains LoRA adapters on a frozen base (what quantization needs)."""
+    return fc.method == "lora" or (fc.method in PREFERENCE_METHODS and fc.preference.weights == "lora")
 
 
 # ----------------------------------------------------------------------------- generate / eval

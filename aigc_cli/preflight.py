@@ -70,7 +70,7 @@ def check_finetune(cfg: ExperimentConfig, resume: bool = False) -> None:
             existing_file(value, f"finetune.{key}")
     writable_run_dir(Path(cfg.train.out_dir))
     if resume:
-        _resume_fits(cfg, None, ("finetune.base", "finetune.method", "finetune.lora", "finetune.template"))
+        _resume_fits(cfg, None, ("finetune.base", "finetune.method", "finetune.lora", "finetune.template", "finetune.quantization"))
 
 
 def check_generate(config_path: str, cfg: ExperimentConfig, checkpoint: str | None, prompts_file: str | None) -> Path:

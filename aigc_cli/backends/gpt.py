@@ -119,14 +119,15 @@ def load(directory: Path, device: str) -> torch.nn.Module:
     return load_pretrained(directory).to(device)
 
 
-def load_pretrained(ref: str | Path, trust_remote_code: bool = False, config: Any = None) -> torch.nn.Module:
-    """A causal LM in fp32, on the fused activation (also checkpoints saved before the switch)."""
+def load_pretrained(ref: str | Path, trust_remote_code: bool = False, config: Any = None, **loading: Any) -> torch.nn.Module:
+    """A causal LM in fp32, on the fused activation (also checkpoints saved before the switch).
+    `loading`: more from_pretrained arguments (a quantization_config and its device_map)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = use_fused_activation(config or AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code))
     # use_safetensors: never unpickle weights (a hub repo may hold only pytorch_model.bin).
     return AutoModelForCausalLM.from_pretrained(ref, config=config, dtype=torch.float32,
-                                                trust_remote_code=trust_remote_code, use_safetensors=True)
+                                                trust_remote_code=trust_remote_code, use_safetensors=True, **loading)
 
 
 def context_length(model: torch.nn.Module) -> int | None:

@@ -1,7 +1,8 @@
 """`lora`: low-rank adapters (peft) on a Hugging Face causal LM, made by `aigc finetune`.
 
 A checkpoint is peft's adapter directory (adapter_config.json + adapter_model.safetensors);
-adapter_config.json names the base model, so the directory alone rebuilds base + adapter.
+adapter_config.json names the base model, so the directory alone rebuilds base + adapter. An
+adapter trained on a quantized base (QLoRA) is the same directory plus aigc_quantization.json.
 Everything but building and saving is the `gpt` backend's, since a PeftModel is called the same way.
 """
 
@@ -18,6 +19,8 @@ import torch
 from aigc_cli.backends import gpt
 from aigc_cli.runs.checkpoints import ADAPTER_BASE, adapter_base
 from aigc_cli.errors import AigcError
+
+QUANTIZATION_FILE = "aigc_quantization.json"  # beside adapter_config.json: the base was quantized in training (QLoRA)
 
 # peft 0.21 still asks transformers 5 for a renamed attribute; the warning is theirs, not the user's.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -69,6 +72,9 @@ def parameters(model: torch.nn.Module, part: str):
 
 def save(model: torch.nn.Module, directory: Path) -> None:
     model.save_pretrained(directory)
+    record = quantization_record(model)
+    if record is not None:  # QLoRA: say so beside the adapter (which itself is the same as plain LoRA's)
+        (Path(directory) / QUANTIZATION_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     base = model.peft_config["default"].base_model_name_or_path
     if base and Path(base).exists():  # a local base: also recorded relative to the adapter (see checkpoints.adapter_base)
         relative = os.path.relpath(Path(base).resolve(), Path(directory).resolve())
@@ -84,15 +90,40 @@ def base_of(directory: Path) -> str:
 
 
 def load(directory: Path, device: str, trainable: bool = False) -> torch.nn.Module:
-    from peft import PeftModel
-
+    """The adapter on its base in full precision, also when the adapter was trained on a quantized
+    base (QUANTIZATION_FILE): the base as it was made, and the model --merge writes."""
     gpt._quiet_transformers()
     base_ref = base_of(directory)
     if not Path(base_ref).exists():
         raise AigcError(f"the adapter in {directory} needs its base model {base_ref}, which is not there",
                         "restore the base model directory (adapter_config.json: base_model_name_or_path)")
-    base = gpt.load_pretrained(base_ref)
-    return PeftModel.from_pretrained(base, directory, is_trainable=trainable).to(device)
+    return load_adapter(gpt.load_pretrained(base_ref), directory, trainable).to(device)
+
+
+def load_adapter(base: torch.nn.Module, directory: Path, trainable: bool = False) -> torch.nn.Module:
+    """The adapter in `directory` put onto a base already in memory (a quantized one, to resume QLoRA)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, directory, is_trainable=trainable)
+
+
+def quantization_of(model: torch.nn.Module) -> str:
+    """"4bit", "8bit" or "none": how the base of the model in memory holds its weights."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base, "is_loaded_in_4bit", False):
+        return "4bit"
+    return "8bit" if getattr(base, "is_loaded_in_8bit", False) else "none"
+
+
+def quantization_record(model: torch.nn.Module) -> dict | None:
+    """What an adapter directory records about the quantized base it was trained on (None: not quantized)."""
+    quantization = quantization_of(model)
+    if quantization == "none":
+        return None
+    settings = getattr(model.get_base_model().config, "quantization_config", None)
+    settings = settings.to_dict() if hasattr(settings, "to_dict") else settings or {}
+    return {"quantization": quantization, "bitsandbytes": json.loads(json.dumps(settings, default=str)),
+            "loaded_by_aigc": "generate, eval and --merge put the adapter on the full-precision base"}
 
 
 def context_length(model: torch.nn.Module) -> int | None:

@@ -7,6 +7,7 @@ then hand everything to `run_training` (loop.py), the loop `aigc train` runs.
 
 from __future__ import annotations
 
+import gc
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ class FinetuneResult:
     merged: Path | None = None
     method: str = "full"  # finetune.method
     stats: dict[str, float] = field(default_factory=dict)  # what the loss reported (a preference method's rewards)
+    quantization: str = "none"  # finetune.quantization
 
     def to_json(self) -> dict:
         out = {"run_dir": str(self.run_dir), "checkpoint": str(self.checkpoint), "val_loss": self.val_loss,
@@ -45,13 +47,19 @@ class FinetuneResult:
 
     def summary_lines(self) -> list[str]:
         share = self.trainable_params / max(1, self.total_params)
-        lines = [f"run directory: {self.run_dir}", f"checkpoint ({self.method}): {self.checkpoint}",
+        lines = [f"run directory: {self.run_dir}", f"checkpoint ({self.method}{'' if self.quantization == 'none' else ', on a ' + self.quantization + ' base'}): {self.checkpoint}",
                  f"trainable parameters: {self.trainable_params:,} of {self.total_params:,} ({share:.2%})",
                  f"validation loss: {self.val_loss:.4f}"] + stats_lines(self.stats)
-        return lines if self.merged is None else lines + [f"merged model: {self.merged}"]
+        if self.merged is None:
+            return lines
+        if self.quantization != "none":  # the adapter trained on the quantized base; merging goes into the original weights
+            return lines + [f"merged model: {self.merged} (the adapter merged into the full-precision base, which trained {self.quantization}-quantized)"]
+        return lines + [f"merged model: {self.merged}"]
 
 
-def load_base_model(fc: FinetuneConfig, device: str):
+def load_base_model(fc: FinetuneConfig, device: str, quantization: str = "none", compute_dtype: torch.dtype = torch.float32):
+    """(resolved ref, model on `device`, tokenizer). quantization 4bit/8bit: the model is loaded
+    quantized and frozen for QLoRA (training/quantization.py), its 4-bit matmuls in compute_dtype."""
     from transformers import AutoConfig, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -64,7 +72,12 @@ def load_base_model(fc: FinetuneConfig, device: str):
         if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not fc.trust_remote_code:
             raise AigcError(f"finetune.base {ref} is a '{config.model_type}' model, not a causal language model",
                             "fine-tune a decoder-only model (GPT-2, Llama, Qwen, ... or a checkpoint of `aigc train` with backend gpt)")
-        model = load_pretrained(ref, fc.trust_remote_code, config)
+        if quantization == "none":
+            model = load_pretrained(ref, fc.trust_remote_code, config)
+        else:
+            from aigc_cli.training.quantization import load_quantized
+
+            model = load_quantized(ref, fc.trust_remote_code, config, quantization, device, compute_dtype)
         tokenizer = AutoTokenizer.from_pretrained(ref, trust_remote_code=fc.trust_remote_code)
     except AigcError:
         raise
@@ -78,7 +91,7 @@ def load_base_model(fc: FinetuneConfig, device: str):
     if len(tokenizer) > rows:
         raise AigcError(f"tokenizer/model mismatch in {ref}: the tokenizer has {len(tokenizer)} tokens but the model only {rows} embeddings",
                         "use the tokenizer that was saved with this model")
-    return ref, model.to(device), tokenizer
+    return ref, model.to(device) if quantization == "none" else model, tokenizer  # a quantized model is placed as it loads
 
 
 def freeze_bottom_layers(model: torch.nn.Module, n: int) -> None:
@@ -121,7 +134,12 @@ def finetune_model(cfg: ExperimentConfig, resume: bool = False, merge: bool = Fa
 def _finetune(cfg: ExperimentConfig, resume: bool, merge: bool, quiet: bool) -> FinetuneResult:
     fc, tc = cfg.finetune, cfg.train
     device = pick_device(tc.device)
-    base_ref, base_model, tokenizer = load_base_model(fc, device)
+    quantized = fc.quantization != "none"
+    if quantized:
+        from aigc_cli.training.quantization import check_quantized_run, compute_dtype
+
+        check_quantized_run(tc, device)
+    base_ref, base_model, tokenizer = load_base_model(fc, device, fc.quantization, compute_dtype(tc, device) if quantized else torch.float32)
     context = getattr(base_model.config, "n_positions", None) or getattr(base_model.config, "max_position_embeddings", None) or 1024
     max_length = min(fc.max_length or context, context)
     train_examples, val_examples = _examples(fc, tokenizer, max_length)
@@ -145,7 +163,12 @@ def _finetune(cfg: ExperimentConfig, resume: bool, merge: bool, quiet: bool) -> 
 
     def make_model(previous: Path | None, device: str) -> torch.nn.Module:
         if backend_name == "lora":
-            model = backend.load(previous, device, trainable=True) if previous else backend.add_adapters(base_model, fc.lora)
+            if previous is None:
+                model = backend.add_adapters(base_model, fc.lora)
+            elif quantized:  # onto the quantized base in memory (backend.load brings the full-precision one)
+                model = backend.load_adapter(base_model, previous, trainable=True)
+            else:
+                model = backend.load(previous, device, trainable=True)
             backend.set_loraplus_ratio(model, fc.lora.loraplus_lr_ratio)
             return model
         model = backend.load(previous, device) if previous else base_model
@@ -153,14 +176,23 @@ def _finetune(cfg: ExperimentConfig, resume: bool, merge: bool, quiet: bool) -> 
         return model
 
     job = TrainingJob(backend_name, backend, make_model, train_examples, val_examples, max_length, tokenizer_dir,
-                      provenance={"base_model": base_ref, "method": fc.method}, verb="finetune")
+                      provenance={"base_model": base_ref, "method": fc.method, "quantization": fc.quantization}, verb="finetune")
     result = run_training(cfg, job, resume=resume, quiet=quiet)
 
-    final = backend.load(result.checkpoint, "cpu", trainable=True) if backend_name == "lora" else backend.load(result.checkpoint, "cpu")
-    if backend_name == "gpt":
-        freeze_bottom_layers(final, fc.freeze_layers)
-    trainable = sum(p.numel() for p in final.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in final.parameters())
+    if quantized:
+        from aigc_cli.training.quantization import parameter_counts
+
+        trainable, total = parameter_counts(base_model)  # it holds the trained adapters (peft injects them in place)
+        # Let the quantized model go before --merge loads the full-precision base: never both in memory.
+        base_model = job = make_model = None
+        gc.collect()
+        final = backend.load(result.checkpoint, "cpu", trainable=True) if merge else None
+    else:
+        final = backend.load(result.checkpoint, "cpu", trainable=True) if backend_name == "lora" else backend.load(result.checkpoint, "cpu")
+        if backend_name == "gpt":
+            freeze_bottom_layers(final, fc.freeze_layers)
+        trainable = sum(p.numel() for p in final.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in final.parameters())
     merged = None
     if merge:
         if backend_name != "lora":
@@ -170,4 +202,4 @@ def _finetune(cfg: ExperimentConfig, resume: bool, merge: bool, quiet: bool) -> 
             backend.merge(final.eval()).save_pretrained(tmp)
             copy_tokenizer_files(tokenizer_dir, tmp, max_length)
     return FinetuneResult(result.run_dir, result.checkpoint, result.val_loss, trainable, total,
-                          train_examples.truncated + val_examples.truncated, merged, fc.method, result.stats)
+                          train_examples.truncated + val_examples.truncated, merged, fc.method, result.stats, fc.quantization)

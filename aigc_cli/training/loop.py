@@ -189,10 +189,16 @@ class Throughput:
 
 def _announcement(run: Run) -> str:
     """The first line: what trains where; StepProgress adds the estimated duration once it is measured."""
-    trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in run.model.parameters())
+    trainable = sum(_elements(p) for p in run.model.parameters() if p.requires_grad)
+    total = sum(_elements(p) for p in run.model.parameters())
     return (f"training {run.job.backend_name} ({trainable:,} trainable of {total:,} parameters) on {_where(run.device, run.procs)}, "
             f"{str(run.amp_dtype or 'fp32').replace('torch.', '')}, run dir {run.run_dir}")
+
+
+def _elements(param: torch.Tensor) -> int:
+    # A 4-bit quantized weight (QLoRA) is stored two values to a byte; its quant_state knows the real shape.
+    state = getattr(param, "quant_state", None)
+    return state.shape.numel() if state is not None else param.numel()
 
 
 def _evaluations_left(run: Run) -> int:
