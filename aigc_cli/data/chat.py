@@ -58,25 +58,21 @@ CHAT_TEMPLATE_TOKENS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _fail(where: str, what: str, hint: str) -> AigcError:
-    return AigcError(f"{where}: {what}", hint)
-
-
 def check_message(message, where: str, field: str) -> dict:
     """One message as {"role", "content"}; anything else about it is an error."""
     if not isinstance(message, dict):
-        raise _fail(where, f"{field} is {type(message).__name__}, not a message object", 'write each turn as {"role": ..., "content": ...}')
+        raise AigcError(f"{where}: {field} is {type(message).__name__}, not a message object", 'write each turn as {"role": ..., "content": ...}')
     role, content = message.get("role"), message.get("content")
     if role is None:
-        raise _fail(where, f"{field} has no role", f"give every turn a role: {', '.join(ROLES)}")
+        raise AigcError(f"{where}: {field} has no role", f"give every turn a role: {', '.join(ROLES)}")
     if role not in ROLES:
-        raise _fail(where, f"{field} has the unknown role {role!r}", f"use one of {', '.join(ROLES)} (map other roles, or set finetune.format)")
+        raise AigcError(f"{where}: {field} has the unknown role {role!r}", f"use one of {', '.join(ROLES)} (map other roles, or set finetune.format)")
     if content is None:
-        raise _fail(where, f"{field} ({role}) has no content", "give every turn its text as 'content'")
+        raise AigcError(f"{where}: {field} ({role}) has no content", "give every turn its text as 'content'")
     if not isinstance(content, str):
-        raise _fail(where, f"{field} ({role}) has content of type {type(content).__name__}, not a string", "write each turn's content as one string")
+        raise AigcError(f"{where}: {field} ({role}) has content of type {type(content).__name__}, not a string", "write each turn's content as one string")
     if role == "assistant" and not content.strip():
-        raise _fail(where, f"{field} is an empty assistant turn", "remove the record or write the reply: nothing would be learned from it")
+        raise AigcError(f"{where}: {field} is an empty assistant turn", "remove the record or write the reply: nothing would be learned from it")
     return {"role": role, "content": content}
 
 
@@ -88,44 +84,44 @@ def check_turns(messages: list[dict], where: str, field: str = "messages", start
         role = message["role"]
         if role == "system":
             if i != 0:
-                raise _fail(where, f"{field}[{i - start}] is a system message after the first turn", "put one system message first, or merge it into a user turn")
+                raise AigcError(f"{where}: {field}[{i - start}] is a system message after the first turn", "put one system message first, or merge it into a user turn")
         elif previous == role:
-            raise _fail(where, f"{field}[{i - start}] is a second {role} turn in a row", "merge consecutive turns of one role, or add the missing turn between them")
+            raise AigcError(f"{where}: {field}[{i - start}] is a second {role} turn in a row", "merge consecutive turns of one role, or add the missing turn between them")
         elif previous in (None, "system") and role != "user":
-            raise _fail(where, f"{field}[{i - start}] is an assistant turn before any user turn", "start the conversation with a user turn")
+            raise AigcError(f"{where}: {field}[{i - start}] is an assistant turn before any user turn", "start the conversation with a user turn")
         previous = role
 
 
 def check_conversation(messages, where: str, field: str = "messages") -> Conversation:
     if not isinstance(messages, list) or not messages:
         what = "empty" if isinstance(messages, list) else f"{type(messages).__name__}, not a list of turns"
-        raise _fail(where, f"{field} is {what}", f"give '{field}' a list of turns (or set finetune.columns to the field that holds them)")
+        raise AigcError(f"{where}: {field} is {what}", f"give '{field}' a list of turns (or set finetune.columns to the field that holds them)")
     turns = [check_message(m, where, f"{field}[{i}]") for i, m in enumerate(messages)]
     check_turns(turns, where, field)
     if not any(m["role"] == "assistant" for m in turns):
-        raise _fail(where, f"{field} has no assistant turn", "add the reply to learn; a conversation without one teaches nothing")
+        raise AigcError(f"{where}: {field} has no assistant turn", "add the reply to learn; a conversation without one teaches nothing")
     if turns[-1]["role"] != "assistant":
-        raise _fail(where, f"{field} ends with a {turns[-1]['role']} turn that has no reply", "remove the last turn or add the assistant's reply")
+        raise AigcError(f"{where}: {field} ends with a {turns[-1]['role']} turn that has no reply", "remove the last turn or add the assistant's reply")
     return Conversation(turns, where)
 
 
 def check_preference(prompt: list, chosen: list, rejected: list, where: str) -> PreferencePair:
     """Prompt and replies already as message lists (strings wrapped by the reader)."""
     if not isinstance(prompt, list) or not prompt:
-        raise _fail(where, "the prompt is empty", "give every pair the prompt its replies answer")
+        raise AigcError(f"{where}: the prompt is empty", "give every pair the prompt its replies answer")
     turns = [check_message(m, where, f"prompt[{i}]") for i, m in enumerate(prompt)]
     check_turns(turns, where, "prompt")
     if turns[-1]["role"] != "user":
-        raise _fail(where, f"the prompt ends with {'an assistant' if turns[-1]['role'] == 'assistant' else 'a system'} turn", "end the prompt with the user turn that chosen and rejected answer")
+        raise AigcError(f"{where}: the prompt ends with {'an assistant' if turns[-1]['role'] == 'assistant' else 'a system'} turn", "end the prompt with the user turn that chosen and rejected answer")
     replies = []
     for field, reply in (("chosen", chosen), ("rejected", rejected)):
         if not isinstance(reply, list) or not reply:
-            raise _fail(where, f"{field} is empty", f"give '{field}' the reply as a string or a list of assistant messages")
+            raise AigcError(f"{where}: {field} is empty", f"give '{field}' the reply as a string or a list of assistant messages")
         messages = [check_message(m, where, f"{field}[{i}]") for i, m in enumerate(reply)]
         check_turns(messages, where, field, start=len(turns), previous="user")
         if messages[0]["role"] != "assistant" or messages[-1]["role"] != "assistant":
-            raise _fail(where, f"{field} does not start and end with an assistant turn", f"write '{field}' as the assistant's reply to the prompt")
+            raise AigcError(f"{where}: {field} does not start and end with an assistant turn", f"write '{field}' as the assistant's reply to the prompt")
         replies.append(messages)
     if replies[0] == replies[1]:
-        raise _fail(where, "chosen and rejected are the same reply", "remove the pair: identical replies carry no preference")
+        raise AigcError(f"{where}: chosen and rejected are the same reply", "remove the pair: identical replies carry no preference")
     return PreferencePair(turns, replies[0], replies[1], where)
