@@ -65,7 +65,10 @@ def check_finetune(cfg: ExperimentConfig, resume: bool = False) -> None:
     for key in ("train_file", "source_file", "target_file", "val_file", "val_source_file", "val_target_file"):
         value = getattr(fc, key)
         if value and key in ("train_file", "val_file") and Path(value).is_dir():
-            record_format(value)  # a `datasets.save_to_disk` directory, or an error saying what it is instead
+            try:
+                record_format(value)  # a `datasets.save_to_disk` directory, or an error saying what it is instead
+            except AigcError as exc:
+                raise AigcError(f"finetune.{key} {exc.message}", exc.hint) from None
         elif value:
             existing_file(value, f"finetune.{key}")
     writable_run_dir(Path(cfg.train.out_dir))

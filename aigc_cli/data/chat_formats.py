@@ -29,8 +29,11 @@ def turn_keys(fmt: str, columns) -> tuple[str, str, str]:
     return columns.messages or field, columns.role or role, columns.content or content
 
 
-def detect_format(record: dict, columns, prompt_field: str, response_field: str) -> tuple[str, str]:
-    """(format, why) from one record's fields."""
+def detect_format(record: dict, columns, prompt_field: str, response_field: str, prefer_pairs: bool = False) -> tuple[str, str]:
+    """(format, why) from one record's fields. `prefer_pairs` (the config set up the pairs
+    template): a record with the response field is a pair, whatever else it holds."""
+    if prefer_pairs and response_field in record:
+        return "pairs", f"field '{response_field}' of finetune.response_field"
     if columns.chosen in record and columns.rejected in record:
         return "preference", f"fields '{columns.chosen}' and '{columns.rejected}'"
     for fmt in ("messages", "sharegpt"):
@@ -43,25 +46,27 @@ def detect_format(record: dict, columns, prompt_field: str, response_field: str)
                     return shape, f"field '{field}' of {role}/{content}"
     if columns.instruction in record and columns.output in record:
         return "alpaca", f"fields '{columns.instruction}' and '{columns.output}'"
-    if prompt_field in record and response_field in record:
-        return "pairs", f"fields '{prompt_field}' and '{response_field}'"
+    if prompt_field in record or response_field in record:  # the pairs reader says which is missing
+        return "pairs", f"field '{prompt_field if prompt_field in record else response_field}'"
     return "", ""
 
 
-def resolve_format(path: str, fmt: str, columns, prompt_field: str, response_field: str) -> tuple[str, str | None]:
-    """finetune.format for `path`: as configured, or told from its first record. Returns the format
-    and, for auto, the line that states the detection."""
+def resolve_format(path: str, fmt: str, columns, prompt_field: str, response_field: str,
+                   prefer_pairs: bool = False) -> tuple[str, str | None]:
+    """finetune.format for `path`: as configured, or told from its first record (see detect_format).
+    Returns the format and, for auto, the line that states the detection."""
     if fmt != "auto":
         return fmt, None
     first = next(read_records(path, "fix that line; each line must be one JSON object"), None)
     if first is None:
         raise AigcError(f"{path} holds no examples", "put training records in it")
     where, record = first
-    detected, why = detect_format(record, columns, prompt_field, response_field)
+    detected, why = detect_format(record, columns, prompt_field, response_field, prefer_pairs)
     if not detected:
         shown = ", ".join(f"'{k}'" for k in list(record)[:8]) or "none"
         raise AigcError(f"{where}: finetune.format auto cannot tell this record's format (fields: {shown})",
-                        "set finetune.format (pairs, alpaca, sharegpt, messages, preference) and finetune.columns to its field names")
+                        "set finetune.format (pairs, alpaca, sharegpt, messages, preference) and finetune.columns "
+                        "(or prompt_field/response_field for pairs) to its field names")
     return detected, f"finetune.format auto: detected '{detected}' ({why}) in {path}"
 
 

@@ -131,7 +131,9 @@ def data_format(fc: FinetuneConfig, quiet: bool = True) -> str:
         if fc.format not in ("auto", "pairs"):
             raise AigcError(f"finetune.format {fc.format} reads records from finetune.train_file", "set finetune.train_file (source_file/target_file are pairs)")
         return "pairs"
-    fmt, note = resolve_format(fc.train_file, fc.format, fc.columns, fc.prompt_field, fc.response_field)
+    # A config that set up the pairs template keeps meaning pairs, as before formats were detected.
+    pairs_configured = bool({"template", "prompt_field", "response_field"} & fc.model_fields_set)
+    fmt, note = resolve_format(fc.train_file, fc.format, fc.columns, fc.prompt_field, fc.response_field, pairs_configured)
     if note and not quiet:
         print(note, file=sys.stderr, flush=True)
     return fmt

@@ -54,6 +54,11 @@ def test_columns_rename_the_fields_and_keys(tmp_path):
 def test_detection_order_and_the_undetectable(tmp_path):
     assert detect_format({"prompt": "q", "chosen": "a", "rejected": "b"}, COLUMNS, "source", "target")[0] == "preference"
     assert detect_format({"source": "q", "target": "a"}, COLUMNS, "source", "target")[0] == "pairs"
+    alpaca_like = {"instruction": "q", "output": "a"}
+    assert detect_format(alpaca_like, COLUMNS, "source", "output")[0] == "alpaca"
+    # A config that set up the pairs template (finetune.template, prompt_field or response_field) keeps its pairs.
+    assert detect_format(alpaca_like, COLUMNS, "source", "output", prefer_pairs=True)[0] == "pairs"
+    assert detect_format({"question": "q", "target": "a"}, COLUMNS, "source", "target")[0] == "pairs"
     path = jsonl(tmp_path, [{"question": "q", "answer": "a"}])
     with pytest.raises(AigcError, match=rf"^{path}:1: finetune.format auto cannot tell this record's format \(fields: 'question', 'answer'\)$"):
         resolve_format(str(path), "auto", COLUMNS, "source", "target")
