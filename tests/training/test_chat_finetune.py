@@ -125,6 +125,8 @@ BAD_ROW = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant",
     (lambda t: {"rows": [{"prompt": "hi", "chosen": "a", "rejected": "b"}]}, "holds preference pairs (chosen/rejected), which finetune.method lora cannot learn from"),
     (lambda t: {"val_source_file": str(t / "x.txt"), "val_target_file": str(t / "x.txt"), "_": (t / "x.txt").write_text("a\n")}, "finetune.val_source_file/val_target_file hold pairs, not messages records"),
     (lambda t: {"rows": [{"question": "hi"}]}, "chat.jsonl:1: finetune.format auto cannot tell this record's format (fields: 'question')"),
+    (lambda t: {"train_file": None, "source_file": str(t / "x.txt"), "target_file": str(t / "x.txt"), "format": "messages",
+                "_": (t / "x.txt").write_text("a\n")}, "finetune.format messages reads records from finetune.train_file"),
     (lambda t: {"train_file": str(t)}, "is a directory, not a data file or a `datasets.save_to_disk` directory"),
     (lambda t: {"rows": [{"messages": CONVERSATIONS[0]}] * 3, "max_length": 8}, "no conversation has a trained token left after truncation to 8 tokens"),
 ])
