@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 # here for the code that always imported them (a new family's need not be).
 from aigc_cli.backends import BACKENDS, DDPMModelConfig, GANModelConfig, GPTModelConfig, RNNModelConfig, VAEModelConfig  # noqa: F401
 from aigc_cli.config_section import Section
+from aigc_cli.data.chat import CHAT_TEMPLATES
 from aigc_cli.errors import AigcError
 
 
@@ -141,6 +142,19 @@ class PreferenceConfig(Section):
         return self.beta if self.beta is not None else PREFERENCE_DEFAULT_BETA[method]
 
 
+class ChatColumnsConfig(Section):
+    messages: Optional[str] = Field(None, description="messages/sharegpt: the field holding the list of turns (null: 'messages' for messages, 'conversations' for sharegpt).")
+    role: Optional[str] = Field(None, description="messages/sharegpt: a turn's key for its speaker (null: 'role' for messages, 'from' for sharegpt).")
+    content: Optional[str] = Field(None, description="messages/sharegpt: a turn's key for its text (null: 'content' for messages, 'value' for sharegpt).")
+    system: str = Field("system", description="alpaca/sharegpt/messages: an optional field with the system prompt (messages: used when the turns hold no system message).")
+    instruction: str = Field("instruction", description="alpaca: the instruction field.")
+    input: str = Field("input", description="alpaca: the optional input field, appended to the instruction after a blank line.")
+    output: str = Field("output", description="alpaca: the response field.")
+    prompt: str = Field("prompt", description="preference: the prompt (a string or a list of messages; leave it out when chosen and rejected are whole conversations sharing it).")
+    chosen: str = Field("chosen", description="preference: the preferred reply (a string or a list of messages).")
+    rejected: str = Field("rejected", description="preference: the dispreferred reply (a string or a list of messages).")
+
+
 class FinetuneConfig(Section):
     base: Optional[str] = Field(None, description="Base model: a local Hugging Face causal-LM directory (e.g. a checkpoint of `aigc train`) or a hub id when online. Required by `aigc finetune`.")
     method: Literal["full", "lora", "dpo", "orpo", "simpo"] = Field("lora", description="full: update every weight (minus frozen layers); lora: train low-rank adapters with peft. Preference tuning on prompt/chosen/rejected records (finetune.preference): dpo (against a reference model), orpo (NLL of chosen + odds ratio), simpo (length-averaged reward with a margin); the last two need no reference.")
@@ -149,18 +163,22 @@ class FinetuneConfig(Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     quantization: Literal["none", "4bit", "8bit"] = Field("none", description="QLoRA: load the frozen base quantized by bitsandbytes (CUDA or CPU) and train LoRA adapters on it. 4bit: NF4 with double quantization, computing in bf16 where train.precision picks it, else fp32; 8bit: LLM.int8. Needs LoRA adapters. Checkpoints stay plain peft adapters; `aigc generate`/`eval` and --merge use the full-precision base.")
-    train_file: Optional[str] = Field(None, description="Training pairs as JSONL (fields named by prompt_field/response_field and the template).")
+    train_file: Optional[str] = Field(None, description="Training records: JSONL, JSON, CSV, TSV, Parquet or Arrow (.gz allowed for the text ones), or a `datasets.save_to_disk` directory; fields as finetune.format and finetune.columns say.")
     source_file: Optional[str] = Field(None, description="Or: a text file of sources, one per line (.gz allowed)...")
     target_file: Optional[str] = Field(None, description="...with the line-aligned responses (.gz allowed).")
-    val_file: Optional[str] = Field(None, description="Validation pairs as JSONL (default: val_fraction of the training pairs).")
+    val_file: Optional[str] = Field(None, description="Validation records, in the same format as train_file (default: val_fraction of the training records).")
     val_source_file: Optional[str] = Field(None, description="Or validation sources, one per line.")
     val_target_file: Optional[str] = Field(None, description="...and their line-aligned responses.")
     val_fraction: float = Field(0.05, gt=0.0, lt=0.5, description="Share of training pairs held out when no validation files are given.")
-    prompt_field: str = Field("source", description="JSONL field with the input ({source} in the template for line files).")
-    response_field: str = Field("target", description="JSONL field with the response; the loss is computed on it (and end-of-text) only.")
-    template: str = Field("{source}\n", description="Prompt template filled with the record's fields, e.g. 'German: {source}\\nEnglish: '.")
-    max_length: Optional[int] = Field(None, ge=8, description="Truncate prompt+response to this many tokens (default: the base model's context).")
-    packing: bool = Field(False, description="Concatenate examples into full max_length rows (faster; examples may attend to the previous one).")
+    format: Literal["auto", "pairs", "alpaca", "sharegpt", "messages", "preference"] = Field("auto", description="pairs: prompt_field/response_field filled into `template`; alpaca: instruction/input/output; sharegpt: `conversations` of from/value; messages: OpenAI-style role/content turns; preference: prompt + chosen/rejected. auto: told from the first record (and stated on stderr). All but pairs go through the chat template.")
+    columns: ChatColumnsConfig = Field(default_factory=ChatColumnsConfig)
+    chat_template: Literal[tuple(CHAT_TEMPLATES)] = Field("chatml", description="The chat template for a base whose tokenizer has none (aigc's models): chatml (<|im_start|>/<|im_end|>), llama3 (header tokens, <|eot_id|>) or zephyr (<|user|> tags, end-of-text). Its tokens are added to the tokenizer and it is written into the checkpoint's tokenizer_config.json. A base with its own template keeps it.")
+    train_on: Literal["assistant", "last_assistant", "all"] = Field("assistant", description="Chat formats: the tokens the loss covers: every assistant turn (with its end-of-turn token), the last assistant turn only, or every token of the conversation.")
+    prompt_field: str = Field("source", description="pairs: JSONL field with the input ({source} in the template for line files).")
+    response_field: str = Field("target", description="pairs: field with the response; the loss is computed on it (and end-of-text) only.")
+    template: str = Field("{source}\n", description="pairs: prompt template filled with the record's fields, e.g. 'German: {source}\\nEnglish: '.")
+    max_length: Optional[int] = Field(None, ge=8, description="Truncate each example to this many tokens, cutting from the end; an example with no trained token left is dropped and counted (default: the base model's context).")
+    packing: bool = Field(False, description="Pack whole examples into rows of up to max_length tokens (fewer pad tokens). Each example keeps its own positions from 0 and attends only to itself (padding-free batches, see README: chat fine-tuning).")
     seed: int = Field(1337, ge=0, le=SEED_MAX, description="Seed of the validation hold-out.")
 
     @model_validator(mode="after")

@@ -64,13 +64,21 @@ def check_finetune(cfg: ExperimentConfig, resume: bool = False) -> None:
 
     fc = cfg.finetune
     resolve_base(fc.base)
+    from aigc_cli.data.records import record_format
+
     for key in ("train_file", "source_file", "target_file", "val_file", "val_source_file", "val_target_file"):
         value = getattr(fc, key)
-        if value:
+        if value and key in ("train_file", "val_file") and Path(value).is_dir():
+            try:
+                record_format(value)  # a `datasets.save_to_disk` directory, or an error saying what it is instead
+            except AigcError as exc:
+                raise AigcError(f"finetune.{key} {exc.message}", exc.hint) from None
+        elif value:
             existing_file(value, f"finetune.{key}")
     writable_run_dir(Path(cfg.train.out_dir))
     if resume:
-        _resume_fits(cfg, None, ("finetune.base", "finetune.method", "finetune.lora", "finetune.template", "finetune.quantization"))
+        # The chat template and the format decide the tokenizer the run saved and its new tokens.
+        _resume_fits(cfg, None, ("finetune.base", "finetune.method", "finetune.lora", "finetune.template", "finetune.format", "finetune.chat_template", "finetune.quantization"))
 
 
 def check_generate(config_path: str, cfg: ExperimentConfig, checkpoint: str | None, prompts_file: str | None) -> Path:

@@ -20,7 +20,7 @@ BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
 SECTIONS = [("data", schema.DataConfig), ("data.cleaning", schema.CleaningConfig), ("data.tokenizer", schema.TokenizerConfig),
             ("data.image", schema.ImageDataConfig),
             *((f"model (backend: {name})", entry.config) for name, entry in BACKENDS.items() if entry.config),
-            ("train", schema.TrainConfig), ("finetune", schema.FinetuneConfig), ("finetune.lora", schema.LoraConfig),
+            ("train", schema.TrainConfig), ("finetune", schema.FinetuneConfig), ("finetune.lora", schema.LoraConfig), ("finetune.columns", schema.ChatColumnsConfig),
             ("finetune.preference", schema.PreferenceConfig),
             ("generate", schema.GenerateConfig), ("generate.few_shot", schema.FewShotConfig),
             ("generate.images", schema.ImageGenerateConfig), ("eval", schema.EvalConfig)]

@@ -105,13 +105,56 @@ def parameters(model: torch.nn.Module, part: str):
 
 
 def loss(model: torch.nn.Module, batch, part: str) -> torch.Tensor:
+    """Next-token cross-entropy. `inputs` are token ids, or (ids, position_ids) for packed rows:
+    positions restarting at 0 mark where an example begins, and with no attention mask given
+    transformers keeps the examples from attending to one another (data/packing.py)."""
     inputs, targets = batch
-    logits = model(input_ids=inputs, use_cache=False).logits
+    ids, positions = inputs if isinstance(inputs, tuple) else (inputs, None)
+    extra = {} if positions is None else {"position_ids": positions}
+    logits = model(input_ids=ids, use_cache=False, **extra).logits
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
 
 
 def save(model: torch.nn.Module, directory: Path) -> None:
     model.save_pretrained(directory)
+
+
+def make_room_for_tokens(model: torch.nn.Module, vocab_size: int, new_ids: list[int]) -> None:
+    """Embedding rows for a tokenizer grown to `vocab_size` tokens: the matrix (and an untied
+    output head) grows when it must, and the rows of `new_ids` start as the mean of the rows
+    before them, so a new token begins as an average token, not as noise (or an untrained
+    padding row) that would skew the first steps."""
+    embeddings = model.get_input_embeddings()
+    if vocab_size > embeddings.num_embeddings:
+        model.resize_token_embeddings(vocab_size, mean_resizing=False)  # its mean_resizing samples; ours is exact
+    if not new_ids:
+        return
+    first = min(new_ids)
+    with torch.no_grad():
+        for layer in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}.values():
+            layer.weight[new_ids] = layer.weight[:first].mean(dim=0)
+            if getattr(layer, "bias", None) is not None:
+                layer.bias[new_ids] = layer.bias[:first].mean()
+
+
+def separates_packed_examples(model: torch.nn.Module) -> bool:
+    """Whether this model keeps examples packed into one row apart by their position ids alone
+    (transformers' masking_utils does so for its own models when no attention mask is given): two
+    short examples, packed and run alone, must give the same logits."""
+    device = next(model.parameters()).device
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = (torch.arange(6, device=device) * 7 + 1) % vocab
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            packed = model(input_ids=ids[None], position_ids=torch.tensor([[0, 1, 2, 0, 1, 2]], device=device), use_cache=False).logits
+            alone = torch.cat([model(input_ids=part[None], use_cache=False).logits for part in (ids[:3], ids[3:])], dim=1)
+    except (TypeError, ValueError, RuntimeError):  # a forward without position_ids, or that refuses them
+        return False
+    finally:
+        model.train(was_training)
+    return bool(torch.allclose(packed.float(), alone.float(), atol=1e-4, rtol=1e-4))
 
 
 def load(directory: Path, device: str) -> torch.nn.Module:

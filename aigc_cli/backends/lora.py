@@ -43,17 +43,31 @@ def build(model_cfg: Any, data_meta: dict):
     raise AigcError("lora adapts an existing model and cannot be trained from scratch", "use `aigc finetune` with finetune.method=lora")
 
 
-def add_adapters(model: torch.nn.Module, lora_cfg) -> torch.nn.Module:
+def add_adapters(model: torch.nn.Module, lora_cfg, new_token_ids: list[int] = ()) -> torch.nn.Module:
+    """LoRA adapters on `model`; the embedding rows of `new_token_ids` (tokens a chat template
+    added) are trained in full beside them (peft's trainable_token_indices, on the output head
+    too), or the tuned model could never learn to emit its end-of-turn token."""
     from peft import LoraConfig, get_peft_model
 
     targets = lora_cfg.target_modules or DEFAULT_TARGETS.get(model.config.model_type)  # None: peft's default for the architecture
     config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout, target_modules=targets,
                         modules_to_save=lora_cfg.modules_to_save, use_rslora=lora_cfg.rslora, use_dora=lora_cfg.dora,
-                        task_type="CAUSAL_LM", fan_in_fan_out=model.config.model_type == "gpt2")
+                        task_type="CAUSAL_LM", fan_in_fan_out=model.config.model_type == "gpt2",
+                        trainable_token_indices=_token_indices(model, list(new_token_ids)) if new_token_ids else None)
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
         raise AigcError(f"cannot add LoRA adapters: {exc}", "set finetune.lora.target_modules to module names of this model") from None
+
+
+def _token_indices(model: torch.nn.Module, ids: list[int]):
+    """peft's trainable_token_indices: a list means the input embeddings, and peft follows a tied
+    output head by itself; an untied head is named beside them."""
+    embeddings, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if head is None or head.weight is embeddings.weight:
+        return ids
+    names = {module: name for name, module in model.named_modules()}
+    return {names[embeddings]: ids, names[head]: ids}
 
 
 def set_loraplus_ratio(model: torch.nn.Module, ratio: float | None) -> None:
@@ -71,7 +85,10 @@ def parameters(model: torch.nn.Module, part: str):
 
 
 def save(model: torch.nn.Module, directory: Path) -> None:
-    model.save_pretrained(directory)
+    # save_embedding_layers=False: rows of added tokens are in the trainable-token weights; the
+    # rest of a grown embedding matrix is the base's, so the adapter stays small.
+    model.save_pretrained(directory, save_embedding_layers=False)
+    model.get_base_model().generation_config.save_pretrained(directory)  # the ids generation stops at (chat: end-of-turn too)
     record = quantization_record(model)
     if record is not None:  # QLoRA: say so beside the adapter (which itself is the same as plain LoRA's)
         (Path(directory) / QUANTIZATION_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -97,7 +114,9 @@ def load(directory: Path, device: str, trainable: bool = False) -> torch.nn.Modu
     if not Path(base_ref).exists():
         raise AigcError(f"the adapter in {directory} needs its base model {base_ref}, which is not there",
                         "restore the base model directory (adapter_config.json: base_model_name_or_path)")
-    return load_adapter(gpt.load_pretrained(base_ref), directory, trainable).to(device)
+    base = gpt.load_pretrained(base_ref)
+    _match_tokenizer(base, Path(directory))
+    return load_adapter(base, directory, trainable).to(device)
 
 
 def load_adapter(base: torch.nn.Module, directory: Path, trainable: bool = False) -> torch.nn.Module:
@@ -124,6 +143,22 @@ def quantization_record(model: torch.nn.Module) -> dict | None:
     settings = settings.to_dict() if hasattr(settings, "to_dict") else settings or {}
     return {"quantization": quantization, "bitsandbytes": json.loads(json.dumps(settings, default=str)),
             "loaded_by_aigc": "generate, eval and --merge put the adapter on the full-precision base"}
+
+
+def _match_tokenizer(base: torch.nn.Module, directory: Path) -> None:
+    """The base as the adapter was trained on it: an embedding matrix grown to the adapter's
+    tokenizer (a chat template's tokens; their rows are the adapter's own) and its generation config."""
+    from transformers import GenerationConfig
+
+    tokenizer_file = directory / "tokenizer.json"
+    if tokenizer_file.is_file():
+        from tokenizers import Tokenizer
+
+        size = Tokenizer.from_file(str(tokenizer_file)).get_vocab_size(with_added_tokens=True)
+        if size > base.get_input_embeddings().num_embeddings:
+            gpt.make_room_for_tokens(base, size, [])
+    if (directory / "generation_config.json").is_file():
+        base.generation_config = GenerationConfig.from_pretrained(directory)
 
 
 def context_length(model: torch.nn.Module) -> int | None:

@@ -63,6 +63,13 @@ class TokenArray:
             yield windows[:, :-1], windows[:, 1:]
 
 
+def to_device(inputs, device: str):
+    """A batch's inputs on `device`: a tensor, or a tuple of them (token ids with position ids)."""
+    if isinstance(inputs, tuple):
+        return tuple(t.to(device, non_blocking=True) for t in inputs)
+    return inputs.to(device, non_blocking=True)
+
+
 def own_rows(rows, shard: tuple[int, int]):
     """This process's contiguous slice of a batch drawn identically by every process."""
     rank, world_size = shard

@@ -1,6 +1,7 @@
 """Prompt/response pairs for fine-tuning and few-shot prompting.
 
-Pairs come from JSONL (any field names) or two line-aligned text files (.gz allowed). A prompt
+Pairs come from records (JSONL, CSV, Parquet, ... any field names: records.read_records) or two
+line-aligned text files (.gz allowed). A prompt
 is the config's template filled with the record's fields; the loss covers the response and the
 end-of-text token only (prompt positions get the label -100, which cross-entropy ignores).
 """
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aigc_cli.data.records import read_jsonl, read_lines, text_fields
+from aigc_cli.data.records import read_lines, read_records, text_fields
 from aigc_cli.errors import AigcError
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def read_pair_records(jsonl: str | None, source_file: str | None, target_file: s
 
 def _read_jsonl(path: str, response_field: str) -> list[PairRecord]:
     records = []
-    for where, record in read_jsonl(_existing(path), "fix that line; each line must be one JSON object"):
+    for where, record in read_records(path, "fix that line; each line must be one JSON object"):
         if response_field not in record:
             raise AigcError(f"{where}: no field '{response_field}' (the response)", "set finetune.response_field to the field that holds the answer")
         records.append(PairRecord(text_fields(record, where), where))
@@ -94,48 +95,23 @@ class PairExamples:
 
     def __init__(self, records: list[PairRecord], tokenizer, template: str, response_field: str,
                  max_length: int, eos_id: int, packing: bool = False):
+        from aigc_cli.data.packing import ExampleRows
+
         prompts = [fill_template(template, r, "finetune.template") for r in records]
         responses = [r.fields[response_field] for r in records]
         prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
         response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
-        self.pad_id = eos_id
-        self.truncated = 0
-        rows: list[tuple[list[int], list[int]]] = []
-        for p, r in zip(prompt_ids, response_ids):
-            ids = p + r + [eos_id]
-            labels = [IGNORE_INDEX] * len(p) + r + [eos_id]
-            if len(ids) > max_length + 1:  # one extra: inputs and targets are the row shifted by one
-                self.truncated += 1
-                ids, labels = ids[:max_length + 1], labels[:max_length + 1]
-            rows.append((ids, labels))
-        if packing:
-            flat_ids = [t for ids, _ in rows for t in ids]
-            flat_labels = [t for _, labels in rows for t in labels]
-            step = max_length + 1
-            rows = [(flat_ids[i:i + step], flat_labels[i:i + step]) for i in range(0, len(flat_ids) - 1, step)]
-        self.rows = [row for row in rows if any(t != IGNORE_INDEX for t in row[1][1:])]
+        examples = [(p + r + [eos_id], [IGNORE_INDEX] * len(p) + r + [eos_id]) for p, r in zip(prompt_ids, response_ids)]
+        self.examples = ExampleRows(examples, eos_id, max_length, packing)
+        self.rows, self.truncated, self.dropped = self.examples.rows, self.examples.truncated, self.examples.dropped
         if not self.rows:
             raise AigcError("no example has a response token left after truncation", "raise finetune.max_length or shorten the prompts")
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.examples)
 
-    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        import torch  # here, not at the top: `aigc generate` reads templates from this module without torch
-
-        rows = [self.rows[i] for i in indices]
-        width = max(len(ids) for ids, _ in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        for i, (row_ids, row_labels) in enumerate(rows):
-            ids[i, :len(row_ids)] = torch.tensor(row_ids)
-            labels[i, :len(row_labels)] = torch.tensor(row_labels)
-        # Right padding needs no attention mask in a causal model: real tokens never see the pads.
-        return ids[:, :-1], labels[:, 1:]
+    def batch(self, indices):
+        return self.examples.batch(indices)
 
     def random_batch(self, batch_size: int, block_size: int, generator: torch.Generator, shard: tuple[int, int] = (0, 1)):
-        import torch
-
-        from aigc_cli.data.batches import own_rows
-
-        return self.batch(own_rows(torch.randint(len(self.rows), (batch_size,), generator=generator).tolist(), shard))
+        return self.examples.random_batch(batch_size, block_size, generator, shard)

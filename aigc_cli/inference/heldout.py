@@ -15,6 +15,8 @@ from typing import Callable, ContextManager, Iterable, Literal, Protocol
 
 import torch
 
+from aigc_cli.data.batches import to_device
+
 IGNORE_INDEX = -100  # cross_entropy's ignore_index: padding targets, not scored
 
 
@@ -58,7 +60,7 @@ def heldout_loss(model: ScoresBatches, part: str, batches: Iterable[tuple[torch.
             torch.manual_seed(seed)
         for inputs, targets in batches:
             with autocast():
-                loss = model.loss(inputs.to(device), targets.to(device), part)
+                loss = model.loss(to_device(inputs, device), targets.to(device), part)
             counts = _WEIGHTS[per](targets)
             total += loss.item() * counts
             weight += counts

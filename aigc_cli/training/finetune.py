@@ -1,14 +1,18 @@
-"""`aigc finetune`: full or LoRA fine-tuning of a causal LM on prompt/response pairs.
+"""`aigc finetune`: full or LoRA fine-tuning of a causal LM on prompt/response pairs or conversations.
 
-A recipe, not a second loop: load the base model and its tokenizer, turn the pairs into
-examples whose loss covers the response only, optionally add LoRA adapters or freeze blocks,
-then hand everything to `run_training` (loop.py), the loop `aigc train` runs.
+A recipe, not a second loop: load the base model and its tokenizer, turn the records into
+examples whose loss covers the responses only (pairs through finetune.template, conversations
+through the chat template), optionally add LoRA adapters or freeze blocks, then hand everything
+to `run_training` (loop.py), the loop `aigc train` runs. For conversations the tokenizer gains
+the template's tokens (the model a mean-initialised, trainable embedding row for each), and the
+checkpoint's tokenizer config and generation config carry the template and its end-of-turn token.
 """
 
 from __future__ import annotations
 
 import gc
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +22,8 @@ from aigc_cli.runs.atomic_files import staging_dir
 from aigc_cli.backends import get_backend
 from aigc_cli.runs.checkpoints import resolve_base
 from aigc_cli.config import PREFERENCE_METHODS, ExperimentConfig, FinetuneConfig
+from aigc_cli.data.chat_examples import ChatExamples, PreferenceExamples, prepare_chat_template
+from aigc_cli.data.chat_formats import read_conversations, read_preference_pairs, resolve_format
 from aigc_cli.data.pairs import PairExamples, read_pair_records
 from aigc_cli.data.tokenization import copy_tokenizer_files
 from aigc_cli.devices import pick_device
@@ -38,10 +44,13 @@ class FinetuneResult:
     method: str = "full"  # finetune.method
     stats: dict[str, float] = field(default_factory=dict)  # what the loss reported (a preference method's rewards)
     quantization: str = "none"  # finetune.quantization
+    dropped: int = 0  # examples with no trained token left after truncation
+    format: str = "pairs"  # finetune.format, as detected for auto
 
     def to_json(self) -> dict:
         out = {"run_dir": str(self.run_dir), "checkpoint": str(self.checkpoint), "val_loss": self.val_loss,
-               "trainable_params": self.trainable_params, "total_params": self.total_params, "truncated": self.truncated}
+               "trainable_params": self.trainable_params, "total_params": self.total_params, "truncated": self.truncated,
+               "dropped": self.dropped, "format": self.format}
         out = {**out, "stats": self.stats} if self.stats else out
         return out if self.merged is None else {**out, "merged": str(self.merged)}
 
@@ -106,23 +115,103 @@ def freeze_bottom_layers(model: torch.nn.Module, n: int) -> None:
         block.requires_grad_(False)
 
 
-def _examples(fc: FinetuneConfig, tokenizer, max_length: int):
-    if fc.method in PREFERENCE_METHODS:  # until the preference records reader (aigc_cli/data/chat.py) is wired in here
-        raise AigcError(f"finetune.method {fc.method} needs preference records, which this version cannot read yet",
-                        "use finetune.method full or lora")
-    train = read_pair_records(fc.train_file, fc.source_file, fc.target_file, fc.prompt_field, fc.response_field, "finetune.train")
-    if fc.val_file or (fc.val_source_file and fc.val_target_file):
-        val = read_pair_records(fc.val_file, fc.val_source_file, fc.val_target_file, fc.prompt_field, fc.response_field, "finetune.val")
-    else:
-        order = list(range(len(train)))
-        random.Random(fc.seed).shuffle(order)
-        n_val = max(1, int(len(train) * fc.val_fraction))
-        if len(train) - n_val < 1:
-            raise AigcError(f"only {len(train)} training pair(s): nothing left after holding out validation", "add pairs or give finetune.val_file")
-        val = [train[i] for i in sorted(order[:n_val])]
-        train = [train[i] for i in sorted(order[n_val:])]
-    make = lambda records: PairExamples(records, tokenizer, fc.template, fc.response_field, max_length, tokenizer.eos_token_id, fc.packing)
-    return make(train), make(val)
+@dataclass
+class FinetuneData:
+    format: str  # finetune.format, auto resolved
+    train: object  # PairExamples or ChatExamples
+    val: object
+    template: object | None = None  # chat_examples.ChatTemplate for chat formats
+
+    @property
+    def truncated(self) -> int:
+        return self.train.truncated + self.val.truncated
+
+    @property
+    def dropped(self) -> int:
+        return self.train.dropped + self.val.dropped
+
+
+def _held_out(train: list, fc: FinetuneConfig, what: str) -> tuple[list, list]:
+    order = list(range(len(train)))
+    random.Random(fc.seed).shuffle(order)
+    n_val = max(1, int(len(train) * fc.val_fraction))
+    if len(train) - n_val < 1:
+        raise AigcError(f"only {len(train)} training {what}(s): nothing left after holding out validation", f"add {what}s or give finetune.val_file")
+    return [train[i] for i in sorted(order[n_val:])], [train[i] for i in sorted(order[:n_val])]
+
+
+def data_format(fc: FinetuneConfig, quiet: bool = True) -> str:
+    """finetune.format, auto resolved from the first training record (and the detection stated)."""
+    if not fc.train_file:
+        if fc.format not in ("auto", "pairs"):
+            raise AigcError(f"finetune.format {fc.format} reads records from finetune.train_file", "set finetune.train_file (source_file/target_file are pairs)")
+        return "pairs"
+    # A config that set up the pairs template keeps meaning pairs, as before formats were detected.
+    pairs_configured = bool({"template", "prompt_field", "response_field"} & fc.model_fields_set)
+    fmt, note = resolve_format(fc.train_file, fc.format, fc.columns, fc.prompt_field, fc.response_field, pairs_configured)
+    if note and not quiet:
+        print(note, file=sys.stderr, flush=True)
+    return fmt
+
+
+def _examples(fc: FinetuneConfig, fmt: str, tokenizer, max_length: int, packing: bool) -> FinetuneData:
+    if fmt == "pairs":
+        train = read_pair_records(fc.train_file, fc.source_file, fc.target_file, fc.prompt_field, fc.response_field, "finetune.train")
+        if fc.val_file or (fc.val_source_file and fc.val_target_file):
+            val = read_pair_records(fc.val_file, fc.val_source_file, fc.val_target_file, fc.prompt_field, fc.response_field, "finetune.val")
+        else:
+            train, val = _held_out(train, fc, "pair")
+        make = lambda records: PairExamples(records, tokenizer, fc.template, fc.response_field, max_length, tokenizer.eos_token_id, packing)
+        return FinetuneData(fmt, make(train), make(val))
+    preference = fc.method in PREFERENCE_METHODS
+    if preference != (fmt == "preference"):
+        if preference:
+            raise AigcError(f"finetune.method {fc.method} learns from preference pairs (prompt, chosen, rejected), but {fc.train_file} holds {fmt} records",
+                            "give preference records in finetune.train_file (finetune.format: preference), or use finetune.method lora or full")
+        raise AigcError(f"{fc.train_file} holds preference pairs (chosen/rejected), which finetune.method {fc.method} cannot learn from",
+                        "use a preference method (finetune.method dpo, orpo or simpo), or give conversations for supervised fine-tuning")
+    if fc.val_source_file or fc.val_target_file:
+        raise AigcError(f"finetune.val_source_file/val_target_file hold pairs, not {fmt} records", "give finetune.val_file in the training data's format")
+    read = (lambda path: read_preference_pairs(path, fc.columns)) if preference else (lambda path: read_conversations(path, fmt, fc.columns))
+    train = read(fc.train_file)
+    val = read(fc.val_file) if fc.val_file else None
+    if val is None:
+        train, val = _held_out(train, fc, "preference pair" if preference else "conversation")
+    template = prepare_chat_template(tokenizer, fc.chat_template)
+    if preference:  # one forward over chosen + rejected: no packing, each pair padded to its longer sequence
+        make = lambda pairs: PreferenceExamples(pairs, tokenizer, template, max_length, tokenizer.eos_token_id)
+        return FinetuneData(fmt, make(train), make(val), template)
+    make = lambda conversations: ChatExamples(conversations, tokenizer, template, fc.train_on, max_length, tokenizer.eos_token_id, packing)
+    return FinetuneData(fmt, make(train), make(val), template)
+
+
+def prepare_for_chat(model: torch.nn.Module, tokenizer, template) -> None:
+    """The model side of a chat template: embedding rows for its added tokens (the mean of the
+    existing rows: a neutral start that a random row would not be), and the end-of-turn token
+    among the ids generation stops at (generation_config.json's eos_token_id, a list)."""
+    from aigc_cli.backends.gpt import make_room_for_tokens
+
+    make_room_for_tokens(model, len(tokenizer), template.added_ids)
+    stops = [template.end_of_turn_id] + [i for i in [tokenizer.eos_token_id] if i != template.end_of_turn_id]
+    model.generation_config.eos_token_id = stops
+
+
+def _packing(fc: FinetuneConfig, model: torch.nn.Module, quiet: bool) -> bool:
+    from aigc_cli.backends.gpt import separates_packed_examples
+
+    if not fc.packing or separates_packed_examples(model):
+        return fc.packing
+    if not quiet:
+        print(f"finetune.packing: a {model.config.model_type} model here does not keep packed examples apart by their position ids "
+              "(its attention would cross from one example into the next), so examples are padded, not packed", file=sys.stderr, flush=True)
+    return False
+
+
+def _save_tokenizer(tokenizer, tokenizer_dir: Path) -> None:
+    # save_jinja_files=False: the chat template goes into tokenizer_config.json, where every
+    # transformers version (and serving stacks reading the config) look for it.
+    with staging_dir(tokenizer_dir, replace=True) as tmp:
+        tokenizer.save_pretrained(tmp, save_jinja_files=False)
 
 
 def finetune_model(cfg: ExperimentConfig, resume: bool = False, merge: bool = False, quiet: bool = False) -> FinetuneResult:
@@ -142,17 +231,21 @@ def _finetune(cfg: ExperimentConfig, resume: bool, merge: bool, quiet: bool) -> 
     base_ref, base_model, tokenizer = load_base_model(fc, device, fc.quantization, compute_dtype(tc, device) if quantized else torch.float32)
     context = getattr(base_model.config, "n_positions", None) or getattr(base_model.config, "max_position_embeddings", None) or 1024
     max_length = min(fc.max_length or context, context)
-    train_examples, val_examples = _examples(fc, tokenizer, max_length)
+    data = _examples(fc, data_format(fc, quiet), tokenizer, max_length, _packing(fc, base_model, quiet))
+    if data.template is not None:
+        prepare_for_chat(base_model, tokenizer, data.template)
     if not quiet:
-        print(f"fine-tuning {base_ref} ({fc.method}) on {len(train_examples):,} examples, {len(val_examples):,} for validation; "
-              f"{train_examples.truncated + val_examples.truncated} truncated to {max_length} tokens", flush=True,
-              file=__import__("sys").stderr)
+        chat = f"; chat template: {data.template.name}, loss on {fc.train_on.replace('_', ' ')} tokens" if data.template else ""
+        rows = "packed rows" if getattr(getattr(data.train, "examples", None), "packing", False) else ("pairs" if fc.method in PREFERENCE_METHODS else "examples")
+        print(f"fine-tuning {base_ref} ({fc.method}) on {len(data.train):,} {rows}, "
+              f"{len(data.val):,} for validation; {data.truncated} truncated to {max_length} tokens, "
+              f"{data.dropped} dropped with no trained token left{chat}", flush=True, file=sys.stderr)
 
     run_dir = Path(tc.out_dir)
-    tokenizer_dir = run_dir / "tokenizer"  # the base tokenizer, saved once, copied into every checkpoint
+    tokenizer_dir = run_dir / "tokenizer"  # the base tokenizer (+ chat template), saved once, copied into every checkpoint
     if not (tokenizer_dir / "tokenizer.json").is_file():
-        with staging_dir(tokenizer_dir, replace=True) as tmp:
-            tokenizer.save_pretrained(tmp)
+        _save_tokenizer(tokenizer, tokenizer_dir)
+    new_tokens = data.template.added_ids if data.template else []
     if fc.method in PREFERENCE_METHODS:
         from aigc_cli.training.preference import preference_backend
 
@@ -164,7 +257,7 @@ def _finetune(cfg: ExperimentConfig, resume: bool, merge: bool, quiet: bool) -> 
     def make_model(previous: Path | None, device: str) -> torch.nn.Module:
         if backend_name == "lora":
             if previous is None:
-                model = backend.add_adapters(base_model, fc.lora)
+                model = backend.add_adapters(base_model, fc.lora, new_tokens)
             elif quantized:  # onto the quantized base in memory (backend.load brings the full-precision one)
                 model = backend.load_adapter(base_model, previous, trainable=True)
             else:
@@ -175,8 +268,9 @@ def _finetune(cfg: ExperimentConfig, resume: bool, merge: bool, quiet: bool) -> 
         freeze_bottom_layers(model, fc.freeze_layers)
         return model
 
-    job = TrainingJob(backend_name, backend, make_model, train_examples, val_examples, max_length, tokenizer_dir,
-                      provenance={"base_model": base_ref, "method": fc.method, "quantization": fc.quantization}, verb="finetune")
+    job = TrainingJob(backend_name, backend, make_model, data.train, data.val, max_length, tokenizer_dir,
+                      provenance={"base_model": base_ref, "method": fc.method, "quantization": fc.quantization, "format": data.format},
+                      verb="finetune")
     result = run_training(cfg, job, resume=resume, quiet=quiet)
 
     if quantized:
@@ -202,4 +296,4 @@ def _finetune(cfg: ExperimentConfig, resume: bool, merge: bool, quiet: bool) -> 
             backend.merge(final.eval()).save_pretrained(tmp)
             copy_tokenizer_files(tokenizer_dir, tmp, max_length)
     return FinetuneResult(result.run_dir, result.checkpoint, result.val_loss, trainable, total,
-                          train_examples.truncated + val_examples.truncated, merged, fc.method, result.stats, fc.quantization)
+                          data.truncated, merged, fc.method, result.stats, fc.quantization, data.dropped, data.format)

@@ -20,6 +20,7 @@ from aigc_cli.runs.atomic_files import remove_stale_temporaries
 from aigc_cli.backends import BackendSpec, spec
 from aigc_cli.runs.checkpoints import CHECKPOINTS, latest_good_checkpoint, list_checkpoints, read_training_state, write_checkpoint
 from aigc_cli.config import ExperimentConfig, TrainConfig
+from aigc_cli.data.batches import to_device
 from aigc_cli.devices import pick_device
 from aigc_cli.errors import EXIT_DIVERGED, AigcError
 from aigc_cli.runs.provenance import write_provenance
@@ -167,7 +168,9 @@ def _restore(run: Run, state: dict) -> None:
 
 
 def next_batches(run: Run) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The next step's micro-batches (train.grad_accum_steps of them), this process's rows of each."""
+    """The next step's micro-batches (train.grad_accum_steps of them), this process's rows of each.
+    A batch's inputs are a tensor, or a tuple of tensors the backend's loss takes together (token
+    ids and position ids of packed rows); they go to the device together."""
     tc, job = run.tc, run.job
     return [job.train_data.random_batch(tc.batch_size, job.block_size, run.batch_generator, shard=run.procs.shard)
             for _ in range(tc.grad_accum_steps)]
@@ -196,7 +199,9 @@ def train_step(run: Run, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> St
         run.job.backend.after_step(run.model)
     run.step += 1
     per_batch = (lambda inputs: inputs.numel()) if run.unit == "tokens" else (lambda inputs: inputs.size(0))
-    return StepResult(part_loss, skipped, run.procs.world_size * sum(per_batch(inputs) for inputs, _ in batches), batch_means(reported))
+    # Packed text inputs are (ids, position_ids): count the ids.
+    return StepResult(part_loss, skipped, run.procs.world_size * sum(per_batch(inputs[0] if isinstance(inputs, tuple) else inputs)
+                                                                      for inputs, _ in batches), batch_means(reported))
 
 
 def _backward(run: Run, part: str, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -205,7 +210,7 @@ def _backward(run: Run, part: str, batches: list[tuple[torch.Tensor, torch.Tenso
     for micro, (inputs, targets) in enumerate(batches):
         with run.parallel.gradient_sync(micro == len(batches) - 1):
             with run.autocast():
-                loss = run.parallel.loss(inputs.to(run.device, non_blocking=True), targets.to(run.device, non_blocking=True), part)
+                loss = run.parallel.loss(to_device(inputs, run.device), targets.to(run.device, non_blocking=True), part)
             (loss / run.tc.grad_accum_steps).backward()
         part_loss += loss.detach()
     return part_loss

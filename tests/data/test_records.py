@@ -98,3 +98,83 @@ def test_sha256_of_a_file(tmp_path):
     data = bytes(range(256)) * 5000  # more than one read block
     path.write_bytes(data)
     assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+
+
+# ----------------------------------------------------------------------------- read_records: every table format
+ROWS = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "n": 1},
+        {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "n": 2}]
+
+
+def _written(tmp_path, kind: str):
+    """ROWS saved as `kind` by the datasets library (or by hand for the JSON ones)."""
+    import datasets
+
+    table = datasets.Dataset.from_list(ROWS)
+    path = tmp_path / {"disk": "saved", "arrow": "rows.arrow"}.get(kind, f"rows.{kind}")
+    if kind == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in ROWS), encoding="utf-8")
+    elif kind == "json":
+        path.write_text(json.dumps(ROWS, indent=1), encoding="utf-8")
+    elif kind == "parquet":
+        table.to_parquet(str(path))
+    elif kind == "disk":
+        table.save_to_disk(str(path))
+    elif kind == "arrow":
+        import pyarrow.feather
+
+        pyarrow.feather.write_feather(table.data.table, str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "json", "parquet", "arrow", "disk"])
+def test_every_table_format_gives_the_same_records_numbered(tmp_path, kind):
+    from aigc_cli.data.records import read_records
+
+    path = _written(tmp_path, kind)
+    read = list(read_records(path))
+    assert [record for _, record in read] == ROWS
+    assert [where for where, _ in read] == [f"{path}:1", f"{path}:2"]
+
+
+def test_csv_cells_are_text_and_rows_are_numbered_as_lines(tmp_path):
+    from aigc_cli.data.records import read_records
+
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(BOM + b'source,target\n1,\n"two\nlines",2.50\n')
+    read = list(read_records(path))
+    # Numbers stay as written and an empty cell is "", not NaN; line 1 is the header.
+    assert read == [(f"{path}:2", {"source": "1", "target": ""}), (f"{path}:3", {"source": "two\nlines", "target": "2.50"})]
+    tsv = tmp_path / "pairs.tsv.gz"
+    tsv.write_bytes(gzip.compress(b"source\ttarget\na\tb\n"))
+    assert [r for _, r in read_records(tsv)] == [{"source": "a", "target": "b"}]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda t: t / "missing.parquet", "file not found: {t}/missing.parquet"),
+    (lambda t: t, "{t} is a directory, not a data file or a `datasets.save_to_disk` directory"),
+    (lambda t: __import__("pathlib").Path("/dev/null"), "/dev/null is not a regular file"),
+    (lambda t: (t / "bad.parquet", (t / "bad.parquet").write_bytes(b"not parquet" * 10))[0], "cannot read {t}/bad.parquet as Parquet:"),
+    (lambda t: (t / "bad.csv", (t / "bad.csv").write_text('a,b\n"never closed\n'))[0], "cannot read {t}/bad.csv as CSV:"),
+    (lambda t: (t / "a.json", (t / "a.json").write_text('[{"a": 1},\n {"a": 2'))[0], "{t}/a.json:2: malformed JSON"),
+    (lambda t: (t / "a.json", (t / "a.json").write_text('[{"a": 1}, 7]'))[0], "{t}/a.json:2: expected a JSON object, got int"),
+    (lambda t: (t / "x.parquet.gz", (t / "x.parquet.gz").write_bytes(b""))[0], "{t}/x.parquet.gz: a compressed parquet file"),
+])
+def test_unreadable_tables_are_one_clear_error(tmp_path, make, message):
+    from aigc_cli.data.records import read_records
+
+    with pytest.raises(AigcError) as caught:
+        list(read_records(make(tmp_path)))
+    assert caught.value.exit_code == 2 and caught.value.message.startswith(message.format(t=tmp_path)), caught.value.message
+
+
+def test_a_dataset_dict_directory_names_its_splits(tmp_path):
+    import datasets
+
+    from aigc_cli.data.records import read_records
+
+    table = datasets.Dataset.from_list(ROWS)
+    datasets.DatasetDict({"train": table, "test": table}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(AigcError, match=r"holds a DatasetDict \(splits: test, train\)") as caught:
+        list(read_records(tmp_path / "dd"))
+    assert caught.value.hint == f"pass one split's directory, e.g. {tmp_path / 'dd' / 'train'}"
+    assert [r for _, r in read_records(tmp_path / "dd" / "train")] == ROWS
