@@ -154,7 +154,19 @@ def data_format(fc: FinetuneConfig, quiet: bool = True) -> str:
     return fmt
 
 
+def method_fits_format(fc: FinetuneConfig, fmt: str) -> None:
+    """Preference methods learn from preference records and only they do; checked before the base loads."""
+    preference = fc.method in PREFERENCE_METHODS
+    if preference != (fmt == "preference"):
+        if preference:
+            raise AigcError(f"finetune.method {fc.method} learns from preference pairs (prompt, chosen, rejected), but {fc.train_file or fc.source_file} holds {fmt} records",
+                            "give preference records in finetune.train_file (finetune.format: preference), or use finetune.method lora or full")
+        raise AigcError(f"{fc.train_file} holds preference pairs (chosen/rejected), which finetune.method {fc.method} cannot learn from",
+                        "use a preference method (finetune.method dpo, orpo or simpo), or give conversations for supervised fine-tuning")
+
+
 def _examples(fc: FinetuneConfig, fmt: str, tokenizer, max_length: int, packing: bool) -> FinetuneData:
+    preference = fc.method in PREFERENCE_METHODS
     if fmt == "pairs":
         train = read_pair_records(fc.train_file, fc.source_file, fc.target_file, fc.prompt_field, fc.response_field, "finetune.train")
         if fc.val_file or (fc.val_source_file and fc.val_target_file):
@@ -163,13 +175,6 @@ def _examples(fc: FinetuneConfig, fmt: str, tokenizer, max_length: int, packing:
             train, val = _held_out(train, fc, "pair")
         make = lambda records: PairExamples(records, tokenizer, fc.template, fc.response_field, max_length, tokenizer.eos_token_id, packing)
         return FinetuneData(fmt, make(train), make(val))
-    preference = fc.method in PREFERENCE_METHODS
-    if preference != (fmt == "preference"):
-        if preference:
-            raise AigcError(f"finetune.method {fc.method} learns from preference pairs (prompt, chosen, rejected), but {fc.train_file} holds {fmt} records",
-                            "give preference records in finetune.train_file (finetune.format: preference), or use finetune.method lora or full")
-        raise AigcError(f"{fc.train_file} holds preference pairs (chosen/rejected), which finetune.method {fc.method} cannot learn from",
-                        "use a preference method (finetune.method dpo, orpo or simpo), or give conversations for supervised fine-tuning")
     if fc.val_source_file or fc.val_target_file:
         raise AigcError(f"finetune.val_source_file/val_target_file hold pairs, not {fmt} records", "give finetune.val_file in the training data's format")
     read = (lambda path: read_preference_pairs(path, fc.columns)) if preference else (lambda path: read_conversations(path, fmt, fc.columns))
@@ -228,10 +233,12 @@ def _finetune(cfg: ExperimentConfig, resume: bool, merge: bool, quiet: bool) -> 
         from aigc_cli.training.quantization import check_quantized_run, compute_dtype
 
         check_quantized_run(tc, device)
+    fmt = data_format(fc, quiet)
+    method_fits_format(fc, fmt)
     base_ref, base_model, tokenizer = load_base_model(fc, device, fc.quantization, compute_dtype(tc, device) if quantized else torch.float32)
     context = getattr(base_model.config, "n_positions", None) or getattr(base_model.config, "max_position_embeddings", None) or 1024
     max_length = min(fc.max_length or context, context)
-    data = _examples(fc, data_format(fc, quiet), tokenizer, max_length, _packing(fc, base_model, quiet))
+    data = _examples(fc, fmt, tokenizer, max_length, _packing(fc, base_model, quiet))
     if data.template is not None:
         prepare_for_chat(base_model, tokenizer, data.template)
     if not quiet:

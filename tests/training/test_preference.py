@@ -435,8 +435,7 @@ def test_the_loop_logs_rewards_and_resumes_exactly(base_dir, tmp_path):
     assert resumed.stats == straight.stats
 
 
-def test_finetune_refuses_a_preference_method_until_preference_records_are_read(cli, base_dir, tmp_path):
-    # Until aigc_cli/data/chat.py's reader is wired into finetune._examples (then this test goes).
+def test_finetune_refuses_a_preference_method_on_records_without_chosen_and_rejected(cli, base_dir, tmp_path):
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
@@ -447,5 +446,7 @@ def test_finetune_refuses_a_preference_method_until_preference_records_are_read(
     path.write_text(f"finetune: {{base: {base_dir}, method: dpo, train_file: {tmp_path / 'pairs.jsonl'}}}\n"
                     f"train: {{out_dir: {tmp_path / 'run'}}}\n", encoding="utf-8")
     result = cli("finetune", path)
-    assert result.exit_code == 2 and "finetune.method dpo needs preference records" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1, result.stderr
+    assert "finetune.method dpo learns from preference pairs (prompt, chosen, rejected), but" in errors[0] and "holds pairs records" in errors[0]
     assert not (tmp_path / "run" / "checkpoints").exists()
