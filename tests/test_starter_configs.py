@@ -15,7 +15,7 @@ from aigc_cli.starter_configs import render_template, template_names
 from tests.conftest import json_out
 
 REPO = Path(__file__).resolve().parents[1]
-TEMPLATES = ["finetune-lora", "image-ddpm", "image-gan", "image-vae", "text-gpt", "text-rnn"]
+TEMPLATES = ["chat-dpo", "chat-sft", "finetune-lora", "image-ddpm", "image-gan", "image-vae", "text-gpt", "text-rnn"]
 
 
 def test_the_six_templates_are_shipped():
@@ -32,6 +32,10 @@ def test_template_is_a_valid_commented_config(name):
     assert len(comments) >= 10, "a starter config explains itself"
     if name == "finetune-lora":
         assert cfg.finetune.train_file == "starters/python-summaries.jsonl" and cfg.finetune.base == "./runs/text-gpt"
+    elif name == "chat-sft":
+        assert cfg.finetune.train_file == "starters/python-chat.jsonl" and cfg.finetune.format == "messages" and cfg.finetune.base == "./runs/text-gpt"
+    elif name == "chat-dpo":
+        assert cfg.finetune.train_file == "starters/python-prefs.jsonl" and cfg.finetune.method == "dpo" and cfg.finetune.base == "./runs/chat-sft"
     else:
         assert cfg.data.source in ("builtin:python-docs", "digits"), "a starter runs offline, on data every machine has"
 
@@ -158,3 +162,39 @@ def test_image_template_runs_end_to_end(cli, tmp_path, monkeypatch):
     assert images["count"] == 4
     report = json_out(cli("eval", config, "eval.metrics=[loss,psnr,ssim]", "--json"))
     assert set(report["metrics"]) >= {"loss", "psnr", "ssim"}
+
+
+def test_readme_chat_starters_run(cli, tmp_path, monkeypatch):
+    """The README's chat-starter block as written, in order, on a text-gpt base trained two steps:
+    shrunk data and step counts, the real configs and commands (chat reads /quit from stdin)."""
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from aigc_cli.cli import app
+    from tests.docs.test_readme import TINY
+
+    block = re.search(r"<!-- chat starters[^>]*-->\n```bash\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"), flags=re.S)
+    commands = [shlex.split(line, comments=True) for line in block.group(1).splitlines() if line.strip()]
+    assert [c[1] for c in commands] == ["init", "finetune", "generate", "eval", "init", "finetune", "chat"]
+    monkeypatch.chdir(tmp_path)
+    for command in (["init", "my-first", "--template", "text-gpt"], ["prep", "my-first/text-gpt.yaml"], ["train", "my-first/text-gpt.yaml"]):
+        assert cli(*command, *TINY.get(command[0], [])).exit_code == 0
+    keep = {"python-chat.jsonl": 24, "python-chat-val.jsonl": 4, "python-chat-val-prompts.jsonl": 4, "python-chat-val.ref.txt": 4,
+            "python-prefs.jsonl": 24, "python-prefs-val.jsonl": 4}
+    for command in commands:
+        if command[1] == "chat":
+            result = CliRunner().invoke(app, command[2:] + ["--max-new-tokens", "4"], input="what does len do?\n/quit\n")
+        else:
+            result = cli(*command[1:], *TINY.get(command[1], []))
+        assert result.exit_code == 0, f"{' '.join(command)}\n{result.stderr}"
+        for name, n in keep.items():  # shrink what init just wrote: a few records stand for thousands
+            path = tmp_path / "my-first" / name
+            if path.is_file() and len(path.read_text(encoding="utf-8").splitlines()) > n:
+                path.write_text("".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:n]), encoding="utf-8")
+    sft, dpo = tmp_path / "runs" / "chat-sft", tmp_path / "runs" / "chat-dpo"
+    replies = [json.loads(line) for line in (sft / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(replies) == 4 and all("messages" in r and "completion" in r for r in replies)
+    assert {"chrf", "rougeL"} <= set(json.loads((sft / "eval" / "report.json").read_text())["metrics"])
+    rows = [json.loads(line) for line in (dpo / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert any("val_rewards/accuracies" in r for r in rows) and any("rewards/margins" in r for r in rows)
