@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import harness  # noqa: E402
 
-BENCHMARKS = ["startup", "prep", "train", "generate", "ddpm", "eval", "serve", "qlora_memory"]  # eval.py: sacrebleu + rouge-score vs aigc eval
+BENCHMARKS = ["startup", "prep", "train", "generate", "ddpm", "eval", "serve", "qlora_memory", "chat"]  # eval.py: sacrebleu + rouge-score vs aigc eval
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -79,6 +79,7 @@ def run_benchmark(name: str, smoke: bool, timeout: int, threads: int | None = No
 def _load(name: str, script: Path):
     spec = importlib.util.spec_from_file_location(f"aigc_bench_{name}", script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses (and pickling) look a class's module up there
     spec.loader.exec_module(module)
     return module
 

@@ -22,7 +22,8 @@ def test_every_benchmark_runs_one_iteration(tmp_path):
     for name in present:
         assert f"| {name} | " in table, f"no result row from scripts/bench/{name}.py"
     assert "failed" not in table
-    for expected in ("training tokens/s", "generation tokens/s", "training steps/s", "sampling images/s", "prep MB/s", "`aigc --help`"):
+    for expected in ("training tokens/s", "generation tokens/s", "training steps/s", "sampling images/s", "prep MB/s", "`aigc --help`",
+                     "SFT conversation tokens/s", "DPO pairs/s"):
         assert expected in table
 
 
