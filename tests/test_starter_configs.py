@@ -184,7 +184,7 @@ def test_readme_chat_starters_run(cli, tmp_path, monkeypatch):
             "python-prefs.jsonl": 24, "python-prefs-val.jsonl": 4}
     for command in commands:
         if command[1] == "chat":
-            result = CliRunner().invoke(app, command[2:] + ["--max-new-tokens", "4"], input="what does len do?\n/quit\n")
+            result = CliRunner().invoke(app, command[1:] + ["--max-new-tokens", "4"], input="what does len do?\n/quit\n")
         else:
             result = cli(*command[1:], *TINY.get(command[1], []))
         assert result.exit_code == 0, f"{' '.join(command)}\n{result.stderr}"

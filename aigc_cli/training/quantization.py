@@ -56,9 +56,15 @@ def load_quantized(ref: str, trust_remote_code: bool, config: Any, quantization:
     """The base at `ref` quantized on `device`, frozen and prepared for training adapters on it
     (peft's prepare_model_for_kbit_training). Quantization happens tensor by tensor while loading,
     so the full-precision weights are never all in memory."""
+    import importlib.util
+
     from peft import prepare_model_for_kbit_training
 
     from aigc_cli.backends.gpt import load_pretrained
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise AigcError(f"finetune.quantization={quantization} needs the bitsandbytes package, which is not installed",
+                        "pip install 'aigc[qlora]' (or bitsandbytes), or set finetune.quantization=none")
 
     # Under torchrun every process loads onto its own GPU (the process group is not joined yet).
     place = int(os.environ.get("LOCAL_RANK", "0")) if device == "cuda" else device
