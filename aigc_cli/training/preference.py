@@ -39,14 +39,19 @@ IGNORE_INDEX = -100
 
 
 # ----------------------------------------------------------------------------- log-probabilities
+_LOGPROB_CHUNK = 1 << 24  # float32 log-prob elements made at once (64 MiB): a 150k-token vocabulary gets a row or two
+
+
 def sequence_logps(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: the sum of log p(target) over the positions whose target is not -100, in float32
-    whatever the logits' dtype, and how many such positions there are. One row at a time, so only
-    one row's float32 log-softmax is made at once in the forward."""
+    whatever the logits' dtype, and how many such positions there are. As many rows at a time as
+    fit in _LOGPROB_CHUNK float32 elements: a small vocabulary goes in one pass, a large one
+    does not make the whole batch's float32 log-softmax at once."""
     scored = targets != IGNORE_INDEX
     picked = targets.masked_fill(~scored, 0).unsqueeze(-1)
-    per_token = torch.stack([torch.log_softmax(row.float(), dim=-1).gather(-1, ids).squeeze(-1)
-                             for row, ids in zip(logits, picked)])
+    rows = max(1, _LOGPROB_CHUNK // max(1, logits.size(1) * logits.size(2)))
+    per_token = torch.cat([torch.log_softmax(chunk.float(), dim=-1).gather(-1, ids).squeeze(-1)
+                           for chunk, ids in zip(logits.split(rows), picked.split(rows))])
     return torch.where(scored, per_token, 0.0).sum(-1), scored.sum(-1)
 
 
