@@ -13,7 +13,7 @@ import torch
 
 from aigc_cli.backends import backend_of_checkpoint, get_backend, spec
 from aigc_cli.runs.checkpoints import load_weights, resolve_checkpoint
-from aigc_cli.data.tokenization import eos_id, load_tokenizer
+from aigc_cli.data.tokenization import configured_eos_id, eos_id, load_tokenizer
 from aigc_cli.devices import pick_device
 from aigc_cli.errors import AigcError
 
@@ -78,16 +78,8 @@ def in_memory_model(checkpoint: Path, backend_name: str, model: torch.nn.Module,
 
 
 def checkpoint_eos_id(directory: Path | None, tokenizer) -> int:
-    """The end-of-text id named in the directory's tokenizer_config.json, else the usual names."""
-    token = None
-    if directory is not None:
-        try:
-            token = json.loads((Path(directory) / "tokenizer_config.json").read_text(encoding="utf-8")).get("eos_token")
-        except (OSError, json.JSONDecodeError):
-            pass
-    token = token.get("content") if isinstance(token, dict) else token
-    token_id = tokenizer.token_to_id(token) if isinstance(token, str) else None
-    return token_id if token_id is not None else eos_id(tokenizer)
+    """The end-of-text id the directory's tokenizer files declare, else the usual names."""
+    return configured_eos_id(Path(directory), tokenizer) if directory is not None else eos_id(tokenizer)
 
 
 def end_token_ids(directory: Path, model: torch.nn.Module, eos: int) -> tuple[int, ...]:

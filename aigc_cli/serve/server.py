@@ -11,7 +11,6 @@ is how a server ends, not an interruption of work.
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import time
@@ -95,37 +94,21 @@ def _load_app(checkpoint: Path, name: str, api_key: str | None, max_batch: int, 
 
     loaded = load_model(checkpoint, device, modality="text")
     tokenizer = loaded.tokenizer
-    worker = DecodeWorker(loaded, max_batch, end_of_turn_ids(checkpoint, loaded.eos_id), log)
+    worker = DecodeWorker(loaded, max_batch, {loaded.eos_id, *loaded.stop_ids}, log)  # stop_ids: a chat model's end-of-turn too
     served = ServedModel(name=name, context_length=loaded.backend.context_length(loaded.model),
                          encode=lambda text: tokenizer.encode(text, add_special_tokens=False).ids if text else [],
-                         chat_prompt=chat_formatter(checkpoint), worker=worker, created=int(time.time()))
+                         chat_prompt=_chat_prompt(checkpoint), worker=worker, created=int(time.time()))
     return build_app(served, api_key), worker
 
 
-def chat_formatter(checkpoint: Path) -> Callable[[list[dict]], str] | None:
-    """messages → the prompt text, by the checkpoint's chat template; None when it has none."""
-    from transformers import AutoTokenizer
+def _chat_prompt(checkpoint: Path) -> Callable[[list[dict]], str] | None:
+    """messages → the prompt text, as `aigc generate` and `aigc chat` render it; None without a template."""
+    from aigc_cli.inference.chat_format import chat_formatter, has_chat_template
 
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    if not getattr(tokenizer, "chat_template", None):
+    if not has_chat_template(checkpoint):
         return None
-    return lambda messages: tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-
-def end_of_turn_ids(checkpoint: Path, eos_id: int) -> set[int]:
-    """End-of-text and the ids generation_config.json names as eos_token_id (after chat
-    fine-tuning the end-of-turn token, e.g. <|im_end|>); a LoRA adapter's are its base model's."""
-    from aigc_cli.runs.checkpoints import adapter_base
-
-    ids = {eos_id}
-    for folder in (checkpoint, Path(adapter_base(checkpoint) or checkpoint)):
-        try:
-            named = json.loads((folder / "generation_config.json").read_text(encoding="utf-8")).get("eos_token_id")
-        except (OSError, ValueError, AttributeError):
-            continue
-        ids |= {i for i in (named if isinstance(named, list) else [named]) if isinstance(i, int)}
-        break
-    return ids
+    render = chat_formatter(checkpoint)
+    return lambda messages: render(messages, "the request")
 
 
 def _run_uvicorn(app, sock: socket.socket) -> str | None:

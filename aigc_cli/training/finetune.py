@@ -238,12 +238,13 @@ def _finetune(cfg: ExperimentConfig, resume: bool, merge: bool, quiet: bool) -> 
     base_ref, base_model, tokenizer = load_base_model(fc, device, fc.quantization, compute_dtype(tc, device) if quantized else torch.float32)
     context = getattr(base_model.config, "n_positions", None) or getattr(base_model.config, "max_position_embeddings", None) or 1024
     max_length = min(fc.max_length or context, context)
-    data = _examples(fc, fmt, tokenizer, max_length, _packing(fc, base_model, quiet))
+    packing = fc.method not in PREFERENCE_METHODS and _packing(fc, base_model, quiet)  # preference pairs: one padded forward over chosen + rejected
+    data = _examples(fc, fmt, tokenizer, max_length, packing)
     if data.template is not None:
         prepare_for_chat(base_model, tokenizer, data.template)
     if not quiet:
         chat = f"; chat template: {data.template.name}, loss on {fc.train_on.replace('_', ' ')} tokens" if data.template else ""
-        rows = "packed rows" if getattr(getattr(data.train, "examples", None), "packing", False) else ("pairs" if fc.method in PREFERENCE_METHODS else "examples")
+        rows = "packed rows" if packing else ("pairs" if fc.method in PREFERENCE_METHODS else "examples")
         print(f"fine-tuning {base_ref} ({fc.method}) on {len(data.train):,} {rows}, "
               f"{len(data.val):,} for validation; {data.truncated} truncated to {max_length} tokens, "
               f"{data.dropped} dropped with no trained token left{chat}", flush=True, file=sys.stderr)

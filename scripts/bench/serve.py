@@ -38,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
+from generate import read_prompts, train_model  # noqa: E402  the generation benchmark's model and prompts
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,39 +55,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.smoke:
         args.new_tokens, args.requests, args.train_steps, args.repeats = 2, 1, 2, 1
     return args
-
-
-def train_model(args, workdir: Path):
-    from aigc_cli.config import validate_config
-    from aigc_cli.data.prepare import prepare_text_corpus
-    from aigc_cli.training import train_model as aigc_train
-
-    source = harness.text_source()
-    model = {"backend": "gpt", "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128}
-    if args.smoke:
-        source = str(workdir / "tiny.txt")
-        Path(source).write_text("To be, or not to be, that is the question.\n" * 200, encoding="utf-8")
-        model = {"backend": "gpt", "n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32}
-    cfg = validate_config({
-        "data": {"source": source, "tokenizer": {"kind": "char"}, "split": "tail", "prepared_dir": str(workdir / "prepared")},
-        "model": model,
-        "train": {"out_dir": str(workdir / "run"), "max_steps": args.train_steps, "batch_size": 12, "warmup_steps": 20,
-                  "eval_every": args.train_steps, "eval_batches": 1, "save_every": 0, "precision": "fp32"},
-    }, source="bench")
-    prepare_text_corpus(cfg, log=lambda _: None)
-    aigc_train(cfg, quiet=True)
-    return cfg
-
-
-def read_prompts(cfg, count: int, longest: int) -> list[str]:
-    """Lines of the validation text, of varied lengths (nonempty, at most `longest` characters)."""
-    from aigc_cli.data.batches import TokenArray
-    from aigc_cli.data.tokenization import load_tokenizer
-
-    tokenizer = load_tokenizer(Path(cfg.data.prepared_dir))
-    text = tokenizer.decode(TokenArray(cfg.data.prepared_dir, "val").tokens[:200_000].tolist())
-    lines = [line.strip()[:longest] for line in text.splitlines() if line.strip()]
-    return (lines * (count // max(1, len(lines)) + 1))[:count]
 
 
 class ServerProcess:
