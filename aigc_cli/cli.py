@@ -418,6 +418,28 @@ def serve(checkpoint: Annotated[str, typer.Argument(metavar="CHECKPOINT", help="
     _run(work, False, debug)
 
 
+@app.command(name="export")
+def export_model(checkpoint: Annotated[str, typer.Argument(metavar="CHECKPOINT", help="Checkpoint directory, or a run directory (its latest checkpoint); LoRA adapters are merged into their base.", show_default=False)],
+                 format: Annotated[str, typer.Option("--format", "-f", metavar="FORMAT", help="gguf (llama.cpp, Ollama), onnx (ONNX Runtime, transformers.js; with the key/value cache) or safetensors (a standalone transformers model directory).", show_default=False)],
+                 out: Annotated[Optional[str], typer.Option("--out", metavar="DIR", help="Folder to write (default <run>/export/<format>).")] = None,
+                 dtype: Annotated[Optional[str], typer.Option("--dtype", metavar="DTYPE", help="fp32, fp16 or bf16 (default fp32).")] = None,
+                 force: Annotated[bool, typer.Option("--force", help="Replace --out even when it holds files aigc did not export.")] = False,
+                 as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Write a text checkpoint for other runtimes: GGUF, ONNX or merged safetensors, with its tokenizer.
+
+    The folder appears whole or not at all; an earlier export in it is replaced.
+
+    Example: aigc export runs/text-gpt --format onnx --json
+    """
+
+    def work():
+        from aigc_cli.export import export_checkpoint
+
+        return export_checkpoint(checkpoint, format, out, dtype, force)
+
+    _run(work, as_json, debug)
+
+
 def _json_safe(value):
     """NaN and infinity (a diverged validation loss) become null: JSON has no such numbers."""
     if isinstance(value, float) and not math.isfinite(value):
