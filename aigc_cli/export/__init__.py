@@ -69,12 +69,14 @@ def export_checkpoint(path: str | Path, format: str, out: str | Path | None = No
     from aigc_cli.runs.atomic_files import staging_dir
     from aigc_cli.runs.checkpoints import resolve_checkpoint
 
+    if format not in FORMATS:
+        raise AigcError(f"--format {format} is not an export format", f"use one of: {', '.join(FORMATS)}")
     if dtype is not None and dtype not in DTYPES:
         raise AigcError(f"--dtype {dtype} is not a dtype aigc exports", f"use one of: {', '.join(DTYPES)}")
-    module = format_module(format)
     checkpoint = resolve_checkpoint(path)
     target = Path(out) if out is not None else default_out(checkpoint, format)
     check_target(target, checkpoint, force)
+    module = format_module(format)  # (torch comes with it: the errors above need none)
     with staging_dir(target, replace=True) as tmp:
         written = module.export(checkpoint, tmp, dtype)
         chosen = dtype or getattr(module, "DEFAULT_DTYPE", None)

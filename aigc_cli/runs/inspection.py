@@ -145,7 +145,11 @@ def describe(path: str | Path) -> dict:
     if not path.exists():
         raise AigcError(f"not found: {path}", "pass a checkpoint, a run directory (train.out_dir) or a prepared dataset (data.prepared_dir)")
     if not path.is_dir():
+        if path.suffix in EXPORTED_SUFFIXES:
+            return describe_exported_file(path)
         raise AigcError(f"{path} is a file", "pass a directory: a checkpoint, a run directory or a prepared dataset")
+    if (path / EXPORT_RECORD).is_file():
+        return describe_export(path)
     meta = _read_json(path / "meta.json")
     if str(meta.get("format", "")).startswith(PREPARED_FORMAT_PREFIX):
         return describe_prepared(path, meta)
@@ -174,8 +178,9 @@ def describe_prepared(path: Path, meta: dict) -> dict:
 def describe_run(path: Path) -> dict:
     summary = summarize_run(path)
     checkpoints = sorted(p.name for p in (path / "checkpoints").glob("step-*") if p.is_dir()) if (path / "checkpoints").is_dir() else []
-    info = {"kind": "run", **asdict(summary), "checkpoints": checkpoints, "config_hash": _config_hash(path),
-            "size_bytes": _size_on_disk(path)}
+    exports = sorted(p.name for p in (path / "export").glob("*") if (p / EXPORT_RECORD).is_file()) if (path / "export").is_dir() else []
+    info = {"kind": "run", **asdict(summary), "checkpoints": checkpoints, "exports": exports or None,
+            "config_hash": _config_hash(path), "size_bytes": _size_on_disk(path)}
     if summary.last_checkpoint:
         info["latest"] = describe_checkpoint(Path(summary.last_checkpoint))
     return info
@@ -203,23 +208,62 @@ def describe_checkpoint(path: Path) -> dict:
     return info
 
 
+EXPORT_RECORD = "aigc_export.json"  # aigc_cli.export.RECORD: written into every folder `aigc export` writes
+EXPORTED_SUFFIXES = (".onnx", ".gguf", ".safetensors")
+
+
+def describe_export(path: Path) -> dict:
+    """A folder `aigc export` wrote: its format and dtype, the checkpoint it came from, the model's
+    architecture (its config.json, where the format keeps one) and every file with its size."""
+    record = _read_json(path / EXPORT_RECORD)
+    info: dict = {"kind": f"{record.get('format', '?')} export", "path": str(path), "format": record.get("format"),
+                  "dtype": record.get("dtype"), "source_checkpoint": record.get("checkpoint")}
+    config = _read_json(path / "config.json")
+    info["architecture"] = _model_config_summary(config) or None
+    if record.get("format") == "safetensors":
+        info["parameters"] = count_parameters(path)
+    info["tokenizer"] = _tokenizer_info(path)
+    files = [path / name for name in record.get("files", []) if isinstance(name, str)]
+    info["files"] = [{"path": str(f), "bytes": f.stat().st_size if f.is_file() else None} for f in files]
+    missing = [f.name for f in files if not f.is_file()]
+    info["missing_files"] = missing or None
+    info["size_bytes"] = _size_on_disk(path)
+    return info
+
+
+def describe_exported_file(path: Path) -> dict:
+    """One exported file (model.onnx, a .gguf, a .safetensors): its size, and what the export
+    folder it lies in records about it."""
+    info: dict = {"kind": f"{path.suffix[1:]} file", "path": str(path)}
+    if path.suffix == ".safetensors":
+        info["parameters"] = _count_file_parameters(path)
+    if (path.parent / EXPORT_RECORD).is_file():
+        record = _read_json(path.parent / EXPORT_RECORD)
+        info.update({"format": record.get("format"), "dtype": record.get("dtype"), "source_checkpoint": record.get("checkpoint"),
+                     "export": str(path.parent)})
+    info["size_bytes"] = path.stat().st_size
+    return info
+
+
+def _count_file_parameters(file: Path, hint: str = "the file is damaged; export it again") -> int:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="numpy") as weights:
+            return sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
+    except Exception as exc:  # noqa: BLE001 — safetensors raises its own error types for damaged files
+        raise AigcError(f"cannot read {file}: {exc}", hint) from None
+
+
 def count_parameters(directory: Path) -> int | None:
     """Elements of every tensor in the directory's *.safetensors files, from their headers only
     (or, for a checkpoint with only pickled pytorch_model*.bin / adapter_model.bin weights, from
     torch.load with weights_only and mmap: shapes are read, the tensor data stays on disk)."""
-    from safetensors import safe_open
 
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         return _count_pickled_parameters(sorted(directory.glob("*.bin")))
-    total = 0
-    for file in files:
-        try:
-            with safe_open(str(file), framework="numpy") as weights:
-                total += sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
-        except Exception as exc:  # noqa: BLE001 — safetensors raises its own error types for damaged files
-            raise AigcError(f"cannot read {file}: {exc}", "the checkpoint is damaged; use another one") from None
-    return total
+    return sum(_count_file_parameters(file, "the checkpoint is damaged; use another one") for file in files)
 
 
 def _count_pickled_parameters(files: list[Path]) -> int | None:

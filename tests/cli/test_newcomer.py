@@ -16,7 +16,7 @@ from aigc_cli.cli import app
 from tests.conftest import json_out, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
-VERBS = ["prep", "train", "finetune", "generate", "chat", "eval", "init", "runs", "info", "serve"]
+VERBS = ["prep", "train", "finetune", "generate", "chat", "eval", "init", "runs", "info", "serve", "export"]
 
 
 def _modules_after(args: list[str], cwd: Path) -> tuple[int, str, set[str]]:
@@ -48,6 +48,7 @@ def test_generate_before_train_says_train_first_and_creates_nothing(cli, tmp_pat
     (["generate", "{cfg}", "--checkpoint", "nowhere"], "checkpoint not found"),
     (["eval", "{cfg}", "--metrics", "bleu", "--predictions", "none.jsonl", "--references", "r.txt"], "--predictions not found"),
     (["finetune", "{cfg}", "finetune.base=./no-such-model"], "finetune.base not found"),
+    (["export", "nowhere", "--format", "onnx"], "checkpoint not found"),
 ])
 def test_errors_that_need_no_model_come_back_without_torch(tmp_path, corpus, args, message):
     cfg = tiny_config(tmp_path, corpus)
