@@ -90,7 +90,7 @@ def export_checkpoint(path: str | Path, format: str, out: str | Path | None = No
 def default_out(checkpoint: Path, format: str) -> Path:
     """<run>/export/<format> for a checkpoint of a run (<run>/checkpoints/step-N), else
     <dir>-export/<format> beside a model directory from elsewhere."""
-    checkpoint = checkpoint.resolve()
+    checkpoint = checkpoint if checkpoint.name not in ("", ".", "..") else checkpoint.resolve()  # paths stay as the user wrote them
     if checkpoint.parent.name == "checkpoints" and checkpoint.name.startswith("step-"):
         return checkpoint.parent.parent / "export" / format
     return checkpoint.with_name(f"{checkpoint.name}-export") / format

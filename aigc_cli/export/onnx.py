@@ -59,6 +59,12 @@ def cache_shape(config) -> tuple[int, int]:
 
 
 def export(checkpoint_dir: Path, out_dir: Path, dtype: str | None) -> list[Path]:
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise AigcError(f"--format onnx needs the Python package {' and '.join(missing)}, which torch.onnx's exporter uses",
+                        "install aigc's export extra: pip install 'aigc[export]'")
     if dtype == "bf16":
         raise AigcError("--format onnx does not take --dtype bf16: ONNX Runtime's CPU provider cannot run a bfloat16 graph "
                         "(it has no bfloat16 kernels for operations such as Mul)", "use --dtype fp32 (the default) or fp16")

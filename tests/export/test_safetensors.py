@@ -47,6 +47,12 @@ def test_a_lora_run_merges_into_a_standalone_model(cli, lora_run, gpt2_run):
     assert (logits_of(model, ids) - expected).abs().max() < 1e-4
     # The adapter matters: the base alone gives other logits.
     assert (logits_of(load_model(gpt2_run, "cpu").model, ids) - expected).abs().max() > 1e-3
+    # aigc loads the folder too (generate --checkpoint, serve), and decodes what the adapter on its base decodes.
+    from aigc_cli.config import GenerateConfig
+    from aigc_cli.inference.text_decoding import sample_texts
+
+    greedy = GenerateConfig(temperature=0.0, max_new_tokens=10)
+    assert sample_texts(load_model(directory, "cpu"), [TEXT], greedy, [0]) == sample_texts(adapter_on_base, [TEXT], greedy, [0])
 
 
 def test_a_full_model_is_copied(cli, llama_run):
