@@ -66,8 +66,9 @@ def export_checkpoint(path: str | Path, format: str, out: str | Path | None = No
                       force: bool = False) -> ExportResult:
     """Write `path` (a checkpoint, or a run directory standing for its latest good checkpoint) in
     `format` into `out` (default: <run>/export/<format>/)."""
-    from aigc_cli.runs.atomic_files import staging_dir
+    from aigc_cli.runs.atomic_files import remove_stale_temporaries
     from aigc_cli.runs.checkpoints import resolve_checkpoint
+    from aigc_cli.runs.locks import exclusive_lock
 
     if format not in FORMATS:
         raise AigcError(f"--format {format} is not an export format", f"use one of: {', '.join(FORMATS)}")
@@ -77,6 +78,16 @@ def export_checkpoint(path: str | Path, format: str, out: str | Path | None = No
     target = Path(out) if out is not None else default_out(checkpoint, format)
     check_target(target, checkpoint, force)
     module = format_module(format)  # (torch comes with it: the errors above need none)
+    with exclusive_lock(target, "export folder"):
+        check_target(target, checkpoint, force)  # again: another export may have finished meanwhile
+        remove_stale_temporaries(target.parent, (target.name,))  # what a killed export left
+        files, chosen = _write(module, format, checkpoint, target, dtype)
+    return ExportResult(format, chosen, checkpoint, target, files)
+
+
+def _write(module, format: str, checkpoint: Path, target: Path, dtype: str | None) -> tuple[list[Path], str | None]:
+    from aigc_cli.runs.atomic_files import staging_dir
+
     with staging_dir(target, replace=True) as tmp:
         written = module.export(checkpoint, tmp, dtype)
         chosen = dtype or getattr(module, "DEFAULT_DTYPE", None)
@@ -84,7 +95,7 @@ def export_checkpoint(path: str | Path, format: str, out: str | Path | None = No
         (tmp / RECORD).write_text(json.dumps({"format": format, "dtype": chosen, "checkpoint": str(checkpoint.resolve()),
                                               "files": [p.relative_to(target).as_posix() for p in files]}, indent=2) + "\n",
                                   encoding="utf-8")
-    return ExportResult(format, chosen, checkpoint, target, files)
+    return files, chosen
 
 
 def default_out(checkpoint: Path, format: str) -> Path:

@@ -128,3 +128,11 @@ def test_info_describes_an_onnx_export(cli, gpt2_run, tmp_path):
     assert model["kind"] == "onnx file" and model["format"] == "onnx" and model["dtype"] == "fp32" and model["size_bytes"] > 0
     (gpt2_run / "config.yaml").write_text("model:\n  backend: gpt\n")  # (what makes a folder a run for `aigc info`)
     assert "onnx" in json_out(cli("info", gpt2_run, "--json"))["exports"]
+
+
+def test_what_a_killed_export_left_is_removed_by_the_next(cli, gpt2_run, tmp_path):
+    left = tmp_path / ".st.abc123.partial"  # as staging_dir names it
+    left.mkdir()
+    (left / "model.safetensors").write_bytes(b"half")
+    assert cli("export", gpt2_run, "--format", "safetensors", "--out", tmp_path / "st").exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["st"]
