@@ -18,7 +18,23 @@ def gpt2_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def llama_run(tmp_path_factory) -> Path:
-    return write_text_checkpoint(tmp_path_factory.mktemp("llama-model"), chat=False, architecture="llama")
+    """A Llama with grouped-query attention (4 heads sharing 2 key/value heads) and tied
+    embeddings, as `aigc train` builds one with model.n_kv_head."""
+    import torch
+
+    from aigc_cli.backends import GPTModelConfig, get_backend
+    from aigc_cli.data.tokenization import build_char_tokenizer, eos_id, save_tokenizer
+    from aigc_cli.runs.checkpoints import write_checkpoint
+    from tests.conftest import TINY_TEXT
+
+    root = tmp_path_factory.mktemp("llama-model")
+    tokenizer = build_char_tokenizer(TINY_TEXT)
+    save_tokenizer(tokenizer, root)
+    torch.manual_seed(0)
+    section = GPTModelConfig(architecture="llama", n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=96)
+    model = get_backend("gpt").build(section, {"vocab_size": tokenizer.get_vocab_size(), "eos_id": eos_id(tokenizer)})
+    write_checkpoint(root / "run", 1, "gpt", get_backend("gpt"), model.eval(), {"step": 1}, root)
+    return root / "run"
 
 
 @pytest.fixture(scope="session")

@@ -77,6 +77,9 @@ def test_the_layout_is_optimums(exported):
     assert inputs[:3] == ["input_ids", "attention_mask", "position_ids"]
     assert inputs[3:] == [f"past_key_values.{i}.{p}" for i in range(2) for p in ("key", "value")]
     assert outputs == ["logits", *(f"present.{i}.{p}" for i in range(2) for p in ("key", "value"))]
+    # (key/value heads, head dim): the llama's 4 query heads of 8 share 2 key/value heads
+    expected = {"gpt2": (2, 16), "llama": (2, 8), "lora": (2, 16)}[run.parent.name.split("-")[0]]
+    assert tuple(session.get_inputs()[3].shape[i] for i in (1, 3)) == expected
     names = {p.name for p in directory.iterdir()}
     assert {"model.onnx", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "aigc_export.json"} <= names
 
