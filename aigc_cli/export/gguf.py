@@ -54,6 +54,8 @@ def export(checkpoint_dir: Path, out_dir: Path, dtype: str | None) -> list[Path]
     """Write `out_dir/model.gguf` and `out_dir/Modelfile` from a gpt-backend checkpoint; return both paths."""
     import gguf
 
+    from aigc_cli.runs.atomic_files import fsync_directory, naming_the_path, write_text_atomic
+
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     kind = _gguf_dtype(dtype)
     config = _model_config(checkpoint_dir)
@@ -66,6 +68,7 @@ def export(checkpoint_dir: Path, out_dir: Path, dtype: str | None) -> list[Path]
                         "export the checkpoint together with the tokenizer it was trained with")
     vocab.pad_to(n_vocab)
     chat_template = _chat_template(checkpoint_dir)
+    modelfile_text = _modelfile(chat_template, vocab, config, arch)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     gguf_path = out_dir / GGUF_NAME
@@ -85,18 +88,24 @@ def export(checkpoint_dir: Path, out_dir: Path, dtype: str | None) -> list[Path]
         writer.write_tensors_to_file()
         writer.close()
         _fsync_file(tmp)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, gguf_path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # a full disk names model.gguf, not our temporary
+            raise naming_the_path(exc, gguf_path, tmp) from exc
         raise
-    from aigc_cli.runs.atomic_files import fsync_directory, write_text_atomic
-
     fsync_directory(out_dir)
     modelfile = out_dir / MODELFILE_NAME
-    write_text_atomic(modelfile, _modelfile(chat_template, vocab, config, arch))
+    write_text_atomic(modelfile, modelfile_text)
     return [gguf_path, modelfile]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_file(path: str) -> None:

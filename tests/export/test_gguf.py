@@ -32,6 +32,19 @@ TEXTS = [
     "a\nb \n c  \n\n  d",
 ]
 
+# Random mixes of the same kinds of text, also where the two tokenizers' splitting could part
+# (whitespace runs before letters, contractions, combining marks, flags, control characters).
+PIECES = list("abcXYZ 019.,!?'\"-_\n\t\r") + ["  ", "   ", "\n\n", " \n", "'s", "'ll", "'S", "床", "龍", "🙂", "🦙", "👍🏽",
+                                             "e\u0301", "\u00a0", "\u3000", "Ж", "١٢", "½", "<|im_end|>", "<|endoftext|>", "<|",
+                                             "\u2028", "\x00", "\U0001F1EF\U0001F1F5", "한국어"]
+
+
+def mixed_texts(n: int = 300) -> list[str]:
+    import random
+
+    rng = random.Random(0)
+    return ["".join(rng.choice(PIECES) for _ in range(rng.randint(1, 25))) for _ in range(n)]
+
 
 def checkpoint(tmp_path: Path, arch: str, kind: str, chat: bool = True) -> Path:
     """A tiny gpt-backend checkpoint as aigc writes it: aigc's tokenizer (+ ChatML tokens) and a model."""
@@ -83,10 +96,10 @@ CASES = [("gpt2", "char"), ("gpt2", "bpe"), ("llama", "char"), ("llama", "bpe")]
 def test_llama_cpp_tokenizes_as_aigc(exported, arch, kind):
     directory, (gguf_path, _) = exported(arch, kind)
     vocab = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
-    for text in TEXTS:
+    for text in TEXTS + mixed_texts():
         ids = aigc_ids(directory, text)
-        assert vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True) == ids, text
-        assert vocab.detokenize(ids, special=True).decode("utf-8") == text, text
+        assert vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True) == ids, repr(text)
+        assert vocab.detokenize(ids, special=True).decode("utf-8") == text, repr(text)
 
 
 # f32: the exported weights alone (Llama agrees to ~1e-7; GPT-2 to ~2e-5, from llama.cpp's
@@ -232,3 +245,26 @@ def test_a_run_of_aigc_train_exports_exactly(cli, tmp_path, corpus):
     llm = llama_cpp.Llama(str(gguf_path), n_ctx=32, logits_all=True, verbose=False, n_threads=1)
     llm.eval(ids)
     assert np.abs(np.asarray(llm.scores[: len(ids)]) - expected).max() < 1e-4
+
+
+def test_refuses_bpe_and_llama_variants_it_cannot_represent(tmp_path):
+    directory = checkpoint(tmp_path, "llama", "bpe", chat=False)
+    spec_path, config_path = directory / "tokenizer.json", directory / "config.json"
+    original = spec_path.read_text(encoding="utf-8")
+    for change, match in (({"add_prefix_space": True}, "pre-tokenizer"), ({"use_regex": False}, "pre-tokenizer")):
+        spec = json.loads(original)
+        spec["pre_tokenizer"].update(change)
+        spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        with pytest.raises(AigcError, match=match):
+            gguf_export.export(directory, tmp_path / "out", None)
+    spec = json.loads(original)
+    spec["model"]["ignore_merges"] = True
+    spec_path.write_text(json.dumps(spec), encoding="utf-8")
+    with pytest.raises(AigcError, match="ignore_merges"):
+        gguf_export.export(directory, tmp_path / "out", None)
+    spec_path.write_text(original, encoding="utf-8")
+    _edit_json(config_path, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})
+    with pytest.raises(AigcError, match="linear RoPE") as info:
+        gguf_export.export(directory, tmp_path / "out", None)
+    assert info.value.exit_code == 2
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
