@@ -422,7 +422,7 @@ def serve(checkpoint: Annotated[str, typer.Argument(metavar="CHECKPOINT", help="
 def export_model(checkpoint: Annotated[str, typer.Argument(metavar="CHECKPOINT", help="Checkpoint directory, or a run directory (its latest checkpoint); LoRA adapters are merged into their base.", show_default=False)],
                  format: Annotated[str, typer.Option("--format", "-f", metavar="FORMAT", help="gguf (llama.cpp, Ollama), onnx (ONNX Runtime, transformers.js; with the key/value cache) or safetensors (a standalone transformers model directory).", show_default=False)],
                  out: Annotated[Optional[str], typer.Option("--out", metavar="DIR", help="Folder to write (default <run>/export/<format>).")] = None,
-                 dtype: Annotated[Optional[str], typer.Option("--dtype", metavar="DTYPE", help="fp32, fp16 or bf16 (onnx and safetensors: default fp32; onnx takes no bf16).")] = None,
+                 dtype: Annotated[Optional[str], typer.Option("--dtype", metavar="DTYPE", help="fp32, fp16 or bf16 (default fp32; onnx takes no bf16; gguf keeps norms in fp32).")] = None,
                  force: Annotated[bool, typer.Option("--force", help="Replace --out even when it holds files aigc did not export.")] = False,
                  as_json: JsonOpt = False, debug: DebugOpt = False) -> None:
     """Write a text checkpoint for other runtimes: GGUF, ONNX or merged safetensors, with its tokenizer.

@@ -35,6 +35,7 @@ from aigc_cli.errors import AigcError
 
 GGUF_NAME = "model.gguf"
 MODELFILE_NAME = "Modelfile"
+DEFAULT_DTYPE = "fp32"  # what --json reports when --dtype is not given
 DTYPES = {"float32": "f32", "f32": "f32", "fp32": "f32", "float16": "f16", "f16": "f16", "fp16": "f16",
           "bfloat16": "bf16", "bf16": "bf16"}
 ARCHITECTURES = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama"}

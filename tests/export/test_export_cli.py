@@ -136,3 +136,17 @@ def test_what_a_killed_export_left_is_removed_by_the_next(cli, gpt2_run, tmp_pat
     (left / "model.safetensors").write_bytes(b"half")
     assert cli("export", gpt2_run, "--format", "safetensors", "--out", tmp_path / "st").exit_code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["st"]
+
+
+def test_gguf_through_the_cli_loads_in_llama_cpp_and_info_describes_it(cli, llama_run, tmp_path):
+    import llama_cpp
+
+    out = json_out(cli("export", llama_run, "--format", "gguf", "--dtype", "fp16", "--out", tmp_path / "gguf", "--json"))
+    assert out["format"] == "gguf" and out["dtype"] == "fp16"
+    assert {Path(f["path"]).name for f in out["files"]} == {"model.gguf", "Modelfile"}
+    assert "FROM ./model.gguf" in (tmp_path / "gguf" / "Modelfile").read_text()
+    model = llama_cpp.Llama(str(tmp_path / "gguf" / "model.gguf"), vocab_only=True, verbose=False)
+    assert model.tokenize(b"To be, or not", add_bos=False)  # a file llama.cpp opens
+    described = json_out(cli("info", tmp_path / "gguf", "--json"))
+    assert described["kind"] == "gguf export" and described["dtype"] == "fp16"
+    assert json_out(cli("info", tmp_path / "gguf" / "model.gguf", "--json"))["format"] == "gguf"
