@@ -208,7 +208,7 @@ def prep(config: ConfigArg, overrides: OverridesArg = None,
     def work(cfg: ExperimentConfig):
         from aigc_cli.config import IMAGE_BACKENDS
 
-        if cfg.model.backend in IMAGE_BACKENDS:
+        if cfg.model.backend in IMAGE_BACKENDS or (cfg.data is not None and cfg.data.image.captions):  # captioned: text-to-image
             from aigc_cli.data.images import prepare_images
 
             return prepare_images(cfg, force=force, log=_log(quiet))

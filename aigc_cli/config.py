@@ -47,6 +47,10 @@ class ImageDataConfig(Section):
     size: int = Field(32, ge=4, le=1024, description="Images are resized (shorter side) and centre-cropped to size × size pixels.")
     channels: Literal[1, 3] = Field(1, description="1: greyscale, 3: RGB.")
     class_folders: bool = Field(False, description="Folder sources: the first sub-folder under data.source names each image's class (labels for class-conditioning and the eval classifier).")
+    captions: bool = Field(False, description="Text-to-image: keep a caption per image — from metadata.jsonl (file_name, text; diffusers' imagefolder) or a .txt file beside the image (kohya); images without a usable caption are skipped and counted. With data.source=digits the captions are generated: the digit and what is visible ('a bold seven, inverted').")
+    crop: Literal["center", "random"] = Field("center", description="Crop of the resized image to a square at prep time: centre, or a random offset drawn with data.seed.")
+    caption_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Text-to-image training: share of training captions replaced by the empty prompt (what classifier-free guidance needs).")
+    random_flip: bool = Field(False, description="Text-to-image training: flip each training image left-right with probability 1/2 (off for digits, whose captions name a handedness-sensitive shape).")
 
 
 class DataConfig(Section):
@@ -293,7 +297,7 @@ class ExperimentConfig(Section):
         if wrong:
             kind = "images" if image else "text"
             raise ValueError(f"eval.metrics {wrong} do not apply to model.backend={self.model.backend}, which makes {kind}")
-        if self.data is not None and self.data.source == "digits" and not image:
+        if self.data is not None and self.data.source == "digits" and not image and not self.data.image.captions:
             raise ValueError(f"data.source 'digits' is an image set; model.backend={self.model.backend} is a text model (use {', '.join(IMAGE_BACKENDS[:-1])} or {IMAGE_BACKENDS[-1]})")
         return self
 
