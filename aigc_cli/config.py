@@ -232,7 +232,9 @@ class FewShotConfig(Section):
 
 class ImageGenerateConfig(Section):
     num_images: int = Field(64, ge=1, description="Images to sample (`--num`).")
-    sampler: Literal["ddim", "ddpm"] = Field("ddim", description="ddpm backend: the scheduler used for sampling.")
+    sampler: Literal["ddim", "ddpm", "dpm-solver++", "euler"] = Field("ddim", description="Diffusion models: the diffusers scheduler used for sampling (dpm-solver++ and euler: text-to-image pipelines only).")
+    guidance_scale: float = Field(7.5, ge=0.0, description="Text-to-image: classifier-free guidance scale (1 or less: no guidance, the prompt alone).")
+    negative_prompt: Optional[str] = Field(None, description="Text-to-image: what guidance steers away from (default: the empty prompt).")
     num_inference_steps: int = Field(50, ge=1, description="ddpm backend: denoising steps (DDPM sampling uses all training steps when this is larger).")
     eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM eta (0: deterministic DDIM, 1: DDPM-like noise).")
     class_labels: Optional[list[int]] = Field(None, description="Class-conditional models: the classes to sample, cycled over the images (default: every class in turn).")
