@@ -206,7 +206,15 @@ def load(directory: Path, device: str, trainable: bool = False) -> TextToImage:
 
 
 def image_info(model: TextToImage) -> dict:
-    return {"size": model.record["size"], "channels": model.vae.config.out_channels, "classes": None, "class_conditional": False}
+    """What the samples are: the prepared data's size and channels (greyscale data: the pipeline's RGB averaged)."""
+    return {"size": model.record["size"], "channels": model.record["data_channels"], "classes": None, "class_conditional": False}
+
+
+def as_data_channels(model: TextToImage, images: torch.Tensor) -> torch.Tensor:
+    """The pipeline's RGB images as the prepared data's channels (greyscale: the mean of R, G and B)."""
+    if model.record["data_channels"] == 1 and images.size(1) != 1:
+        return images.mean(dim=1, keepdim=True)
+    return images
 
 
 def latent_shape(model: TextToImage) -> tuple[int, ...]:
@@ -217,7 +225,7 @@ def latent_shape(model: TextToImage) -> tuple[int, ...]:
 def sample(model: TextToImage, noise: torch.Tensor, labels: torch.Tensor | None, gen_cfg: Any,
            generators: list[torch.Generator]) -> torch.Tensor:
     """The ImageBackend contract (training's sample grids): images of the empty prompt, unconditioned."""
-    return sample_prompts(model, noise, [""] * noise.size(0), gen_cfg, generators)
+    return as_data_channels(model, sample_prompts(model, noise, [""] * noise.size(0), gen_cfg, generators))
 
 
 def _encode(model: TextToImage, texts: list[str], device) -> torch.Tensor:
