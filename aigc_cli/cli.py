@@ -208,7 +208,7 @@ def prep(config: ConfigArg, overrides: OverridesArg = None,
     def work(cfg: ExperimentConfig):
         from aigc_cli.config import IMAGE_BACKENDS
 
-        if cfg.model.backend in IMAGE_BACKENDS:
+        if cfg.model.backend in IMAGE_BACKENDS or (cfg.data is not None and cfg.data.image.captions):  # captioned: text-to-image
             from aigc_cli.data.images import prepare_images
 
             return prepare_images(cfg, force=force, log=_log(quiet))
@@ -289,6 +289,14 @@ def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
 
         if prompt and prompts_file:
             raise AigcError("--prompt and --prompts-file both given", "use one of them")
+        from aigc_cli.preflight import text_to_image_checkpoint
+
+        t2i = text_to_image_checkpoint(config, cfg, checkpoint, prompts_file)
+        if t2i is not None:  # a pipeline fine-tuned by `aigc finetune`: images from prompts, --num per prompt
+            from aigc_cli.generation.text_to_image import generate_from_prompts, read_prompt_lines
+
+            prompts = prompt or (read_prompt_lines(prompts_file) if prompts_file else cfg.generate.prompts)
+            return generate_from_prompts(cfg, t2i, prompts, num or cfg.generate.num_samples, log=_log(quiet), force=force)
         if cfg.model.backend in IMAGE_BACKENDS and (prompt or prompts_file or stream):
             raise AigcError("--prompt, --prompts-file and --stream are for text models", f"model.backend={cfg.model.backend} samples images; use --num and --seed")
         checkpoint_dir = check_generate(config, cfg, checkpoint, prompts_file)

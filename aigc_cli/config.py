@@ -47,6 +47,10 @@ class ImageDataConfig(Section):
     size: int = Field(32, ge=4, le=1024, description="Images are resized (shorter side) and centre-cropped to size × size pixels.")
     channels: Literal[1, 3] = Field(1, description="1: greyscale, 3: RGB.")
     class_folders: bool = Field(False, description="Folder sources: the first sub-folder under data.source names each image's class (labels for class-conditioning and the eval classifier).")
+    captions: bool = Field(False, description="Text-to-image: keep a caption per image — from metadata.jsonl (file_name, text; diffusers' imagefolder) or a .txt file beside the image (kohya); images without a usable caption are skipped and counted. With data.source=digits the captions are generated: the digit and what is visible ('a bold seven, inverted').")
+    crop: Literal["center", "random"] = Field("center", description="Crop of the resized image to a square at prep time: centre, or a random offset drawn with data.seed.")
+    caption_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Text-to-image training: share of training captions replaced by the empty prompt (what classifier-free guidance needs).")
+    random_flip: bool = Field(False, description="Text-to-image training: flip each training image left-right with probability 1/2 (off for digits, whose captions name a handedness-sensitive shape).")
 
 
 class DataConfig(Section):
@@ -228,7 +232,9 @@ class FewShotConfig(Section):
 
 class ImageGenerateConfig(Section):
     num_images: int = Field(64, ge=1, description="Images to sample (`--num`).")
-    sampler: Literal["ddim", "ddpm"] = Field("ddim", description="ddpm backend: the scheduler used for sampling.")
+    sampler: Literal["ddim", "ddpm", "dpm-solver++", "euler"] = Field("ddim", description="Diffusion models: the diffusers scheduler used for sampling (dpm-solver++ and euler: text-to-image pipelines only).")
+    guidance_scale: float = Field(7.5, ge=0.0, description="Text-to-image: classifier-free guidance scale (1 or less: no guidance, the prompt alone).")
+    negative_prompt: Optional[str] = Field(None, description="Text-to-image: what guidance steers away from (default: the empty prompt).")
     num_inference_steps: int = Field(50, ge=1, description="ddpm backend: denoising steps (DDPM sampling uses all training steps when this is larger).")
     eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM eta (0: deterministic DDIM, 1: DDPM-like noise).")
     class_labels: Optional[list[int]] = Field(None, description="Class-conditional models: the classes to sample, cycled over the images (default: every class in turn).")
@@ -293,7 +299,7 @@ class ExperimentConfig(Section):
         if wrong:
             kind = "images" if image else "text"
             raise ValueError(f"eval.metrics {wrong} do not apply to model.backend={self.model.backend}, which makes {kind}")
-        if self.data is not None and self.data.source == "digits" and not image:
+        if self.data is not None and self.data.source == "digits" and not image and not self.data.image.captions:
             raise ValueError(f"data.source 'digits' is an image set; model.backend={self.model.backend} is a text model (use {', '.join(IMAGE_BACKENDS[:-1])} or {IMAGE_BACKENDS[-1]})")
         return self
 

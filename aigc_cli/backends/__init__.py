@@ -190,6 +190,14 @@ BACKENDS["gan"] = BackendSpec("aigc_cli.backends.gan", "image", GANModelConfig, 
                               validation_part="discriminator", validation_label="discriminator loss", cpu_bf16=True)
 
 
+# Made by `aigc finetune` from a Stable-Diffusion-style pipeline directory (finetune.base), never by
+# `aigc train`. A checkpoint is diffusers' LoRA weights file (or, fully fine-tuned, a pipeline) plus
+# aigc_text_to_image.json naming the base pipeline. No cpu_bf16: not measured.
+BACKENDS["text-to-image"] = BackendSpec(
+    "aigc_cli.backends.text_to_image", "image", None, parts=("unet",),
+    files=CheckpointFiles(config="aigc_text_to_image.json", fields={"method": "method", "base": "base", "size": "size", "lora": "lora"}))
+
+
 # ----------------------------------------------------------------------------- the contract
 @runtime_checkable
 class TextBackend(Protocol):

@@ -157,6 +157,8 @@ def sample(model: Diffusion, noise: torch.Tensor, labels: torch.Tensor | None, g
     from diffusers import DDIMScheduler, DDPMScheduler
 
     unet = model.sampling_unet
+    if gen_cfg.sampler not in ("ddim", "ddpm"):
+        raise AigcError(f"generate.images.sampler={gen_cfg.sampler} is for text-to-image pipelines", "use ddim or ddpm with model.backend=ddpm")
     if gen_cfg.sampler == "ddim":
         scheduler = DDIMScheduler.from_config(model.scheduler.config)
     else:

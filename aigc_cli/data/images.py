@@ -5,6 +5,11 @@ centre-cropped to a square, then appended to `train_images.u8` / `val_images.u8`
 (N, C, H, W) uint8 that `ImageArray` opens as a memory map, so a large folder never has to fit
 in memory. Labels (class sub-folders, or the digit) go to `*_labels.npy`. A file that cannot be
 decoded is skipped and counted, never a crash; nothing usable at all is an error.
+
+With data.image.captions each image also keeps a caption (`*_captions.json`, one string per
+image in array order): from diffusers' imagefolder `metadata.jsonl` (`file_name`, `text`) or a
+kohya-style `.txt` beside the image. An image without a usable caption is skipped and counted
+like an unreadable one; `CaptionedImages` serves (images, token ids) batches for text-to-image.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ class SourceImage:
     name: str  # relative path, or "digits[i]"
     label: int
     load: Callable[[], "object"]  # → PIL image; may raise on a corrupt file
+    caption: str | None = None  # data.image.captions: the text (None: missing or unusable, see caption_problem)
+    caption_problem: str | None = None
 
 
 def prepare_images(cfg: ExperimentConfig, force: bool = False, log: Callable[[str], None] = print) -> ImageResult:
@@ -81,19 +88,32 @@ def _prepare_images(cfg: ExperimentConfig, force: bool = False, log: Callable[[s
     counts = {"train": 0, "val": 0}
     labels: dict[str, list[int]] = {"train": [], "val": []}
     skipped: list[str] = []
+    skipped_captions: list[str] = []
+    captions: dict[str, list[str]] = {"train": [], "val": []}
+    want_captions = data.image.captions
+    crop_rng = random.Random(data.seed + 1)
     with staging_dir(out, replace=True) as tmp:
         with open(tmp / "train_images.u8", "wb") as train_f, open(tmp / "val_images.u8", "wb") as val_f:
             files = {"train": train_f, "val": val_f}
             for item in items:
                 split = "val" if rng.random() < data.val_fraction else "train"  # drawn first: a skipped file moves nothing else
+                offset = (crop_rng.random(), crop_rng.random()) if data.image.crop == "random" else (0.5, 0.5)
+                if want_captions and item.caption is None:
+                    skipped_captions.append(f"{item.name}: {item.caption_problem or 'no caption'}"[:200])
+                    continue
                 try:
-                    pixels = to_array(item.load(), size, channels)
+                    pixels = to_array(item.load(), size, channels, offset)
                 except Exception as exc:  # noqa: BLE001 — PIL raises many types for broken files
                     skipped.append(f"{item.name}: {type(exc).__name__}: {exc}"[:200])
                     continue
                 files[split].write(pixels.tobytes())
                 counts[split] += 1
                 labels[split].append(item.label)
+                if want_captions:
+                    captions[split].append(item.caption)
+        if want_captions and counts["train"] + counts["val"] == 0 and skipped_captions:
+            raise AigcError(f"data.source {data.source}: no image has a usable caption ({len(skipped_captions)} without one, e.g. {skipped_captions[0]})",
+                            "give captions in metadata.jsonl (file_name, text) or a .txt file beside each image, or set data.image.captions=false")
         if counts["train"] == 0:
             why = f" ({len(skipped)} could not be read, e.g. {skipped[0]})" if skipped else ""
             raise AigcError(f"data.source {data.source} yielded no usable images{why}",
@@ -104,6 +124,8 @@ def _prepare_images(cfg: ExperimentConfig, force: bool = False, log: Callable[[s
         for split in ("train", "val"):
             if has_labels:
                 np.save(tmp / f"{split}_labels.npy", np.asarray(labels[split], dtype=np.int64))
+            if want_captions:
+                write_json_atomic(tmp / f"{split}_captions.json", captions[split])
         meta = {
             "format": META_FORMAT,
             "kind": "images",
@@ -114,6 +136,9 @@ def _prepare_images(cfg: ExperimentConfig, force: bool = False, log: Callable[[s
             "classes": classes,
             "skipped": len(skipped),
             "skipped_examples": skipped[:20],
+            "captions": want_captions,
+            "skipped_captions": len(skipped_captions),
+            "skipped_caption_examples": skipped_captions[:20],
             "split": {"method": "random", "val_fraction": data.val_fraction, "seed": data.seed},
             "inputs": inputs,
             "fingerprint": fingerprint,
@@ -123,11 +148,14 @@ def _prepare_images(cfg: ExperimentConfig, force: bool = False, log: Callable[[s
         write_provenance(tmp, cfg, inputs)
     if skipped:
         log(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}")
+    if skipped_captions:
+        log(f"skipped {len(skipped_captions)} image(s) without a usable caption, e.g. {skipped_captions[0]}")
     return ImageResult(out, meta, reused=False)
 
 
-def to_array(image, size: int, channels: int) -> np.ndarray:
-    """PIL image → (C, size, size) uint8: shorter side resized to `size`, then centre-cropped."""
+def to_array(image, size: int, channels: int, offset: tuple[float, float] = (0.5, 0.5)) -> np.ndarray:
+    """PIL image → (C, size, size) uint8: shorter side resized to `size`, then cropped to a square
+    (`offset`: where the crop sits along each axis's spare pixels, 0.5 is the centre)."""
     from PIL import Image, ImageOps
 
     image = ImageOps.exif_transpose(image)
@@ -142,7 +170,10 @@ def to_array(image, size: int, channels: int) -> np.ndarray:
     width, height = image.size
     scale = size / min(width, height)
     resized = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.Resampling.BICUBIC)
-    left, top = (resized.width - size) // 2, (resized.height - size) // 2
+    if offset == (0.5, 0.5):
+        left, top = (resized.width - size) // 2, (resized.height - size) // 2
+    else:
+        left, top = round((resized.width - size) * offset[0]), round((resized.height - size) * offset[1])
     pixels = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
@@ -165,7 +196,7 @@ def _to_8_bit(image):
 
 def _list_source(data: DataConfig) -> tuple[list[SourceImage], list[str] | None, list[dict]]:
     if data.source == BUILTIN_DIGITS:
-        return _digits()
+        return _digits(data.image.captions, data.seed)
     root = Path(data.source)
     if not root.exists():
         raise AigcError(f"data.source not found: {root}", "point it at a folder of PNG/JPEG images, or use `digits`")
@@ -189,6 +220,8 @@ def _list_source(data: DataConfig) -> tuple[list[SourceImage], list[str] | None,
         digest.update(rel.encode() + b"\0" + bytes.fromhex(sha256_file(path)))
         label = index[rel.split("/")[0]] if classes else 0
         items.append(SourceImage(rel, label, lambda path=path: open_image(path)))
+    if data.image.captions:
+        _attach_captions(root, files, items, digest)
     inputs = [{"path": str(root), "files": len(files), "sha256": digest.hexdigest()}]
     return items, classes, inputs
 
@@ -202,7 +235,60 @@ def open_image(path: Path):
         return image.copy()
 
 
-def _digits() -> tuple[list[SourceImage], list[str], list[dict]]:
+def _attach_captions(root: Path, files: list[Path], items: list[SourceImage], digest) -> None:
+    """Each image's caption: its line in a metadata.jsonl of its folder or above (diffusers'
+    imagefolder: `file_name` relative to that file, `text`), else a non-empty .txt beside it (kohya)."""
+    from_metadata: dict[Path, str | None] = {}
+    problems: dict[Path, str] = {}
+    for meta_path in sorted(root.rglob("metadata.jsonl")):
+        digest.update(meta_path.relative_to(root).as_posix().encode() + b"\0" + bytes.fromhex(sha256_file(meta_path)))
+        for number, line in enumerate(meta_path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                target = (meta_path.parent / record["file_name"]).resolve()
+            except (ValueError, KeyError, TypeError):
+                continue  # a line naming no file cannot be matched to an image; images left without text are counted
+            text = record.get("text") if isinstance(record, dict) else None
+            if isinstance(text, str) and text.strip():
+                from_metadata[target] = text.strip()
+            else:
+                problems[target] = f"metadata.jsonl line {number} has no text"
+    for path, item in zip(files, items):
+        key = path.resolve()
+        side = path.with_suffix(".txt")
+        if key in from_metadata:
+            item.caption = from_metadata[key]
+        elif side.is_file():
+            digest.update(side.relative_to(root).as_posix().encode() + b"\0" + bytes.fromhex(sha256_file(side)))
+            text = side.read_text(encoding="utf-8", errors="replace").strip()
+            item.caption, item.caption_problem = (text, None) if text else (None, f"{side.name} is empty")
+        else:
+            item.caption_problem = problems.get(key, "no caption (not in metadata.jsonl, no .txt beside it)")
+
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+INVERTED_SHARE = 0.25  # digits drawn dark on light, and captioned ", inverted"
+
+
+def digit_captions(pixels: np.ndarray, labels: np.ndarray, seed: int) -> tuple[list[str], np.ndarray]:
+    """Captions naming each digit and what is visible: "thin"/"bold" for the lightest/heaviest third
+    of its class by ink (pixel mass), ", inverted" for a seeded quarter whose pixels are flipped
+    (returned as the second value)."""
+    mass = pixels.reshape(len(pixels), -1).sum(axis=1).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    inverted = rng.random(len(pixels)) < INVERTED_SHARE
+    captions = []
+    for i, digit in enumerate(labels):
+        same = mass[labels == digit]
+        low, high = np.quantile(same, [1 / 3, 2 / 3])
+        weight = "thin " if mass[i] <= low else "bold " if mass[i] >= high else ""
+        captions.append(f"a {weight}{DIGIT_WORDS[int(digit)]}" + (", inverted" if inverted[i] else ""))
+    return captions, inverted
+
+
+def _digits(captions: bool = False, seed: int = 0) -> tuple[list[SourceImage], list[str], list[dict]]:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
@@ -214,7 +300,11 @@ def _digits() -> tuple[list[SourceImage], list[str], list[dict]]:
     # 0..16 intensities, 8×8; white strokes on black, as the data ships.
     pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
     labels = digits.target.astype(np.int64)
-    items = [SourceImage(f"digits[{i}]", int(labels[i]), lambda i=i: Image.fromarray(pixels[i], mode="L"))
+    texts: list[str | None] = [None] * len(pixels)
+    if captions:
+        texts, inverted = digit_captions(pixels, labels, seed)
+        pixels = np.where(inverted[:, None, None], 255 - pixels, pixels)
+    items = [SourceImage(f"digits[{i}]", int(labels[i]), lambda i=i: Image.fromarray(pixels[i], mode="L"), texts[i])
              for i in range(len(pixels))]
     digest = hashlib.sha256(pixels.tobytes() + labels.tobytes()).hexdigest()
     inputs = [{"path": "sklearn.datasets.load_digits", "files": len(items), "sha256": digest, "scikit_learn": sklearn.__version__}]
@@ -222,7 +312,13 @@ def _digits() -> tuple[list[SourceImage], list[str], list[dict]]:
 
 
 def _fingerprint(data: DataConfig, inputs: list[dict]) -> str:
-    settings = {"source": data.source, "image": data.image.model_dump(mode="json"), "val_fraction": data.val_fraction, "seed": data.seed}
+    # caption_dropout and random_flip act at training time: changing them keeps the prepared images.
+    # Keys left at their defaults are left out, so folders prepared before they existed are reused.
+    image = data.image.model_dump(mode="json", exclude={"caption_dropout", "random_flip"})
+    for key, default in (("captions", False), ("crop", "center")):
+        if image[key] == default:
+            del image[key]
+    settings = {"source": data.source, "image": image, "val_fraction": data.val_fraction, "seed": data.seed}
     blob = json.dumps({"format": META_FORMAT, "settings": settings, "inputs": [i["sha256"] for i in inputs]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -272,3 +368,44 @@ class ImageArray:
         pixels = torch.from_numpy(np.ascontiguousarray(self.images[index]))
         labels = torch.from_numpy(self.labels[index]) if self.labels is not None else torch.zeros(len(index), dtype=torch.int64)
         return pixels.float().div_(127.5).sub_(1.0), labels
+
+
+class CaptionedImages(ImageArray):
+    """A prepared split with captions (data.image.captions): batches of (images in [-1, 1], token ids
+    B×L) for text-to-image training. `tokenize` turns a list of captions into a LongTensor (the
+    pipeline's CLIP tokenizer). Training batches may drop captions to "" (caption_dropout, for
+    classifier-free guidance) and flip images left-right; both are drawn from the batch generator,
+    so a resumed run draws them alike."""
+
+    def __init__(self, data_dir: str | Path, split: str, tokenize: Callable[[list[str]], "object"],
+                 caption_dropout: float = 0.0, random_flip: bool = False):
+        super().__init__(data_dir, split)
+        path = Path(data_dir) / f"{split}_captions.json"
+        if not self.meta.get("captions") or not path.is_file():
+            raise AigcError(f"the prepared images in {data_dir} have no captions",
+                            "set data.image.captions=true and run `aigc prep CONFIG --force`")
+        self.captions = json.loads(path.read_text(encoding="utf-8"))
+        if len(self.captions) != len(self.images):
+            raise AigcError(f"{path} holds {len(self.captions)} captions for {len(self.images)} images", "run `aigc prep CONFIG --force`")
+        self.tokenize, self.caption_dropout, self.random_flip = tokenize, caption_dropout, random_flip
+
+    def random_batch(self, batch_size: int, block_size: int | None, generator, shard: tuple[int, int] = (0, 1)):
+        import torch
+
+        from aigc_cli.data.batches import own_rows
+
+        index = torch.randint(len(self.images), (batch_size,), generator=generator).numpy()
+        drop = torch.rand(batch_size, generator=generator) < self.caption_dropout  # drawn even at 0: the stream stays one shape
+        flip = torch.rand(batch_size, generator=generator) < (0.5 if self.random_flip else 0.0)
+        order = np.argsort(index, kind="stable")
+        rows = own_rows(order, shard)
+        pixels = torch.from_numpy(np.ascontiguousarray(self.images[index[rows]])).float().div_(127.5).sub_(1.0)
+        pixels = torch.where(flip[rows][:, None, None, None], pixels.flip(-1), pixels)
+        texts = ["" if drop[r] else self.captions[index[r]] for r in rows]
+        return pixels, self.tokenize(texts)
+
+    def batches(self, batch_size: int):
+        for start in range(0, len(self.images), batch_size):
+            rows = np.arange(start, min(start + batch_size, len(self.images)))
+            pixels, _ = self._tensors(rows)
+            yield pixels, self.tokenize([self.captions[r] for r in rows])

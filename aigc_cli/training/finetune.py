@@ -227,6 +227,12 @@ def finetune_model(cfg: ExperimentConfig, resume: bool = False, merge: bool = Fa
 
 def _finetune(cfg: ExperimentConfig, resume: bool, merge: bool, quiet: bool) -> FinetuneResult:
     fc, tc = cfg.finetune, cfg.train
+    from aigc_cli.backends.text_to_image import is_pipeline_dir
+
+    if fc.base and is_pipeline_dir(fc.base):  # a Stable-Diffusion-style pipeline: text-to-image on captioned images
+        from aigc_cli.training.text_to_image import finetune_pipeline
+
+        return finetune_pipeline(cfg, resume, merge, quiet)
     device = pick_device(tc.device)
     quantized = fc.quantization != "none"
     if quantized:

@@ -43,7 +43,15 @@ def _adapted_gpt(tmp_path: Path, tokenizer):
     return get_backend("lora").add_adapters(gpt.load(tmp_path / "base", "cpu"), LoraConfig(r=2, dropout=0.0))
 
 
-ADAPTED = {"lora": _adapted_gpt}  # families without a `model:` section: made from another model
+def _adapted_pipeline(tmp_path: Path, tokenizer):
+    """text-to-image is made by `aigc finetune` from a Stable-Diffusion-style pipeline directory."""
+    from tests.tiny_text_to_image import tiny_text_to_image_pipeline
+
+    base = tiny_text_to_image_pipeline(tmp_path / "pipeline")
+    return get_backend("text-to-image").start(base, "lora", LoraConfig(r=2, dropout=0.0), IMAGE_DATA)
+
+
+ADAPTED = {"lora": _adapted_gpt, "text-to-image": _adapted_pipeline}  # families without a `model:` section: made from another model
 
 
 def _build(name: str, tmp_path: Path, tokenizer):
@@ -66,6 +74,8 @@ def _batch(name: str, tokenizer, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
     g = torch.Generator().manual_seed(seed)
     if spec(name).modality == "image":
         images = torch.rand(4, IMAGE_DATA["channels"], IMAGE_DATA["size"], IMAGE_DATA["size"], generator=g) * 2 - 1
+        if name == "text-to-image":  # captions as token ids, not class labels
+            return images, torch.randint(0, 50, (4, 16), generator=g)
         return images, torch.randint(0, len(IMAGE_DATA["classes"]), (4,), generator=g)
     ids = torch.randint(0, tokenizer.get_vocab_size(), (4, 17), generator=g)
     return ids[:, :-1], ids[:, 1:]

@@ -1,0 +1,134 @@
+"""`aigc generate --prompt TEXT` / `--prompts-file` on a text-to-image checkpoint (made by
+`aigc finetune` on a Stable-Diffusion-style pipeline): PNGs per prompt, grid.png, samples.json
+and manifest.jsonl, as image generation writes them.
+
+Image k of prompt p starts from latents drawn by its own generator, seeded from (generate.seed,
+the prompt, k): the same seed and prompt give the same image whatever else is asked for. Batches
+are one prompt's images in generate.images.batch_size chunks; a re-run samples only what the
+manifest does not hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from aigc_cli.config import ExperimentConfig
+from aigc_cli.errors import AigcError
+from aigc_cli.generation.images import make_grid, png_bytes, read_png, save_png
+from aigc_cli.generation.manifest import OutputManifest, item_key
+from aigc_cli.inference.image_sampling import batch_ranges, to_uint8
+from aigc_cli.runs.atomic_files import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
+from aigc_cli.runs.checkpoints import checkpoint_identity
+from aigc_cli.runs.locks import exclusive_lock
+from aigc_cli.runs.provenance import software_versions, write_provenance
+
+MANIFEST = "manifest.jsonl"
+
+
+@dataclass
+class PromptedImages:
+    out_dir: Path
+    files: list[Path]
+    grid: Path
+    prompts: list[str]
+
+    def to_json(self) -> dict:
+        return {"outputs": [str(f) for f in self.files], "grid": str(self.grid), "count": len(self.files),
+                "out_dir": str(self.out_dir), "prompts": self.prompts}
+
+    def summary_lines(self) -> list[str]:
+        return [f"images: {self.out_dir} ({len(self.files)} PNG files for {len(self.prompts)} prompt(s))", f"grid: {self.grid}"]
+
+
+def prompt_image_seed(seed: int, prompt: str, index: int) -> int:
+    digest = hashlib.sha256(f"prompted-image\0{seed}\0{prompt}\0{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def read_prompt_lines(path: str | Path) -> list[str]:
+    """One prompt per line, or JSONL rows with a 'prompt' field (blank lines skipped)."""
+    path = Path(path)
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                prompts.append(str(json.loads(line)["prompt"]))
+            except (ValueError, KeyError, TypeError):
+                raise AigcError(f"{path}:{number} is not a JSON object with a 'prompt' field", "write one {\"prompt\": ...} per line, or use a .txt file") from None
+        else:
+            prompts.append(line.strip())
+    if not prompts:
+        raise AigcError(f"{path} holds no prompts", "write one prompt per line")
+    return prompts
+
+
+def generate_from_prompts(cfg: ExperimentConfig, checkpoint: Path, prompts: list[str], per_prompt: int,
+                          log: Callable[[str], None] = lambda _: None, force: bool = False) -> PromptedImages:
+    gc, seed = cfg.generate.images, cfg.generate.seed
+    out_dir = Path(cfg.generate.out or Path(cfg.train.out_dir) / "samples")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise AigcError(f"--out {out_dir} is a file; image generation writes a folder", "pass a directory path to --out")
+    identity = checkpoint_identity(checkpoint)
+    params = gc.model_dump(mode="json", exclude={"num_images", "grid_columns", "reconstruct", "class_labels"})
+    model = None
+    with exclusive_lock(out_dir, "output folder"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir)
+        with OutputManifest(out_dir / MANIFEST, force) as manifest:
+            names, keys, images = [], [], []
+            for p, prompt in enumerate(prompts):
+                for indices in batch_ranges(per_prompt, gc.batch_size):
+                    batch_names = [f"p{p:03d}_{k:03d}.png" for k in indices]
+                    batch_keys = [item_key(checkpoint=identity, seed=seed, prompt=prompt, index=k, batch=[indices.start, indices.stop],
+                                           params=params) for k in indices]
+                    done = [_finished(manifest, key, out_dir / name) for key, name in zip(batch_keys, batch_names)]
+                    if any(d is None for d in done):
+                        if model is None:
+                            from aigc_cli.inference.loading import load_model
+
+                            log(f"sampling {len(prompts)} prompt(s) × {per_prompt} image(s) from {checkpoint} with seed {seed}")
+                            model = load_model(checkpoint, modality="image")
+                        done = _sample(model, prompt, indices, seed, gc)
+                        for name, key, pixels in zip(batch_names, batch_keys, done):
+                            data = png_bytes(pixels)
+                            write_bytes_atomic(out_dir / name, data)
+                            manifest.add({"key": key, "file": name, "sha256": hashlib.sha256(data).hexdigest()})
+                    names += batch_names
+                    keys += batch_keys
+                    images += list(done)
+            grid = out_dir / "grid.png"
+            save_png(make_grid(np.stack(images), gc.grid_columns or per_prompt), grid)
+            write_json_atomic(out_dir / "samples.json", {
+                "checkpoint": str(checkpoint), "backend": "text-to-image", "seed": seed, "per_prompt": per_prompt,
+                "prompts": prompts, "files": names, "params": params, "versions": software_versions()})
+            write_provenance(out_dir, cfg, checkpoint=str(checkpoint))
+            manifest.finish(keys)
+    return PromptedImages(out_dir, [out_dir / n for n in names], grid, prompts)
+
+
+def _finished(manifest: OutputManifest, key: str, path: Path):
+    from aigc_cli.data.records import sha256_file
+
+    record = manifest.done.get(key)
+    if record is None or not path.is_file() or sha256_file(path) != record.get("sha256"):
+        return None
+    return read_png(path)
+
+
+def _sample(loaded, prompt: str, indices: range, seed: int, gc) -> np.ndarray:
+    import torch
+
+    backend = loaded.backend
+    generators = [torch.Generator().manual_seed(prompt_image_seed(seed, prompt, k)) for k in indices]
+    shape = tuple(backend.latent_shape(loaded.model))
+    noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(loaded.device)
+    images = backend.sample_prompts(loaded.model, noise, [prompt] * len(indices), gc, generators, gc.negative_prompt)
+    return to_uint8(backend.as_data_channels(loaded.model, images))

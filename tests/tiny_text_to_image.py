@@ -1,0 +1,69 @@
+"""A tiny Stable-Diffusion-style pipeline saved locally, built as diffusers' own tests build one
+(UNet2DConditionModel with block_out_channels=(4, 8), a tiny AutoencoderKL, a tiny CLIPTextModel)
+with a CLIPTokenizer whose vocab and merges are written here: nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+
+def _bytes_to_unicode() -> list[str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+WORDS = ("a", "thin", "bold", "inverted", "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def write_clip_tokenizer(directory: Path) -> None:
+    """A byte-level CLIP BPE vocabulary: every byte (alone and word-final), merges spelling the
+    digit captions' words, and the start/end tokens."""
+    directory.mkdir(parents=True, exist_ok=True)
+    chars = _bytes_to_unicode()
+    vocab = chars + [c + "</w>" for c in chars]
+    merges = []
+    for word in WORDS:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merged = pieces[0] + pieces[1]
+            merges.append(f"{pieces[0]} {pieces[1]}")
+            if merged not in vocab:
+                vocab.append(merged)
+            pieces = [merged] + pieces[2:]
+    merges = list(dict.fromkeys(merges))
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(dict.fromkeys(vocab))}), encoding="utf-8")
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+
+
+def tiny_text_to_image_pipeline(directory: Path, seed: int = 0) -> Path:
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                cross_attention_dim=32, norm_num_groups=2)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False)
+    vae = AutoencoderKL(block_out_channels=[4, 8], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+                        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=2)
+    write_clip_tokenizer(directory / "_tok")
+    tokenizer = CLIPTokenizer(str(directory / "_tok" / "vocab.json"), str(directory / "_tok" / "merges.txt"), model_max_length=16)
+    text_encoder = CLIPTextModel(CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                                hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4,
+                                                num_hidden_layers=2, pad_token_id=tokenizer.pad_token_id, vocab_size=len(tokenizer),
+                                                max_position_embeddings=16))
+    pipe = StableDiffusionPipeline(unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(directory)
+    shutil.rmtree(directory / "_tok")
+    return directory
