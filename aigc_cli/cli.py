@@ -284,7 +284,7 @@ def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
         return validate_config(set_options(raw, options), source=str(Path(config)))
 
     def work(cfg: ExperimentConfig):
-        from aigc_cli.config import IMAGE_BACKENDS
+        from aigc_cli.config import IMAGE_BACKENDS, LABEL_BACKENDS
         from aigc_cli.preflight import check_generate
 
         if prompt and prompts_file:
@@ -292,6 +292,11 @@ def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
         if cfg.model.backend in IMAGE_BACKENDS and (prompt or prompts_file or stream):
             raise AigcError("--prompt, --prompts-file and --stream are for text models", f"model.backend={cfg.model.backend} samples images; use --num and --seed")
         checkpoint_dir = check_generate(config, cfg, checkpoint, prompts_file)
+        if cfg.model.backend in LABEL_BACKENDS:
+            from aigc_cli.generation.classification import generate_predictions, read_texts
+
+            texts = read_texts(prompts_file, cfg.data.jsonl_field if cfg.data else "text") if prompts_file else None
+            return generate_predictions(cfg, checkpoint_dir, texts, log=_log(quiet), force=force)
         if cfg.model.backend in IMAGE_BACKENDS:
             from aigc_cli.generation.images import generate_images
 

@@ -204,6 +204,8 @@ def check_eval(config_path: str | None, cfg: ExperimentConfig, checkpoint: str |
             existing_file(path, what)
     if config_path is None:
         return resolve_checkpoint(checkpoint) if checkpoint is not None and "prediction_perplexity" in ec.metrics else None
+    if cfg.model.backend in LABEL_BACKENDS:  # scored on labelled records, no prepared data
+        return trained_checkpoint(config_path, checkpoint, cfg.train.out_dir)
     names = set(ec.metrics)
     if image:  # evaluation/images.py: what it samples or reconstructs needs the model
         needs_model = names & {"loss", "psnr", "ssim"} or (names & {"fid", "kid", "coverage"} and not ec.generations)
