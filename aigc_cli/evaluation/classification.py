@@ -43,10 +43,10 @@ def averaged(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> dict[str, tuple[
     weighted (mean weighted by support)."""
     p, r, f = per_class(tp, fp, fn)
     support = tp + fn
-    weights = _divide(support, np.full_like(support, support.sum())) if support.sum() else np.zeros(len(support))
+    weighted = (lambda x: (x * support).sum() / support.sum()) if support.sum() else (lambda x: 0.0)  # np.average's order of operations
     mp, mr, mf = per_class(np.array([tp.sum()]), np.array([fp.sum()]), np.array([fn.sum()]))
     return {"macro": (p.mean(), r.mean(), f.mean()), "micro": (mp[0], mr[0], mf[0]),
-            "weighted": ((p * weights).sum(), (r * weights).sum(), (f * weights).sum())}
+            "weighted": (weighted(p), weighted(r), weighted(f))}
 
 
 def roc_auc(y_true: list[int], positive_scores: list[float]) -> float:
