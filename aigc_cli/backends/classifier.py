@@ -55,7 +55,7 @@ def describe(config, mc: Any, data_meta: dict) -> None:
     config.aigc_max_length = mc.max_length
 
 
-def start_from(ref: str, mc: Any, data_meta: dict, device: str) -> torch.nn.Module:
+def pretrained_classifier(ref: str, mc: Any, data_meta: dict, device: str) -> torch.nn.Module:
     """model.init_from's pretrained encoder with a fresh head for data_meta's labels."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 

@@ -111,12 +111,12 @@ def classification_job(cfg: ExperimentConfig) -> TrainingJob:
 
     def make_model(previous: Path | None, device: str) -> torch.nn.Module:
         if mc.method == "lora":
-            base = backend.start_from(resolve_base(mc.init_from, "model.init_from"), mc, meta, device)
+            base = backend.pretrained_classifier(resolve_base(mc.init_from, "model.init_from"), mc, meta, device)
             return backend.load_adapter(base, previous) if previous else backend.add_adapters(base, cfg.finetune.lora)
         if previous is not None:
             return load_weights(backend, previous, device)
         if mc.init_from:
-            return backend.start_from(resolve_base(mc.init_from, "model.init_from"), mc, meta, device)
+            return backend.pretrained_classifier(resolve_base(mc.init_from, "model.init_from"), mc, meta, device)
         return backend.build(mc, meta).to(device)
 
     provenance = {"data_source": str(require_data(cfg).source), "labels": data.labels, "train_records": len(data.train),
