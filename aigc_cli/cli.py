@@ -206,8 +206,11 @@ def prep(config: ConfigArg, overrides: OverridesArg = None,
     """
 
     def work(cfg: ExperimentConfig):
-        from aigc_cli.config import IMAGE_BACKENDS
+        from aigc_cli.config import IMAGE_BACKENDS, LABEL_BACKENDS
 
+        if cfg.model.backend in LABEL_BACKENDS:
+            raise AigcError(f"model.backend={cfg.model.backend} reads its labelled records in `aigc train`: there is nothing to prepare",
+                            f"run `aigc train {config}`")
         if cfg.model.backend in IMAGE_BACKENDS:
             from aigc_cli.data.images import prepare_images
 

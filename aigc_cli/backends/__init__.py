@@ -172,6 +172,31 @@ class ClassifierModelConfig(Section):
 BACKENDS["classifier"] = BackendSpec("aigc_cli.backends.classifier", "labels", ClassifierModelConfig)
 
 
+class TaggerModelConfig(Section):
+    backend: Literal["tagger"] = Field("tagger", description="Token classification (transformers AutoModelForTokenClassification) for BIO/IOB2 tags, e.g. named entities: the encoder as for classifier, a tag per word. data.source is a CoNLL-style column file (a token per line, its tag in the last column, a blank line between sentences; .conll/.txt/.tsv) or JSONL/CSV/Parquet records with data.tokens_field and data.tags_field lists. Each word's first sub-word token carries its tag, the others -100 (not scored). Trained by `aigc train` (no prep); `aigc generate` tags words and gives entity spans; `aigc eval` reports entity-level precision/recall/F1 (seqeval's definition).")
+    labels: Optional[list[str]] = Field(None, description="The tags in id order (null: those in the training data, O first, then sorted). Written into config.json as id2label/label2id.")
+    n_layer: int = Field(2, ge=1, description="Encoder layers (random init; with init_from, the model's own).")
+    n_head: int = Field(2, ge=1, description="Attention heads (n_embd must divide by it).")
+    n_embd: int = Field(64, ge=1, description="Hidden size.")
+    intermediate_size: Optional[int] = Field(None, ge=1, description="MLP width (default 4×n_embd).")
+    max_length: int = Field(128, ge=4, description="Sentences are cut to this many tokens (random init: also the position table's size).")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout of the encoder built from sizes.")
+    init_from: Optional[str] = Field(None, description="A pretrained encoder to fine-tune (a local Hugging Face model directory or a hub id when online); its tokenizer is used.")
+    method: Literal["full", "lora"] = Field("full", description="full: every weight; lora: LoRA adapters (finetune.lora; peft TOKEN_CLS) with the head in full. lora needs init_from.")
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.method == "lora" and not self.init_from:
+            raise ValueError("model.method=lora trains adapters on a pretrained encoder: set model.init_from (or use method full)")
+        return self
+
+
+# A checkpoint is a transformers model directory: pipeline("token-classification") loads it.
+BACKENDS["tagger"] = BackendSpec("aigc_cli.backends.tagger", "labels", TaggerModelConfig)
+
+
 # ----------------------------------------------------------------------------- image
 class DDPMModelConfig(Section):
     backend: Literal["ddpm"] = Field("ddpm", description="Denoising diffusion: a diffusers UNet2DModel trained with DDPMScheduler.")

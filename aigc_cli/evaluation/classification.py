@@ -159,6 +159,33 @@ def save_confusion_png(counts: list[list[int]], names: list[str], path: Path) ->
 LOWER_IS_BETTER = ("mse", "mae")
 
 
+def entity_metrics(truth: list[list[str]], predicted: list[list[str]]) -> tuple[dict, dict]:
+    """Entity-level scores: an entity counts when its type and its first and last word both match
+    (seqeval's default mode); per-type table in seqeval's classification_report layout."""
+    from aigc_cli.data.tagged import entities
+
+    kinds: dict[str, list[float]] = {}
+    for t_tags, p_tags in zip(truth, predicted):
+        t_set, p_set = set(entities(t_tags)), set(entities(p_tags))
+        for kind, *_ in t_set | p_set:
+            kinds.setdefault(kind, [0.0, 0.0, 0.0])
+        for e in t_set & p_set:
+            kinds[e[0]][0] += 1
+        for e in p_set - t_set:
+            kinds[e[0]][1] += 1
+        for e in t_set - p_set:
+            kinds[e[0]][2] += 1
+    names = sorted(kinds)
+    tp, fp, fn = (np.array([kinds[n][k] for n in names]) for k in range(3))
+    words = sum(len(t) for t in truth)
+    metrics = {"token_accuracy": sum(a == b for t, p in zip(truth, predicted) for a, b in zip(t, p)) / max(1, words)}
+    if not names:
+        return metrics | {"micro_precision": 0.0, "micro_recall": 0.0, "micro_f1": 0.0}, {"classification_report": ""}
+    for average, (p, r, f) in averaged(tp, fp, fn).items():
+        metrics |= {f"{average}_precision": float(p), f"{average}_recall": float(r), f"{average}_f1": float(f)}
+    return metrics, {"classification_report": report_table(names, tp, fp, fn, None), "entity_types": names}
+
+
 def evaluate_classifier(cfg: ExperimentConfig, checkpoint: str | Path, report_dir: Path, log=lambda _: None) -> tuple[dict, dict]:
     """(metrics, details) of the checkpoint's predictions on the held-out records (or eval.references)."""
     from aigc_cli.data.labelled import label_ids
@@ -168,6 +195,8 @@ def evaluate_classifier(cfg: ExperimentConfig, checkpoint: str | Path, report_di
     references = cfg.eval.references
     if isinstance(references, list):
         raise AigcError("eval.references for a classifier is one labelled records file", "pass one file")
+    if cfg.model.backend == "tagger":
+        return _evaluate_tagger(cfg, checkpoint, references, log)
     records = load_records(cfg, references) if references else split_records(cfg)[1]
     clf = load_classifier(checkpoint, cfg.train.device)
     if clf.task != cfg.model.task:
@@ -189,3 +218,17 @@ def evaluate_classifier(cfg: ExperimentConfig, checkpoint: str | Path, report_di
     png = report_dir / "confusion_matrix.png"
     save_confusion_png(more["confusion_matrix"], clf.labels, png)
     return metrics, details | more | {"confusion_matrix_png": str(png)}
+
+
+def _evaluate_tagger(cfg: ExperimentConfig, checkpoint, references: str | None, log) -> tuple[dict, dict]:
+    from aigc_cli.generation.classification import load_classifier, predict_tags
+    from aigc_cli.training.classification import split_sentences
+
+    sentences = split_sentences(cfg, references)[1]
+    clf = load_classifier(checkpoint, cfg.train.device)
+    predicted = predict_tags(clf, [s.words for s in sentences], cfg.eval.batch_size)
+    where = references or f"the held-out {cfg.data.val_fraction:.0%} of {cfg.data.source}"
+    details = {"checkpoint": str(checkpoint), "scored": f"{checkpoint} on {len(sentences):,} tagged sentences ({where})"}
+    log(f"scored {details['scored']}")
+    metrics, more = entity_metrics([s.tags for s in sentences], predicted)
+    return metrics, details | more

@@ -35,22 +35,60 @@ class Classifier:
 
 
 def load_classifier(checkpoint: str | Path, device: str = "auto") -> Classifier:
+    """A classifier's or a tagger's checkpoint (task "tagging")."""
     from transformers import AutoTokenizer
 
-    from aigc_cli.backends import get_backend
+    from aigc_cli.backends import backend_of_checkpoint, get_backend
     from aigc_cli.backends.classifier import TASKS
     from aigc_cli.devices import pick_device
     from aigc_cli.runs.checkpoints import load_weights
 
     device = pick_device(device)
     checkpoint = Path(checkpoint)
-    backend = get_backend("classifier")
+    name = backend_of_checkpoint(checkpoint)
+    backend = get_backend(name)
     model = load_weights(backend, checkpoint, device).eval()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     config = model.config
     labels = [config.id2label[i] for i in range(config.num_labels)]
-    return Classifier(model, tokenizer, labels, TASKS[config.problem_type], getattr(config, "aigc_thresholds", None),
+    task = "tagging" if name == "tagger" else TASKS[config.problem_type]
+    return Classifier(model, tokenizer, labels, task, getattr(config, "aigc_thresholds", None),
                       backend.context_length(model) or 512, device)
+
+
+def predict_tags(clf: Classifier, sentences: list[list[str]], batch_size: int) -> list[list[str]]:
+    """Per sentence: a tag per word, read at each word's first sub-word token (words cut off by
+    max_length get O)."""
+    import torch
+
+    from aigc_cli.backends.tagger import scores
+    from aigc_cli.data.tagged import IGNORE_INDEX, align
+
+    ids, words = align(clf.tokenizer, sentences, None, clf.max_length)
+    out: list[list[str]] = [["O"] * len(s) for s in sentences]
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    pad = clf.tokenizer.pad_token_id
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            longest = max(len(ids[i]) for i in rows)
+            batch = torch.full((len(rows), longest), pad, dtype=torch.long)
+            mask = torch.zeros_like(batch)
+            for j, i in enumerate(rows):
+                batch[j, :len(ids[i])], mask[j, :len(ids[i])] = torch.tensor(ids[i]), 1
+            best = scores(clf.model, batch.to(clf.device), mask.to(clf.device)).argmax(-1).cpu().tolist()
+            for j, i in enumerate(rows):
+                for position, word in enumerate(words[i]):
+                    if word != IGNORE_INDEX:
+                        out[i][word] = clf.labels[best[j][position]]
+    return out
+
+
+def tagging_row(text: str, words: list[str], tags: list[str]) -> dict:
+    from aigc_cli.data.tagged import entities
+
+    spans = [{"type": kind, "start": first, "end": last + 1, "text": " ".join(words[first:last + 1])} for kind, first, last in entities(tags)]
+    return {"text": text, "tokens": words, "tags": tags, "entities": spans}
 
 
 def predict_scores(clf: Classifier, texts: list[str], batch_size: int) -> list[list[float]]:
@@ -139,10 +177,15 @@ def generate_predictions(cfg: ExperimentConfig, checkpoint: Path, texts: list[st
                 clf = load_classifier(checkpoint, cfg.train.device)
                 todo = sorted(set(missing), key=missing.index)
                 log(f"classifying {len(todo)} text(s) with {checkpoint}")
-                values = predict_scores(clf, [texts[i] for i in todo], gc.batch_size)
-                for i, v in zip(todo, values):
+                if clf.task == "tagging":  # words split on whitespace, a tag each
+                    words = [texts[i].split() for i in todo]
+                    rows = [tagging_row(texts[i], w, t) for i, w, t in zip(todo, words, predict_tags(clf, words, gc.batch_size))]
+                else:
+                    values = predict_scores(clf, [texts[i] for i in todo], gc.batch_size)
+                    rows = [prediction_row(texts[i], v, clf.labels, clf.task, clf.thresholds) for i, v in zip(todo, values)]
+                for i, row in zip(todo, rows):
                     if keys[i] not in manifest.done:
-                        manifest.add({"key": keys[i], "row": prediction_row(texts[i], v, clf.labels, clf.task, clf.thresholds)})
+                        manifest.add({"key": keys[i], "row": row})
             manifest.finish(keys)
             rows = [manifest.done[k]["row"] for k in keys]
         write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

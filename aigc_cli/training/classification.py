@@ -124,3 +124,54 @@ def classification_job(cfg: ExperimentConfig) -> TrainingJob:
     if mc.init_from:
         provenance["init_from"] = mc.init_from
     return TrainingJob(mc.backend, backend, make_model, data.train, data.val, mc.max_length, tokenizer_dir, provenance=provenance)
+
+
+# ----------------------------------------------------------------------------- tagger
+def split_sentences(cfg: ExperimentConfig, path: str | None = None) -> tuple[list, list]:
+    """data.source's tagged sentences as (train, val), or all of `path` as val."""
+    from aigc_cli.data.tagged import read_tagged
+
+    data = require_data(cfg)
+    if path is not None:
+        return [], read_tagged(path, data.tokens_field, data.tags_field)
+    return labelled.held_out(read_tagged(data.source, data.tokens_field, data.tags_field), data.val_fraction, data.seed)
+
+
+def tagging_job(cfg: ExperimentConfig) -> TrainingJob:
+    from transformers import AutoTokenizer
+
+    from aigc_cli.data.tagged import TaggedBatches, align, tag_names
+
+    mc = cfg.model
+    tokenizer_dir = Path(cfg.train.out_dir) / "tokenizer"
+    train, val = split_sentences(cfg)
+    if not (tokenizer_dir / "tokenizer_config.json").is_file():
+        make_tokenizer(cfg, [" ".join(s.words) for s in train], tokenizer_dir)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    names = tag_names(train, mc.labels)
+    index = {n: i for i, n in enumerate(names)}
+    unknown = sorted({t for s in val for t in s.tags} - set(index))
+    if unknown:
+        raise AigcError(f"the validation sentences hold tags the training ones do not: {unknown[:5]}", "list every tag in model.labels")
+    batches = [TaggedBatches(*align(tok, [s.words for s in part], [[index[t] for t in s.tags] for s in part], mc.max_length), tok.pad_token_id)
+               for part in (train, val)]
+    backend = get_backend(mc.backend)
+    meta = {"vocab_size": len(tok), "pad_id": tok.pad_token_id, "labels": names}
+
+    def make_model(previous: Path | None, device: str) -> torch.nn.Module:
+        if mc.method == "lora":
+            base = backend.pretrained_tagger(resolve_base(mc.init_from, "model.init_from"), mc, meta, device)
+            return backend.load_adapter(base, previous) if previous else backend.add_adapters(base, cfg.finetune.lora)
+        if previous is not None:
+            return load_weights(backend, previous, device)
+        if mc.init_from:
+            return backend.pretrained_tagger(resolve_base(mc.init_from, "model.init_from"), mc, meta, device)
+        return backend.build(mc, meta).to(device)
+
+    provenance = {"data_source": str(require_data(cfg).source), "labels": names, "train_sentences": len(train), "val_sentences": len(val)}
+    return TrainingJob(mc.backend, backend, make_model, batches[0], batches[1], mc.max_length, tokenizer_dir, provenance=provenance)
+
+
+def label_job(cfg: ExperimentConfig) -> TrainingJob:
+    """The job of a `labels` backend: a classifier's or a tagger's."""
+    return tagging_job(cfg) if cfg.model.backend == "tagger" else classification_job(cfg)

@@ -69,9 +69,9 @@ def stats_lines(stats: dict[str, float]) -> list[str]:
 def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> TrainResult:
     """`aigc train`: a fresh model of model.* (or model.init_from's pretrained one) on the prepared token arrays or images."""
     if spec(cfg.model.backend).modality == "labels":  # a classifier reads labelled records, not prepared token arrays
-        from aigc_cli.training.classification import classification_job
+        from aigc_cli.training.classification import label_job
 
-        return run_training(cfg, classification_job(cfg), resume, quiet)
+        return run_training(cfg, label_job(cfg), resume, quiet)
     # With init_from, model.* is the pretrained model's: the run's config.yaml says what it trains.
     cfg, start = pretrained_start(cfg, Path(require_data(cfg).prepared_dir), resume)
     return run_training(cfg, prepared_data_job(cfg, start), resume, quiet)
