@@ -71,6 +71,8 @@ def _batch(name: str, tokenizer, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
     if spec(name).modality == "labels":  # ((ids, attention mask), label ids); the last row padded
         mask = torch.ones_like(ids)
         mask[3, 9:] = 0
+        if name == "tagger":  # a tag per token, -100 on padding
+            return (ids, mask), torch.randint(0, 2, (4, 17), generator=g).masked_fill(mask == 0, -100)
         return (ids, mask), torch.tensor([0, 1, 1, 0])
     return ids[:, :-1], ids[:, 1:]
 
@@ -184,6 +186,12 @@ def test_sampling_works_through_the_inference_layer(name, tmp_path, tokenizer):
 
         config = json.loads((path / "tokenizer_config.json").read_text())
         (path / "tokenizer_config.json").write_text(json.dumps({**config, "pad_token": "<|endoftext|>"}))
+        if name == "tagger":
+            from aigc_cli.generation.classification import predict_tags
+
+            tags = predict_tags(load_classifier(path, "cpu"), [["ab", "c"], ["d"], ["abc", "d", "a"]], batch_size=2)
+            assert [len(t) for t in tags] == [2, 1, 3] and all(tag in ("no", "yes") for row in tags for tag in row)
+            return
         scores = predict_scores(load_classifier(path, "cpu"), ["ab", "abc d", "c"], batch_size=2)
         assert len(scores) == 3 and all(len(s) == 2 and abs(sum(s) - 1) < 1e-5 for s in scores)
         return
