@@ -197,6 +197,30 @@ class TaggerModelConfig(Section):
 BACKENDS["tagger"] = BackendSpec("aigc_cli.backends.tagger", "labels", TaggerModelConfig)
 
 
+class RewardModelConfig(Section):
+    backend: Literal["reward"] = Field("reward", description="A reward model: an encoder (as for classifier) with a scalar head, trained on preference pairs of data.source (prompt/chosen/rejected records, fields as finetune.columns says) with the Bradley–Terry loss -log σ(r(chosen) - r(rejected)), TRL RewardTrainer's. A text it scores is the prompt, a newline and the reply. Trained by `aigc train` (no prep); `aigc generate` gives scores; `aigc eval` the reward accuracy on held-out pairs.")
+    n_layer: int = Field(2, ge=1, description="Encoder layers (random init; with init_from, the model's own).")
+    n_head: int = Field(2, ge=1, description="Attention heads (n_embd must divide by it).")
+    n_embd: int = Field(64, ge=1, description="Hidden size.")
+    intermediate_size: Optional[int] = Field(None, ge=1, description="MLP width (default 4×n_embd).")
+    max_length: int = Field(256, ge=4, description="Prompt + reply cut to this many tokens (from the end, so the reply stays).")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout of the encoder built from sizes.")
+    init_from: Optional[str] = Field(None, description="A pretrained model to start from (a local Hugging Face directory or a hub id when online), with a fresh scalar head; its tokenizer is used.")
+    method: Literal["full", "lora"] = Field("full", description="full: every weight; lora: LoRA adapters (finetune.lora; peft SEQ_CLS) with the head in full. lora needs init_from.")
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.method == "lora" and not self.init_from:
+            raise ValueError("model.method=lora trains adapters on a pretrained model: set model.init_from (or use method full)")
+        return self
+
+
+# A checkpoint is a transformers sequence-classification directory with one output (problem_type regression).
+BACKENDS["reward"] = BackendSpec("aigc_cli.backends.reward", "labels", RewardModelConfig)
+
+
 # ----------------------------------------------------------------------------- image
 class DDPMModelConfig(Section):
     backend: Literal["ddpm"] = Field("ddpm", description="Denoising diffusion: a diffusers UNet2DModel trained with DDPMScheduler.")

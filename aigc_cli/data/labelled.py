@@ -147,3 +147,36 @@ class EncodedTexts:
 def encode_texts(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     """A transformers tokenizer's ids (with its special tokens), cut to max_length."""
     return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+
+
+# ----------------------------------------------------------------------------- preference pairs (reward models)
+def _turns_text(turns: list[dict]) -> str:
+    return "\n".join(str(m.get("content", "")) for m in turns)
+
+
+def pair_texts(pair) -> tuple[str, str]:
+    """(chosen text, rejected text) of a chat_formats PreferencePair: the prompt, a newline, the reply."""
+    prompt = _turns_text(pair.prompt)
+    return f"{prompt}\n{_turns_text(pair.chosen)}", f"{prompt}\n{_turns_text(pair.rejected)}"
+
+
+class PreferenceTexts:
+    """Encoded chosen and rejected texts; a batch of B pairs is 2B rows, the chosen ones first."""
+
+    def __init__(self, chosen: list[list[int]], rejected: list[list[int]], pad_id: int):
+        self.chosen, self.rejected, self.pad_id = chosen, rejected, pad_id
+        self.texts = EncodedTexts(chosen + rejected, [0.0] * (2 * len(chosen)), pad_id, "regression")
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def batch(self, rows: list[int]):
+        return self.texts.batch(rows + [len(self.chosen) + i for i in rows])
+
+    def random_batch(self, batch_size: int, block_size: int, generator, shard=(0, 1)):
+        import torch
+
+        from aigc_cli.data.batches import own_rows
+
+        rows = torch.randint(len(self.chosen), (batch_size,), generator=generator).tolist()
+        return self.batch(own_rows(rows, shard))

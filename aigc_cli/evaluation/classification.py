@@ -197,6 +197,8 @@ def evaluate_classifier(cfg: ExperimentConfig, checkpoint: str | Path, report_di
         raise AigcError("eval.references for a classifier is one labelled records file", "pass one file")
     if cfg.model.backend == "tagger":
         return _evaluate_tagger(cfg, checkpoint, references, log)
+    if cfg.model.backend == "reward":
+        return _evaluate_reward(cfg, checkpoint, references, log)
     records = load_records(cfg, references) if references else split_records(cfg)[1]
     clf = load_classifier(checkpoint, cfg.train.device)
     if clf.task != cfg.model.task:
@@ -232,3 +234,26 @@ def _evaluate_tagger(cfg: ExperimentConfig, checkpoint, references: str | None, 
     log(f"scored {details['scored']}")
     metrics, more = entity_metrics([s.tags for s in sentences], predicted)
     return metrics, details | more
+
+
+def reward_metrics(chosen: list[float], rejected: list[float]) -> dict:
+    """Reward accuracy (chosen scored above rejected), the mean margin and the Bradley–Terry loss."""
+    c, r = np.asarray(chosen, dtype=float), np.asarray(rejected, dtype=float)
+    return {"reward_accuracy": float((c > r).mean()), "mean_margin": float((c - r).mean()),
+            "loss": float(np.logaddexp(0.0, -(c - r)).mean())}
+
+
+def _evaluate_reward(cfg: ExperimentConfig, checkpoint, references: str | None, log) -> tuple[dict, dict]:
+    from aigc_cli.data.labelled import pair_texts
+    from aigc_cli.generation.classification import load_classifier, predict_scores
+    from aigc_cli.training.classification import split_pairs
+
+    pairs = split_pairs(cfg, references)[1]
+    clf = load_classifier(checkpoint, cfg.train.device)
+    texts = [pair_texts(p) for p in pairs]
+    chosen = [s[0] for s in predict_scores(clf, [c for c, _ in texts], cfg.eval.batch_size)]
+    rejected = [s[0] for s in predict_scores(clf, [r for _, r in texts], cfg.eval.batch_size)]
+    where = references or f"the held-out {cfg.data.val_fraction:.0%} of {cfg.data.source}"
+    details = {"checkpoint": str(checkpoint), "scored": f"{checkpoint} on {len(pairs):,} preference pairs ({where})"}
+    log(f"scored {details['scored']}")
+    return reward_metrics(chosen, rejected), details

@@ -63,6 +63,7 @@ CLASSIFIER_OUTPUTS = {  # what `aigc eval` reports for each classifier task (roc
     "multi_label": ("subset_accuracy", "macro_precision", "macro_recall", "macro_f1", "micro_precision", "micro_recall", "micro_f1",
                     "weighted_precision", "weighted_recall", "weighted_f1", "samples_precision", "samples_recall", "samples_f1"),
     "regression": ("mse", "mae", "r2"),
+    "reward": ("reward_accuracy", "mean_margin", "loss"),
     "tagging": ("token_accuracy", "micro_precision", "micro_recall", "micro_f1", "macro_precision", "macro_recall", "macro_f1",
                 "weighted_precision", "weighted_recall", "weighted_f1"),
 }
@@ -75,7 +76,7 @@ def _evaluate_classifier(cfg: ExperimentConfig, checkpoint, log, config_free: bo
     ec = cfg.eval
     if config_free:
         raise AigcError("a classifier is scored on labelled records its config names", "pass the experiment config: aigc eval CONFIG")
-    gates = load_gates(ec.fail_under, ec.fail_above, ec.max_drop, ec.baseline, list(CLASSIFIER_OUTPUTS[getattr(cfg.model, "task", "tagging")]))
+    gates = load_gates(ec.fail_under, ec.fail_above, ec.max_drop, ec.baseline, list(CLASSIFIER_OUTPUTS[{"tagger": "tagging", "reward": "reward"}.get(cfg.model.backend) or cfg.model.task]))
     out = _report_path(cfg, config_free)
     metrics, details = evaluate_classifier(cfg, checkpoint or cfg.train.out_dir, out.parent, log)
     missing = [n for bounds in (ec.fail_under, ec.fail_above, ec.max_drop) for n in bounds if n not in metrics]

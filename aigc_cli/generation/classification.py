@@ -51,7 +51,9 @@ def load_classifier(checkpoint: str | Path, device: str = "auto") -> Classifier:
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     config = model.config
     labels = [config.id2label[i] for i in range(config.num_labels)]
-    task = "tagging" if name == "tagger" else TASKS[config.problem_type]
+    task = {"tagger": "tagging", "reward": "reward"}.get(name) or TASKS[config.problem_type]
+    if name == "reward":
+        tokenizer.truncation_side = "left"  # as in training: the reply stays
     return Classifier(model, tokenizer, labels, task, getattr(config, "aigc_thresholds", None),
                       backend.context_length(model) or 512, device)
 
@@ -117,7 +119,7 @@ def predict_scores(clf: Classifier, texts: list[str], batch_size: int) -> list[l
 
 
 def prediction_row(text: str, values: list[float], labels: list[str], task: str, thresholds: list[float] | None) -> dict:
-    if task == "regression":
+    if task in ("regression", "reward"):
         return {"text": text, "score": values[0]}
     probabilities = {name: p for name, p in zip(labels, values)}
     if task == "multi_label":

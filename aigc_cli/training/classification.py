@@ -173,5 +173,56 @@ def tagging_job(cfg: ExperimentConfig) -> TrainingJob:
 
 
 def label_job(cfg: ExperimentConfig) -> TrainingJob:
-    """The job of a `labels` backend: a classifier's or a tagger's."""
-    return tagging_job(cfg) if cfg.model.backend == "tagger" else classification_job(cfg)
+    """The job of a `labels` backend: a classifier's, a tagger's or a reward model's."""
+    jobs = {"tagger": tagging_job, "reward": reward_job, "classifier": classification_job}
+    return jobs[cfg.model.backend](cfg)
+
+
+# ----------------------------------------------------------------------------- reward model
+def split_pairs(cfg: ExperimentConfig, path: str | None = None) -> tuple[list, list]:
+    """data.source's preference pairs as (train, val), or all of `path` as val."""
+    from aigc_cli.data.chat_formats import read_preference_pairs
+
+    data = require_data(cfg)
+    if path is not None:
+        return [], read_preference_pairs(path, cfg.finetune.columns)
+    return labelled.held_out(read_preference_pairs(data.source, cfg.finetune.columns), data.val_fraction, data.seed)
+
+
+def reward_tokenizer(tokenizer_dir: Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok.truncation_side = "left"  # a long prompt loses its start, never the reply
+    return tok
+
+
+def encode_pairs(tok, pairs: list, max_length: int) -> labelled.PreferenceTexts:
+    texts = [labelled.pair_texts(p) for p in pairs]
+    return labelled.PreferenceTexts(labelled.encode_texts(tok, [c for c, _ in texts], max_length),
+                                    labelled.encode_texts(tok, [r for _, r in texts], max_length), tok.pad_token_id)
+
+
+def reward_job(cfg: ExperimentConfig) -> TrainingJob:
+    mc = cfg.model
+    tokenizer_dir = Path(cfg.train.out_dir) / "tokenizer"
+    train, val = split_pairs(cfg)
+    if not (tokenizer_dir / "tokenizer_config.json").is_file():
+        make_tokenizer(cfg, [t for p in train for t in labelled.pair_texts(p)], tokenizer_dir)
+    tok = reward_tokenizer(tokenizer_dir)
+    backend = get_backend(mc.backend)
+    meta = {"vocab_size": len(tok), "pad_id": tok.pad_token_id}
+
+    def make_model(previous: Path | None, device: str) -> torch.nn.Module:
+        if mc.method == "lora":
+            base = backend.pretrained_reward_model(resolve_base(mc.init_from, "model.init_from"), mc, meta, device)
+            return backend.load_adapter(base, previous) if previous else backend.add_adapters(base, cfg.finetune.lora)
+        if previous is not None:
+            return load_weights(backend, previous, device)
+        if mc.init_from:
+            return backend.pretrained_reward_model(resolve_base(mc.init_from, "model.init_from"), mc, meta, device)
+        return backend.build(mc, meta).to(device)
+
+    provenance = {"data_source": str(require_data(cfg).source), "train_pairs": len(train), "val_pairs": len(val)}
+    return TrainingJob(mc.backend, backend, make_model, encode_pairs(tok, train, mc.max_length), encode_pairs(tok, val, mc.max_length),
+                       mc.max_length, tokenizer_dir, provenance=provenance)
