@@ -193,6 +193,9 @@ def test_sampling_works_through_the_inference_layer(name, tmp_path, tokenizer):
             assert [len(t) for t in tags] == [2, 1, 3] and all(tag in ("no", "yes") for row in tags for tag in row)
             return
         scores = predict_scores(load_classifier(path, "cpu"), ["ab", "abc d", "c"], batch_size=2)
+        if name == "reward":  # one scalar each
+            assert len(scores) == 3 and all(len(s) == 1 for s in scores)
+            return
         assert len(scores) == 3 and all(len(s) == 2 and abs(sum(s) - 1) < 1e-5 for s in scores)
         return
     loaded = load_model(path, "cpu")
