@@ -469,6 +469,8 @@ def init(directory: Annotated[str, typer.Argument(metavar="DIR", help="Folder to
         if template == "finetune-lora":
             summary.append("next, after the text-gpt template has trained (see the comments in the file):")
             summary.append(f"  aigc finetune {config_path}")
+        elif template in ("classify", "ner"):  # labelled records are read by train itself
+            summary.append(f"next:  aigc train {config_path} && aigc eval {config_path}")
         else:
             summary.append(f"next:  aigc prep {config_path} && aigc train {config_path}")
         return Shown({"template": template, "written": [str(p) for p in written]}, [] if quiet else summary)
