@@ -206,8 +206,11 @@ def prep(config: ConfigArg, overrides: OverridesArg = None,
     """
 
     def work(cfg: ExperimentConfig):
-        from aigc_cli.config import IMAGE_BACKENDS
+        from aigc_cli.config import IMAGE_BACKENDS, LABEL_BACKENDS
 
+        if cfg.model.backend in LABEL_BACKENDS:
+            raise AigcError(f"model.backend={cfg.model.backend} reads its labelled records in `aigc train`: there is nothing to prepare",
+                            f"run `aigc train {config}`")
         if cfg.model.backend in IMAGE_BACKENDS or (cfg.data is not None and cfg.data.image.captions):  # captioned: text-to-image
             from aigc_cli.data.images import prepare_images
 
@@ -284,7 +287,7 @@ def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
         return validate_config(set_options(raw, options), source=str(Path(config)))
 
     def work(cfg: ExperimentConfig):
-        from aigc_cli.config import IMAGE_BACKENDS
+        from aigc_cli.config import IMAGE_BACKENDS, LABEL_BACKENDS
         from aigc_cli.preflight import check_generate
 
         if prompt and prompts_file:
@@ -300,6 +303,11 @@ def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
         if cfg.model.backend in IMAGE_BACKENDS and (prompt or prompts_file or stream):
             raise AigcError("--prompt, --prompts-file and --stream are for text models", f"model.backend={cfg.model.backend} samples images; use --num and --seed")
         checkpoint_dir = check_generate(config, cfg, checkpoint, prompts_file)
+        if cfg.model.backend in LABEL_BACKENDS:
+            from aigc_cli.generation.classification import generate_predictions, read_texts
+
+            texts = read_texts(prompts_file, cfg.data.jsonl_field if cfg.data else "text") if prompts_file else None
+            return generate_predictions(cfg, checkpoint_dir, texts, log=_log(quiet), force=force)
         if cfg.model.backend in IMAGE_BACKENDS:
             from aigc_cli.generation.images import generate_images
 
@@ -491,6 +499,8 @@ def init(directory: Annotated[str, typer.Argument(metavar="DIR", help="Folder to
         if template == "finetune-lora":
             summary.append("next, after the text-gpt template has trained (see the comments in the file):")
             summary.append(f"  aigc finetune {config_path}")
+        elif template in ("classify", "ner"):  # labelled records are read by train itself
+            summary.append(f"next:  aigc train {config_path} && aigc eval {config_path}")
         else:
             summary.append(f"next:  aigc prep {config_path} && aigc train {config_path}")
         return Shown({"template": template, "written": [str(p) for p in written]}, [] if quiet else summary)

@@ -56,7 +56,10 @@ class ImageDataConfig(Section):
 class DataConfig(Section):
     source: str = Field(..., min_length=1, pattern=r"\S", description="Text backends: a .txt file, a directory of .txt files, a .jsonl file, or `builtin:python-docs` (text shipped with Python itself). Image backends: a folder of PNG/JPEG files (recursive) or `digits` (scikit-learn's 1,797 labelled 8×8 digits).")
     format: Literal["auto", "text", "jsonl"] = Field("auto", description="auto: by file extension (.jsonl/.json → jsonl).")
-    jsonl_field: str = Field("text", description="For JSONL sources: the field that holds the text.")
+    jsonl_field: str = Field("text", description="For JSONL sources: the field that holds the text (classifier: the text column of the CSV/JSONL/Parquet records).")
+    tokens_field: str = Field("tokens", description="tagger, records: the field holding a sentence's words (a list).")
+    tags_field: str = Field("tags", description="tagger, records: the field holding their tags (a list as long as the words).")
+    label_field: str = Field("label", description="classifier: the column holding each record's label (a name, an id 0..K-1, a list of names for multi_label, a number for regression).")
     cleaning: CleaningConfig = Field(default_factory=CleaningConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     image: ImageDataConfig = Field(default_factory=ImageDataConfig)
@@ -70,6 +73,7 @@ class DataConfig(Section):
 # The `model:` section is one family's, chosen by model.backend; the families are the registry's.
 ModelConfig = Annotated[Union[tuple(e.config for e in BACKENDS.values() if e.config)], Field(discriminator="backend")]
 IMAGE_BACKENDS = tuple(name for name, e in BACKENDS.items() if e.modality == "image")
+LABEL_BACKENDS = tuple(name for name, e in BACKENDS.items() if e.modality == "labels")
 _FSDP_BACKENDS = ", ".join(name for name, e in BACKENDS.items() if e.fsdp)
 
 # Text metrics scored against references, and those that need only the predictions.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from aigc_cli.runs.checkpoints import is_model_dir, list_checkpoints, resolve_checkpoint
-from aigc_cli.config import IMAGE_BACKENDS, MODEL_METRICS, ExperimentConfig
+from aigc_cli.config import IMAGE_BACKENDS, LABEL_BACKENDS, MODEL_METRICS, ExperimentConfig
 from aigc_cli.errors import AigcError
 
 
@@ -51,6 +51,13 @@ def existing_file(path: str, what: str, hint: str = "check the path") -> Path:
 def check_train(config_path: str, cfg: ExperimentConfig, resume: bool = False) -> None:
     from aigc_cli.runs.init_from import pretrained_start
 
+    if cfg.model.backend in LABEL_BACKENDS:  # a classifier reads its labelled records itself (no prep)
+        from aigc_cli.config import require_data
+        from aigc_cli.data.records import record_format
+
+        record_format(require_data(cfg).source)  # a missing file, or a directory that is no dataset, said now
+        writable_run_dir(Path(cfg.train.out_dir))
+        return
     data_dir = prepared_data(config_path, cfg)
     writable_run_dir(Path(cfg.train.out_dir))
     # model.init_from: the model exists, its sizes and context fit model.*, the prepared vocabulary is its own.
@@ -97,7 +104,8 @@ def check_generate(config_path: str, cfg: ExperimentConfig, checkpoint: str | No
     found = trained_checkpoint(config_path, checkpoint, cfg.train.out_dir)
     _same_modality(found, cfg)
     image = cfg.model.backend in IMAGE_BACKENDS
-    _output_of_generate(Path(cfg.generate.out or Path(cfg.train.out_dir) / ("samples" if image else "generations.jsonl")), image)
+    default = "samples" if image else ("predictions.jsonl" if cfg.model.backend in LABEL_BACKENDS else "generations.jsonl")
+    _output_of_generate(Path(cfg.generate.out or Path(cfg.train.out_dir) / default), image)
     return found
 
 
@@ -129,7 +137,7 @@ def _same_modality(checkpoint: Path, cfg: ExperimentConfig) -> None:
     found = backend_of_checkpoint(checkpoint)
     makes, wanted = BACKENDS[found].modality, BACKENDS[cfg.model.backend].modality
     if makes != wanted:
-        kind = {"image": "images", "text": "text"}
+        kind = {"image": "images", "text": "text", "labels": "labels"}
         raise AigcError(f"{checkpoint} holds a {found} model, which makes {kind[makes]}, but the config's model.backend is "
                         f"{cfg.model.backend}, which makes {kind[wanted]}", "pass a checkpoint of this config's run, or the config it was trained with")
 
@@ -206,6 +214,8 @@ def check_eval(config_path: str | None, cfg: ExperimentConfig, checkpoint: str |
             existing_file(path, what)
     if config_path is None:
         return resolve_checkpoint(checkpoint) if checkpoint is not None and "prediction_perplexity" in ec.metrics else None
+    if cfg.model.backend in LABEL_BACKENDS:  # scored on labelled records, no prepared data
+        return trained_checkpoint(config_path, checkpoint, cfg.train.out_dir)
     names = set(ec.metrics)
     if image:  # evaluation/images.py: what it samples or reconstructs needs the model
         needs_model = names & {"loss", "psnr", "ssim"} or (names & {"fid", "kid", "coverage"} and not ec.generations)

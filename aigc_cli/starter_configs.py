@@ -154,9 +154,26 @@ def _preference_files(directory: Path) -> dict:
     }
 
 
+def _docstring_label_files(directory: Path) -> dict:
+    """classify: standard-library summary sentences labelled by their package (JSONL text/label)."""
+    from aigc_cli.data.builtin_corpus import python_docstring_labels
+
+    return {directory / "python-docstrings.jsonl": lambda: "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in python_docstring_labels())}
+
+
+def _comment_tag_files(directory: Path) -> dict:
+    """ner: summary sentences, a word per line with its tag (CoNLL columns, a blank line between sentences)."""
+    from aigc_cli.data.builtin_corpus import python_comment_tags
+
+    return {directory / "python-tags.conll": lambda: "\n".join("".join(f"{w} {t}\n" for w, t in zip(words, tags))
+                                                               for words, tags in python_comment_tags())}
+
+
 # Templates whose data `aigc init` writes beside them: name -> {path: a function making its text}.
 STARTER_DATA: dict[str, Callable[[Path], dict[Path, Callable[[], str]]]] = {
     "finetune-lora": _function_summary_files,
     "chat-sft": _chat_files,
     "chat-dpo": _preference_files,
+    "classify": _docstring_label_files,
+    "ner": _comment_tag_files,
 }

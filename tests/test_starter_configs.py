@@ -15,7 +15,7 @@ from aigc_cli.starter_configs import render_template, template_names
 from tests.conftest import json_out
 
 REPO = Path(__file__).resolve().parents[1]
-TEMPLATES = ["chat-dpo", "chat-sft", "finetune-lora", "image-ddpm", "image-gan", "image-vae", "text-gpt", "text-rnn"]
+TEMPLATES = ["chat-dpo", "chat-sft", "classify", "finetune-lora", "image-ddpm", "image-gan", "image-vae", "ner", "text-gpt", "text-rnn"]
 
 
 def test_the_six_templates_are_shipped():
@@ -36,6 +36,8 @@ def test_template_is_a_valid_commented_config(name):
         assert cfg.finetune.train_file == "starters/python-chat.jsonl" and cfg.finetune.format == "messages" and cfg.finetune.base == "./runs/text-gpt"
     elif name == "chat-dpo":
         assert cfg.finetune.train_file == "starters/python-prefs.jsonl" and cfg.finetune.method == "dpo" and cfg.finetune.base == "./runs/chat-sft"
+    elif name in ("classify", "ner"):  # records `aigc init` wrote from the installed standard library
+        assert cfg.data.source == {"classify": "starters/python-docstrings.jsonl", "ner": "starters/python-tags.conll"}[name]
     else:
         assert cfg.data.source in ("builtin:python-docs", "digits"), "a starter runs offline, on data every machine has"
 
@@ -198,3 +200,17 @@ def test_readme_chat_starters_run(cli, tmp_path, monkeypatch):
     assert {"chrf", "rougeL"} <= set(json.loads((sft / "eval" / "report.json").read_text())["metrics"])
     rows = [json.loads(line) for line in (dpo / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert any("val_rewards/accuracies" in r for r in rows) and any("rewards/margins" in r for r in rows)
+
+
+@pytest.mark.parametrize("name, data_file", [("classify", "python-docstrings.jsonl"), ("ner", "python-tags.conll")])
+def test_label_starters_run_end_to_end(cli, tmp_path, monkeypatch, name, data_file):
+    """classify and ner: init writes their records, train reads them (no prep), eval scores the held-out ones."""
+    monkeypatch.chdir(tmp_path)
+    out = json_out(cli("init", "starters", "--template", name, "--json"))
+    assert sorted(Path(p).name for p in out["written"]) == sorted([f"{name}.yaml", data_file])
+    small = ["train.max_steps=4", "train.eval_every=4", "train.eval_batches=1", "model.n_layer=1", "model.n_embd=32"]
+    json_out(cli("train", f"starters/{name}.yaml", *small, "--json"))
+    report = json_out(cli("eval", f"starters/{name}.yaml", *small, "--json"))
+    assert ("accuracy" if name == "classify" else "micro_f1") in report["metrics"]
+    if name == "classify":
+        assert len(report["labels"]) == 8

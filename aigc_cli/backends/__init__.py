@@ -48,7 +48,8 @@ class BackendSpec:
 
     module: str
     """Imported by get_backend only, when a verb needs the family."""
-    modality: Literal["text", "image"]
+    modality: Literal["text", "image", "labels"]
+    """text: samples tokens; image: samples images; labels: predicts labels or scores for texts (classifiers)."""
     config: Optional[type[Section]]
     """The `model:` section (None: made by another verb, never by `aigc train`)."""
     parts: tuple[str, ...] = ("model",)
@@ -139,6 +140,85 @@ BACKENDS["lora"] = BackendSpec(
     files=CheckpointFiles(config="adapter_config.json", base_model="base_model_name_or_path", marker="adapter_config.json",
                           fields={"peft_type": "peft_type", "r": "r", "lora_alpha": "lora_alpha", "target_modules": "target_modules",
                                   "modules_to_save": "modules_to_save", "base_model": "base_model_name_or_path"}))
+
+
+# ----------------------------------------------------------------------------- labels
+class ClassifierModelConfig(Section):
+    backend: Literal["classifier"] = Field("classifier", description="Sequence classification (transformers AutoModelForSequenceClassification): a BERT-style encoder built from the sizes below with random weights, or model.init_from's pretrained one, with a head over the labels of data.source's records (data.jsonl_field holds the text, data.label_field the label). Trained by `aigc train` straight from the records (no `aigc prep`); `aigc generate` predicts labels, `aigc eval` scores them.")
+    task: Literal["single_label", "multi_label", "regression"] = Field("single_label", description="single_label: one label per text (softmax, cross-entropy); multi_label: any number of labels (a list, or names joined by commas; sigmoid, binary cross-entropy, model.threshold); regression: one number (mean squared error).")
+    labels: Optional[list[str]] = Field(None, description="The label names in id order (null: the names found in the training records, sorted; integer labels 0..K-1 are ids into this list). Written into the checkpoint's config.json as id2label/label2id.")
+    class_weights: Literal["none", "balanced"] = Field("none", description="Class imbalance: balanced weighs each label's loss by n_examples / (n_labels × its count), scikit-learn's 'balanced' (single_label: cross-entropy weights; multi_label: positive weights).")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="multi_label: a label is predicted when its sigmoid probability reaches this.")
+    thresholds: dict[str, float] = Field(default_factory=dict, description="multi_label: per-label thresholds overriding model.threshold, e.g. {spam: 0.3}.")
+    n_layer: int = Field(2, ge=1, description="Encoder layers (random init; with init_from, the model's own).")
+    n_head: int = Field(2, ge=1, description="Attention heads (n_embd must divide by it).")
+    n_embd: int = Field(64, ge=1, description="Hidden size.")
+    intermediate_size: Optional[int] = Field(None, ge=1, description="MLP width (default 4×n_embd).")
+    max_length: int = Field(128, ge=4, description="Texts are cut to this many tokens (random init: also the position table's size).")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout of the encoder built from sizes (a pretrained one keeps its own).")
+    init_from: Optional[str] = Field(None, description="A pretrained encoder to fine-tune instead of random weights: a local Hugging Face model directory (BERT, RoBERTa, ... or a checkpoint of this backend) or a hub id when online; its tokenizer is used (data.tokenizer is then ignored). A fresh classification head is put on it.")
+    method: Literal["full", "lora"] = Field("full", description="full: train every weight; lora: LoRA adapters (rank etc. from finetune.lora; peft task type SEQ_CLS) with the head trained in full. lora needs init_from. Checkpoints hold the merged model (loads anywhere) and the adapter in adapter/.")
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.method == "lora" and not self.init_from:
+            raise ValueError("model.method=lora trains adapters on a pretrained encoder: set model.init_from (or use method full)")
+        return self
+
+
+# A checkpoint is a transformers model directory (config.json with id2label): pipeline("text-classification") loads it.
+BACKENDS["classifier"] = BackendSpec("aigc_cli.backends.classifier", "labels", ClassifierModelConfig)
+
+
+class TaggerModelConfig(Section):
+    backend: Literal["tagger"] = Field("tagger", description="Token classification (transformers AutoModelForTokenClassification) for BIO/IOB2 tags, e.g. named entities: the encoder as for classifier, a tag per word. data.source is a CoNLL-style column file (a token per line, its tag in the last column, a blank line between sentences; .conll/.txt/.tsv) or JSONL/CSV/Parquet records with data.tokens_field and data.tags_field lists. Each word's first sub-word token carries its tag, the others -100 (not scored). Trained by `aigc train` (no prep); `aigc generate` tags words and gives entity spans; `aigc eval` reports entity-level precision/recall/F1 (seqeval's definition).")
+    labels: Optional[list[str]] = Field(None, description="The tags in id order (null: those in the training data, O first, then sorted). Written into config.json as id2label/label2id.")
+    n_layer: int = Field(2, ge=1, description="Encoder layers (random init; with init_from, the model's own).")
+    n_head: int = Field(2, ge=1, description="Attention heads (n_embd must divide by it).")
+    n_embd: int = Field(64, ge=1, description="Hidden size.")
+    intermediate_size: Optional[int] = Field(None, ge=1, description="MLP width (default 4×n_embd).")
+    max_length: int = Field(128, ge=4, description="Sentences are cut to this many tokens (random init: also the position table's size).")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout of the encoder built from sizes.")
+    init_from: Optional[str] = Field(None, description="A pretrained encoder to fine-tune (a local Hugging Face model directory or a hub id when online); its tokenizer is used.")
+    method: Literal["full", "lora"] = Field("full", description="full: every weight; lora: LoRA adapters (finetune.lora; peft TOKEN_CLS) with the head in full. lora needs init_from.")
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.method == "lora" and not self.init_from:
+            raise ValueError("model.method=lora trains adapters on a pretrained encoder: set model.init_from (or use method full)")
+        return self
+
+
+# A checkpoint is a transformers model directory: pipeline("token-classification") loads it.
+BACKENDS["tagger"] = BackendSpec("aigc_cli.backends.tagger", "labels", TaggerModelConfig)
+
+
+class RewardModelConfig(Section):
+    backend: Literal["reward"] = Field("reward", description="A reward model: an encoder (as for classifier) with a scalar head, trained on preference pairs of data.source (prompt/chosen/rejected records, fields as finetune.columns says) with the Bradley–Terry loss -log σ(r(chosen) - r(rejected)), TRL RewardTrainer's. A text it scores is the prompt, a newline and the reply. Trained by `aigc train` (no prep); `aigc generate` gives scores; `aigc eval` the reward accuracy on held-out pairs.")
+    n_layer: int = Field(2, ge=1, description="Encoder layers (random init; with init_from, the model's own).")
+    n_head: int = Field(2, ge=1, description="Attention heads (n_embd must divide by it).")
+    n_embd: int = Field(64, ge=1, description="Hidden size.")
+    intermediate_size: Optional[int] = Field(None, ge=1, description="MLP width (default 4×n_embd).")
+    max_length: int = Field(256, ge=4, description="Prompt + reply cut to this many tokens (from the end, so the reply stays).")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout of the encoder built from sizes.")
+    init_from: Optional[str] = Field(None, description="A pretrained model to start from (a local Hugging Face directory or a hub id when online), with a fresh scalar head; its tokenizer is used.")
+    method: Literal["full", "lora"] = Field("full", description="full: every weight; lora: LoRA adapters (finetune.lora; peft SEQ_CLS) with the head in full. lora needs init_from.")
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.method == "lora" and not self.init_from:
+            raise ValueError("model.method=lora trains adapters on a pretrained model: set model.init_from (or use method full)")
+        return self
+
+
+# A checkpoint is a transformers sequence-classification directory with one output (problem_type regression).
+BACKENDS["reward"] = BackendSpec("aigc_cli.backends.reward", "labels", RewardModelConfig)
 
 
 # ----------------------------------------------------------------------------- image
@@ -256,6 +336,28 @@ class ImageBackend(Protocol):
 
 
 @runtime_checkable
+class LabelBackend(Protocol):
+    """A classifier: trained on ((token ids, attention mask), labels), predicting labels for texts."""
+
+    def build(self, model_cfg: Any, data_meta: dict) -> "torch.nn.Module":
+        """A freshly initialised model for the config section and the data's vocab_size, pad_id and labels."""
+
+    def parameters(self, model: "torch.nn.Module", part: str) -> Iterable["torch.nn.Parameter"]: ...
+
+    def loss(self, model: "torch.nn.Module", batch: tuple[Any, "torch.Tensor"], part: str) -> "torch.Tensor":
+        """The task's loss (cross-entropy, binary cross-entropy or squared error) on one batch."""
+
+    def save(self, model: "torch.nn.Module", directory: Path) -> None: ...
+
+    def load(self, directory: Path, device: str) -> "torch.nn.Module": ...
+
+    def context_length(self, model: "torch.nn.Module") -> int | None: ...
+
+    def scores(self, model: "torch.nn.Module", ids: "torch.Tensor", mask: "torch.Tensor") -> "torch.Tensor":
+        """Per text: probabilities (softmax or sigmoid by the task) or the regression value."""
+
+
+@runtime_checkable
 class UpdatesAfterStep(Protocol):
     """spec.ema: called after every optimizer step (the diffusion model's EMA update)."""
 
@@ -290,7 +392,8 @@ def protocols(entry: BackendSpec) -> list[type]:
     """The Protocols a module with this spec implements: its modality's and one per declared ability."""
     declared = [(entry.ema, UpdatesAfterStep), (entry.reconstructs, Reconstructs), (entry.padded_decoding, DecodesPadded),
                 (entry.init_from, StartsFromPretrained)]
-    return [TextBackend if entry.modality == "text" else ImageBackend] + [p for wanted, p in declared if wanted]
+    own = {"text": TextBackend, "image": ImageBackend, "labels": LabelBackend}[entry.modality]
+    return [own] + [p for wanted, p in declared if wanted]
 
 
 # ----------------------------------------------------------------------------- lookups

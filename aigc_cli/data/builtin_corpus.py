@@ -96,4 +96,41 @@ def _first_sentence(docstring: str) -> str:
     return re.split(r"(?<=\.)\s", paragraph, maxsplit=1)[0]
 
 
+# The largest standard-library packages by summarised functions (tkinter's 365 to http's 48): eight labels.
+CLASSIFY_MODULES = ("tkinter", "asyncio", "logging", "turtle", "mailbox", "xml", "email", "http")
+
+
+def python_docstring_labels() -> list[dict[str, str]]:
+    """{"text": a function's summary sentence, "label": the package it is from} for the functions of
+    CLASSIFY_MODULES: a classification task every machine with Python has (the name is left out)."""
+    rows = []
+    for pair in python_function_summaries():
+        package = pair["source"].split(".")[0]
+        if package in CLASSIFY_MODULES:
+            rows.append({"text": pair["target"], "label": package})
+    return rows
+
+
+def _word_tag(word: str) -> str:
+    import keyword
+
+    bare = word.strip(".,;:()[]{}'\"`")
+    if not bare:
+        return "O"
+    if re.fullmatch(r"[-+]?\d+(\.\d+)?", bare):
+        return "B-NUM"
+    if bare in ("None", "True", "False") or (keyword.iskeyword(bare) and "`" in word):  # prose "if"/"and" are words
+        return "B-KW"
+    if "_" in bare or "(" in word or "`" in word or re.fullmatch(r"[a-z]+[A-Z]\w*|\w+\.\w+", bare):
+        return "B-ID"
+    return "O"
+
+
+def python_comment_tags() -> list[tuple[list[str], list[str]]]:
+    """(words, tags) of every standard-library summary sentence: identifiers (B-ID: snake_case,
+    camelCase, dotted names, calls, `quoted` names), numbers (B-NUM) and Python constants and quoted
+    keywords (B-KW), by rule."""
+    return [(words, [_word_tag(w) for w in words]) for words in (p["target"].split() for p in python_function_summaries())]
+
+
 BUILTIN_CORPORA: dict[str, Callable[[], Iterator[str]]] = {"python-docs": python_docs}

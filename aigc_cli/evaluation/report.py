@@ -17,7 +17,7 @@ from pathlib import Path
 from aigc_cli.runs.atomic_files import write_json_atomic, write_text_atomic
 from aigc_cli.errors import AigcError
 
-LOWER_IS_BETTER = frozenset({"ter", "loss", "perplexity", "bits_per_token", "prediction_perplexity", "prediction_loss", "fid", "kid", "self_bleu", "repetition"})
+LOWER_IS_BETTER = frozenset({"ter", "loss", "perplexity", "bits_per_token", "prediction_perplexity", "prediction_loss", "fid", "kid", "self_bleu", "repetition", "mse", "mae"})
 NO_DIRECTION = frozenset({"length_mean", "length_median", "length_min", "length_max", "kid_std", "fid_real_floor"})
 _LM = ("loss", "perplexity", "bits_per_token")
 # What each requested metric puts into the report (the rest put in their own name).
@@ -173,6 +173,8 @@ def markdown_table(report: dict) -> str:
         lines += ["", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
         lines += [f"| {label} | {_fmt(s['precision'])} | {_fmt(s['recall'])} | {_fmt(s['f1'])} | {s['support']:,} |"
                   for label, s in report["per_class"].items()]
+    if report.get("classification_report"):  # a classifier's per-class table, in scikit-learn's layout
+        lines += ["", "```", report["classification_report"].rstrip("\n"), "```"]
     if report["signatures"]:
         lines += [""] + [f"- {name}: `{signature}`" for name, signature in report["signatures"].items()]
     return "\n".join(lines) + "\n"

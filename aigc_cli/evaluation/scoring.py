@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from aigc_cli.config import IMAGE_BACKENDS, MODEL_METRICS, REFERENCE_METRICS, TEXT_METRICS, EvalConfig, ExperimentConfig, require_data
+from aigc_cli.config import IMAGE_BACKENDS, LABEL_BACKENDS, MODEL_METRICS, REFERENCE_METRICS, TEXT_METRICS, EvalConfig, ExperimentConfig, require_data
 from aigc_cli.errors import AigcError
 from aigc_cli.evaluation.report import Gates, build_report, gate_failures, load_gates, output_names, write_report
 
@@ -57,8 +57,40 @@ def _report_path(cfg: ExperimentConfig, config_free: bool) -> Path:
     return Path(ec.out or (_beside(ec.generations) if config_free else Path(cfg.train.out_dir) / "eval" / "report.json"))
 
 
+CLASSIFIER_OUTPUTS = {  # what `aigc eval` reports for each classifier task (roc_auc: two labels only)
+    "single_label": ("accuracy", "macro_precision", "macro_recall", "macro_f1", "micro_precision", "micro_recall", "micro_f1",
+                     "weighted_precision", "weighted_recall", "weighted_f1", "roc_auc"),
+    "multi_label": ("subset_accuracy", "macro_precision", "macro_recall", "macro_f1", "micro_precision", "micro_recall", "micro_f1",
+                    "weighted_precision", "weighted_recall", "weighted_f1", "samples_precision", "samples_recall", "samples_f1"),
+    "regression": ("mse", "mae", "r2"),
+    "reward": ("reward_accuracy", "mean_margin", "loss"),
+    "tagging": ("token_accuracy", "micro_precision", "micro_recall", "micro_f1", "macro_precision", "macro_recall", "macro_f1",
+                "weighted_precision", "weighted_recall", "weighted_f1"),
+}
+
+
+def _evaluate_classifier(cfg: ExperimentConfig, checkpoint, log, config_free: bool) -> EvalResult:
+    """A classifier's report: every metric of its task on the held-out records; eval.metrics does not apply."""
+    from aigc_cli.evaluation.classification import evaluate_classifier
+
+    ec = cfg.eval
+    if config_free:
+        raise AigcError("a classifier is scored on labelled records its config names", "pass the experiment config: aigc eval CONFIG")
+    gates = load_gates(ec.fail_under, ec.fail_above, ec.max_drop, ec.baseline, list(CLASSIFIER_OUTPUTS[{"tagger": "tagging", "reward": "reward"}.get(cfg.model.backend) or cfg.model.task]))
+    out = _report_path(cfg, config_free)
+    metrics, details = evaluate_classifier(cfg, checkpoint or cfg.train.out_dir, out.parent, log)
+    missing = [n for bounds in (ec.fail_under, ec.fail_above, ec.max_drop) for n in bounds if n not in metrics]
+    if missing:
+        raise AigcError(f"gate on {', '.join(missing)}, which this evaluation could not compute (roc_auc needs two labels)",
+                        f"gate on: {', '.join(metrics)}")
+    inputs = [{"role": "labelled records", "path": str(ec.references or cfg.data.source)}]
+    return _report(cfg, config_free, metrics, details, {}, inputs, gates, [])
+
+
 def _evaluate(cfg: ExperimentConfig, checkpoint, log, config_free: bool) -> EvalResult:
     ec = cfg.eval
+    if cfg.model.backend in LABEL_BACKENDS:
+        return _evaluate_classifier(cfg, checkpoint, log, config_free)
     produced = output_names(ec.metrics)
     gates = load_gates(ec.fail_under, ec.fail_above, ec.max_drop, ec.baseline, produced)  # before any slow work
     metrics: dict[str, float] = {}

@@ -68,6 +68,10 @@ def stats_lines(stats: dict[str, float]) -> list[str]:
 
 def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> TrainResult:
     """`aigc train`: a fresh model of model.* (or model.init_from's pretrained one) on the prepared token arrays or images."""
+    if spec(cfg.model.backend).modality == "labels":  # a classifier reads labelled records, not prepared token arrays
+        from aigc_cli.training.classification import label_job
+
+        return run_training(cfg, label_job(cfg), resume, quiet)
     # With init_from, model.* is the pretrained model's: the run's config.yaml says what it trains.
     cfg, start = pretrained_start(cfg, Path(require_data(cfg).prepared_dir), resume)
     return run_training(cfg, prepared_data_job(cfg, start), resume, quiet)
@@ -163,7 +167,7 @@ def train(run: Run, stop: StopSignals, quiet: bool = False) -> TrainResult:
                 row = {"step": done, "train_loss": train_loss, **train_stats, "lr": lr, f"{run.unit}_per_s": round(per_s, 1)}
                 metrics.record({**row, "skipped_nonfinite": run.skipped} if tc.skip_nonfinite else row)
                 throughput.restart()
-            progress.update(done, loss=train_loss, lr=lr, **{"tok/s" if run.unit == "tokens" else "img/s": per_s})
+            progress.update(done, loss=train_loss, lr=lr, **{{"tokens": "tok/s", "images": "img/s"}.get(run.unit, "ex/s"): per_s})
 
     return TrainResult(run.run_dir, run.checkpoint, val_loss, tc.max_steps, per_s, run.unit, run.skipped, run.val_loss_name,
                        tc.sample_every_eval, {**train_stats, **val_stats})

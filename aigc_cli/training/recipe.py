@@ -84,8 +84,8 @@ class Run:
 
     @property
     def unit(self) -> str:
-        """What throughput counts: tokens, or images for image backends."""
-        return "images" if self.declared.modality == "image" else "tokens"
+        """What throughput counts: tokens, images for image backends, examples (texts) for classifiers."""
+        return {"image": "images", "labels": "examples"}.get(self.declared.modality, "tokens")
 
     @property
     def validation_part(self) -> str:

@@ -57,7 +57,7 @@ class RunLogger:
 
     def evaluated(self, step: int, model: torch.nn.Module) -> None:
         """After each validation estimate: samples (train.sample_every_eval) and a fresh loss.png."""
-        if self.cfg.train.sample_every_eval and model is not None:
+        if self.cfg.train.sample_every_eval and model is not None and spec(self.backend_name).modality != "labels":
             was_training = model.training
             model.eval()
             try:

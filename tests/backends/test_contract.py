@@ -58,7 +58,7 @@ def _build(name: str, tmp_path: Path, tokenizer):
     entry = spec(name)
     if entry.config is None:
         return ADAPTED[name](tmp_path, tokenizer)
-    meta = IMAGE_DATA if entry.modality == "image" else _text_meta(tokenizer)
+    meta = {"image": IMAGE_DATA, "labels": {**_text_meta(tokenizer), "pad_id": 0, "labels": ["no", "yes"]}}.get(entry.modality) or _text_meta(tokenizer)
     return get_backend(name).build(TINY.get(name) or entry.config(), meta)
 
 
@@ -78,6 +78,12 @@ def _batch(name: str, tokenizer, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
             return images, torch.randint(0, 50, (4, 16), generator=g)
         return images, torch.randint(0, len(IMAGE_DATA["classes"]), (4,), generator=g)
     ids = torch.randint(0, tokenizer.get_vocab_size(), (4, 17), generator=g)
+    if spec(name).modality == "labels":  # ((ids, attention mask), label ids); the last row padded
+        mask = torch.ones_like(ids)
+        mask[3, 9:] = 0
+        if name == "tagger":  # a tag per token, -100 on padding
+            return (ids, mask), torch.randint(0, 2, (4, 17), generator=g).masked_fill(mask == 0, -100)
+        return (ids, mask), torch.tensor([0, 1, 1, 0])
     return ids[:, :-1], ids[:, 1:]
 
 
@@ -99,7 +105,7 @@ def _trained_step(name: str, model, tokenizer) -> None:
 def _checkpoint(name: str, tmp_path: Path, tokenizer) -> tuple[object, Path]:
     model = _build(name, tmp_path, tokenizer)
     _trained_step(name, model, tokenizer)
-    tokenizer_dir = tmp_path / "tokenizer" if spec(name).modality == "text" else None
+    tokenizer_dir = tmp_path / "tokenizer" if spec(name).modality != "image" else None
     path = write_checkpoint(tmp_path / "run", 1, name, get_backend(name), model, {"step": 1}, tokenizer_dir)
     return model, path
 
@@ -151,10 +157,13 @@ def test_save_then_load_gives_identical_outputs(name, tmp_path, tokenizer):
     model, path = _checkpoint(name, tmp_path, tokenizer)
     restored = load_weights(backend, path, "cpu").eval()
     with torch.no_grad():
-        if declared.modality == "text":
+        if declared.modality == "labels":
+            (ids, mask), _ = _batch(name, tokenizer)
+            torch.testing.assert_close(backend.scores(restored, ids, mask), backend.scores(model, ids, mask))
+        elif declared.modality == "text":
             ids = _batch(name, tokenizer)[0][:2, :8]
             torch.testing.assert_close(backend.next_token_logits(restored, ids, None)[0], backend.next_token_logits(model, ids, None)[0])
-            if declared.padded_decoding:
+            if declared.padded_decoding:  # (a classifier's outputs are compared below)
                 mask = torch.ones_like(ids)
                 mask[1, :3] = 0
                 torch.testing.assert_close(backend.padded_next_token_logits(restored, ids, mask, None)[0],
@@ -180,6 +189,25 @@ def test_sampling_works_through_the_inference_layer(name, tmp_path, tokenizer):
 
     torch.manual_seed(0)
     _, path = _checkpoint(name, tmp_path, tokenizer)
+    if spec(name).modality == "labels":  # a classifier predicts through generation/classification.py
+        import json
+
+        from aigc_cli.generation.classification import load_classifier, predict_scores
+
+        config = json.loads((path / "tokenizer_config.json").read_text())
+        (path / "tokenizer_config.json").write_text(json.dumps({**config, "pad_token": "<|endoftext|>"}))
+        if name == "tagger":
+            from aigc_cli.generation.classification import predict_tags
+
+            tags = predict_tags(load_classifier(path, "cpu"), [["ab", "c"], ["d"], ["abc", "d", "a"]], batch_size=2)
+            assert [len(t) for t in tags] == [2, 1, 3] and all(tag in ("no", "yes") for row in tags for tag in row)
+            return
+        scores = predict_scores(load_classifier(path, "cpu"), ["ab", "abc d", "c"], batch_size=2)
+        if name == "reward":  # one scalar each
+            assert len(scores) == 3 and all(len(s) == 1 for s in scores)
+            return
+        assert len(scores) == 3 and all(len(s) == 2 and abs(sum(s) - 1) < 1e-5 for s in scores)
+        return
     loaded = load_model(path, "cpu")
     assert loaded.modality == spec(name).modality
     if loaded.modality == "text":

@@ -1,0 +1,105 @@
+"""The tagger: entity reading and scores against seqeval, sub-word alignment, CoNLL and JSONL data
+through train → generate → eval, and pipeline("token-classification") loading the checkpoint."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import yaml
+
+from aigc_cli.data.tagged import IGNORE_INDEX, align, entities, read_conll
+from aigc_cli.evaluation.classification import entity_metrics
+from tests.conftest import json_out
+
+seqeval = pytest.importorskip("seqeval.metrics")
+from seqeval.metrics.sequence_labeling import get_entities  # noqa: E402
+
+PEOPLE, PLACES, FILLER = [["Alice"], ["Bob"], ["Carol", "Smith"]], [["Paris"], ["New", "York"], ["Rome"]], ["went", "to", "the", "met", "in", "and"]
+
+
+def _random_tags(rng: random.Random, n: int) -> list[str]:
+    return [rng.choice(["O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG"]) for _ in range(n)]  # ill-formed I- starts too
+
+
+def test_entities_and_scores_match_seqeval():
+    rng = random.Random(0)
+    truth = [_random_tags(rng, rng.randint(1, 12)) for _ in range(300)]
+    predicted = [[t if rng.random() < 0.7 else rng.choice(["O", "B-PER", "I-LOC", "B-ORG"]) for t in row] for row in truth]
+    for row in truth[:100]:
+        assert entities(row) == [(kind, start, end) for kind, start, end in get_entities(row)]
+    metrics, details = entity_metrics(truth, predicted)
+    assert metrics["micro_precision"] == pytest.approx(seqeval.precision_score(truth, predicted))
+    assert metrics["micro_recall"] == pytest.approx(seqeval.recall_score(truth, predicted))
+    assert metrics["micro_f1"] == pytest.approx(seqeval.f1_score(truth, predicted))
+    assert metrics["macro_f1"] == pytest.approx(seqeval.f1_score(truth, predicted, average="macro"))
+    assert metrics["weighted_f1"] == pytest.approx(seqeval.f1_score(truth, predicted, average="weighted"))
+    assert details["classification_report"] == seqeval.classification_report(truth, predicted)
+
+
+def _sentences(n: int, seed: int = 0) -> list[tuple[list[str], list[str]]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words, tags = [], []
+        for _ in range(rng.randint(3, 6)):
+            k = rng.random()
+            if k < 0.5:
+                kind, entity = ("PER", rng.choice(PEOPLE)) if k < 0.25 else ("LOC", rng.choice(PLACES))
+                words += entity
+                tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(entity) - 1)
+            else:
+                words.append(rng.choice(FILLER))
+                tags.append("O")
+        out.append((words, tags))
+    return out
+
+
+def test_first_sub_token_carries_the_tag(tmp_path):
+    from transformers import AutoTokenizer
+
+    from aigc_cli.config import ExperimentConfig
+    from aigc_cli.training.classification import make_tokenizer
+
+    cfg = ExperimentConfig.model_validate({"data": {"source": "x.conll", "tokenizer": {"kind": "char"}}, "model": {"backend": "tagger"}})
+    make_tokenizer(cfg, ["Alice went to New York"], tmp_path / "tok")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    [ids], [targets] = align(tok, [["Alice", "went"]], [[1, 0]], 64)
+    # end-of-text first (the [CLS] position), then A-l-i-c-e, w-e-n-t: one character a token
+    assert len(ids) == 1 + 5 + 4
+    assert targets == [IGNORE_INDEX, 1] + [IGNORE_INDEX] * 4 + [0] + [IGNORE_INDEX] * 3
+
+
+@pytest.mark.parametrize("fmt", ["conll", "jsonl"])
+def test_train_generate_eval_and_pipeline(cli, tmp_path, fmt):
+    from transformers import pipeline
+
+    sentences = _sentences(200)
+    if fmt == "conll":
+        source = tmp_path / "data.conll"
+        source.write_text("-DOCSTART- O\n\n" + "\n\n".join("\n".join(f"{w} {t}" for w, t in zip(*s)) for s in sentences) + "\n")
+        assert [(s.words, s.tags) for s in read_conll(source)] == sentences
+    else:
+        source = tmp_path / "data.jsonl"
+        source.write_text("".join(json.dumps({"words": w, "ner": t}) + "\n" for w, t in sentences))
+    raw = {"data": {"source": str(source), "val_fraction": 0.2, "tokens_field": "words", "tags_field": "ner"},
+           "model": {"backend": "tagger", "n_layer": 1, "n_embd": 32, "n_head": 2, "max_length": 64, "dropout": 0.0},
+           "train": {"out_dir": str(tmp_path / "run"), "max_steps": 60, "batch_size": 16, "learning_rate": 3e-3, "warmup_steps": 4,
+                     "weight_decay": 0.0, "eval_every": 60, "eval_batches": 4, "log_every": 20}}
+    config = tmp_path / "experiment.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = json_out(cli("train", config, "--json"))
+    labels = json.loads((tmp_path / "run" / "checkpoints" / "step-000060" / "config.json").read_text())["id2label"]
+    assert labels == {"0": "O", "1": "B-LOC", "2": "I-LOC", "3": "B-PER", "4": "I-PER"}
+
+    json_out(cli("generate", config, "--prompt", "Alice went to New York", "--json"))
+    [row] = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert row["tags"] == ["B-PER", "O", "O", "B-LOC", "I-LOC"]
+    assert row["entities"] == [{"type": "PER", "start": 0, "end": 1, "text": "Alice"}, {"type": "LOC", "start": 3, "end": 5, "text": "New York"}]
+
+    report = json_out(cli("eval", config, "--json", "--fail-under", "micro_f1=0.9"))
+    assert report["metrics"]["micro_f1"] >= 0.9 and "micro avg" in report["classification_report"]
+
+    tagged = pipeline("token-classification", model=out["checkpoint"])("Alice went to Rome")
+    assert tagged and {t["entity"] for t in tagged} <= set(labels.values())
