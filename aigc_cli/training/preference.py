@@ -147,7 +147,7 @@ def preference_loss_fn(pc: PreferenceConfig, method: str, reference: torch.nn.Mo
         inputs, targets = batch
         pairs = inputs.size(0) // 2
         with _without_dropout(model) if pc.disable_dropout else nullcontext():
-            logps, tokens = scored_logps(model, inputs, targets)  # chosen and rejected together
+            logps, tokens = sequence_logps(_logits(model, inputs), targets)  # chosen and rejected in one forward
         chosen, rejected, chosen_tokens, rejected_tokens = logps[:pairs], logps[pairs:], tokens[:pairs], tokens[pairs:]
         if method == "orpo":
             result = orpo_loss(chosen, rejected, chosen_tokens, rejected_tokens, pc.orpo_lambda)
@@ -176,11 +176,11 @@ def reference_logps(model: torch.nn.Module, reference: torch.nn.Module | None, i
     if reference is not None:
         if next(reference.parameters()).device != inputs.device:
             reference.to(inputs.device)  # under torchrun "cuda" is each process's own GPU only once training starts
-        return scored_logps(reference, inputs, targets)[0]
+        return sequence_logps(_logits(reference, inputs), targets)[0]
     if not hasattr(model, "disable_adapter"):
         raise ValueError("a DPO reference is needed: pass a frozen model, or train LoRA adapters (a peft model)")
     with model.disable_adapter(), _without_dropout(model):
-        return scored_logps(model, inputs, targets)[0]
+        return sequence_logps(_logits(model, inputs), targets)[0]
 
 
 def frozen_reference(base_model: torch.nn.Module) -> torch.nn.Module:
@@ -195,50 +195,6 @@ def frozen_reference(base_model: torch.nn.Module) -> torch.nn.Module:
 def _logits(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     # Right-padded rows need no attention mask: under causal attention padding comes after every scored position.
     return model(input_ids=inputs, use_cache=False).logits
-
-
-def scored_lengths(targets: torch.Tensor) -> torch.Tensor:
-    """Per row: one past its last scored position (0 if none). Under causal attention nothing after
-    it changes a scored log-prob, so a row can be cut there."""
-    positions = torch.arange(1, targets.size(1) + 1, device=targets.device)
-    return torch.where(targets != IGNORE_INDEX, positions, 0).amax(-1)
-
-
-_SPLIT_SAVES = 0.1  # a second forward pays for itself on CPU once it leaves out a tenth of the padded positions
-
-
-def length_groups(lengths: list[int]) -> list[list[int]]:
-    """Row indices in at most two groups, each to be padded only to its own longest row: the split of the
-    rows sorted by length that computes the fewest positions, taken when it saves _SPLIT_SAVES of them
-    (a batch's chosen and rejected replies differ in length; one forward pads all of them to the longest)."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    ordered = [max(1, lengths[i]) for i in order]
-    whole = len(ordered) * ordered[-1]
-    best, cut = whole, 0
-    for i in range(1, len(ordered)):
-        cost = i * ordered[i - 1] + (len(ordered) - i) * ordered[-1]
-        if cost < best:
-            best, cut = cost, i
-    if cut == 0 or best > (1 - _SPLIT_SAVES) * whole:
-        return [order]
-    return [order[:cut], order[cut:]]
-
-
-def scored_logps(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """sequence_logps of `model` on right-padded rows, computing as few padding positions as it can:
-    every row cut after its last scored position, and the rows run in length groups (length_groups).
-    Equal to one forward over the whole batch up to float rounding."""
-    lengths = scored_lengths(targets)
-    groups = length_groups(lengths.tolist())
-    logps = torch.zeros(inputs.size(0), device=inputs.device)
-    tokens = torch.zeros(inputs.size(0), dtype=torch.long, device=inputs.device)
-    for rows in groups:
-        index = torch.tensor(rows, device=inputs.device)
-        cut = max(1, int(lengths[index].max()))
-        group_logps, group_tokens = sequence_logps(_logits(model, inputs[index, :cut]), targets[index, :cut])
-        logps = logps.index_put((index,), group_logps.to(logps.dtype))
-        tokens = tokens.index_put((index,), group_tokens)
-    return logps, tokens
 
 
 @contextmanager

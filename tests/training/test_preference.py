@@ -16,8 +16,7 @@ from aigc_cli.config import PreferenceConfig, validate_config
 from aigc_cli.errors import AigcError
 from aigc_cli.training import loss_stats
 from aigc_cli.training.preference import (
-    PreferenceBackend, frozen_reference, length_groups, preference_loss_fn, reference_logps, scored_lengths,
-    scored_logps, sequence_logps,
+    PreferenceBackend, frozen_reference, preference_loss_fn, reference_logps, sequence_logps,
 )
 
 VOCAB = 48
@@ -235,41 +234,6 @@ def test_sequence_logps_is_the_sum_over_scored_positions(dtype):
         assert sums[row].item() == pytest.approx(expected, abs=1e-4)
 
 
-def test_length_groups_split_only_where_it_saves_padding():
-    assert length_groups([10, 10, 9, 10]) == [[2, 0, 1, 3]]  # nearly equal: one forward
-    assert length_groups([100, 20, 22, 98, 21, 99]) == [[1, 4, 2], [3, 5, 0]]
-    assert length_groups([5]) == [[0]]
-    assert sorted(sum(length_groups([3, 50, 7, 49, 0, 48]), [])) == list(range(6))
-
-
-def test_scored_lengths_end_at_the_last_scored_position():
-    targets = torch.tensor([[-100, 4, 5, -100, -100], [-100, -100, -100, -100, -100], [1, 2, 3, 4, 5]])
-    assert scored_lengths(targets).tolist() == [3, 0, 5]
-
-
-@pytest.mark.parametrize("weights", ["lora", "full"])
-def test_scored_logps_in_length_groups_equal_one_forward_with_the_same_gradients(weights):
-    # Replies of very different lengths, so the rows do split into two forwards.
-    pairs = [([5, 6], [10] * 20 + [2], [13, 2]), ([8, 9, 7], [14, 2], [15] * 22 + [2]),
-             ([20], [24, 25, 2], [26, 27, 2]), ([3, 4], [11] * 21 + [2], [12, 2])]
-    inputs, targets = PreferenceBatches(pairs).batch(range(len(pairs)))
-    assert len(length_groups(scored_lengths(targets).tolist())) == 2
-    results = []
-    for grouped in (False, True):
-        model = with_adapters(tiny_gpt2()) if weights == "lora" else tiny_gpt2()
-        if grouped:
-            logps, tokens = scored_logps(model, inputs, targets)
-        else:
-            logps, tokens = sequence_logps(model(input_ids=inputs).logits, targets)
-        (logps * torch.linspace(1, 2, logps.numel())).sum().backward()
-        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
-        results.append((logps.detach(), tokens, grads))
-    (one_logps, one_tokens, one_grads), (got_logps, got_tokens, got_grads) = results
-    assert torch.equal(got_tokens, one_tokens)
-    assert torch.allclose(got_logps, one_logps, atol=1e-5)
-    assert all(torch.allclose(g, o, atol=1e-5) for g, o in zip(got_grads, one_grads))
-
-
 def test_the_lora_reference_is_the_base_model():
     base = tiny_gpt2()
     untouched = copy.deepcopy(base)
@@ -297,9 +261,8 @@ def test_one_forward_over_chosen_and_rejected(method, weights):
     loss.backward()
     for hook in hooks:
         hook.remove()
-    # The policy over all 2B rows once (in length groups); DPO adds one reference pass over them.
-    policy_rows = rows[:len(rows) // 2] if method == "dpo" else rows
-    assert sum(policy_rows) == 6 and (method != "dpo" or rows[len(rows) // 2:] == policy_rows)
+    # The policy once over all 2B rows; DPO adds one reference pass (adapters disabled, or the frozen copy).
+    assert rows == [6, 6] if method == "dpo" else rows == [6]
     assert reference is None or all(p.grad is None for p in reference.parameters())
 
 
