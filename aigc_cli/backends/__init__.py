@@ -356,6 +356,13 @@ class LabelBackend(Protocol):
     def scores(self, model: "torch.nn.Module", ids: "torch.Tensor", mask: "torch.Tensor") -> "torch.Tensor":
         """Per text: probabilities (softmax or sigmoid by the task) or the regression value."""
 
+    def pretrained(self, ref: str, mc: Any, data_meta: dict, device: str) -> "torch.nn.Module":
+        """model.init_from's pretrained model with this task's head (a fresh one where the labels differ)."""
+
+    def add_adapters(self, model: "torch.nn.Module", lora_cfg: Any) -> "torch.nn.Module": ...
+
+    def load_adapter(self, base: "torch.nn.Module", checkpoint: Path) -> "torch.nn.Module": ...
+
 
 @runtime_checkable
 class UpdatesAfterStep(Protocol):

@@ -29,17 +29,23 @@ TASKS = {v: k for k, v in PROBLEM_TYPES.items()}
 ADAPTER_DIR = "adapter"
 
 
+def bert_config(mc: Any, data_meta: dict):
+    """The BERT encoder of model.* sizes over aigc's tokenizer (every labels backend built from sizes)."""
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=data_meta["vocab_size"], hidden_size=mc.n_embd, num_hidden_layers=mc.n_layer,
+                      num_attention_heads=mc.n_head, intermediate_size=mc.intermediate_size or 4 * mc.n_embd,
+                      max_position_embeddings=mc.max_length, hidden_dropout_prob=mc.dropout,
+                      attention_probs_dropout_prob=mc.dropout, pad_token_id=data_meta["pad_id"], type_vocab_size=1)
+
+
 def build(model_cfg: Any, data_meta: dict) -> torch.nn.Module:
     """A BERT encoder of model.* sizes with random weights and a head over data_meta's labels."""
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
     _quiet_transformers()
-    mc = model_cfg
-    config = BertConfig(vocab_size=data_meta["vocab_size"], hidden_size=mc.n_embd, num_hidden_layers=mc.n_layer,
-                        num_attention_heads=mc.n_head, intermediate_size=mc.intermediate_size or 4 * mc.n_embd,
-                        max_position_embeddings=mc.max_length, hidden_dropout_prob=mc.dropout,
-                        attention_probs_dropout_prob=mc.dropout, pad_token_id=data_meta["pad_id"], type_vocab_size=1)
-    describe(config, mc, data_meta)
+    config = bert_config(model_cfg, data_meta)
+    describe(config, model_cfg, data_meta)
     return BertForSequenceClassification(config)
 
 
@@ -55,35 +61,47 @@ def describe(config, mc: Any, data_meta: dict) -> None:
     config.aigc_max_length = mc.max_length
 
 
-def pretrained_classifier(ref: str, mc: Any, data_meta: dict, device: str) -> torch.nn.Module:
-    """model.init_from's pretrained encoder with a fresh head for data_meta's labels."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+def pretrained_model(auto_class: str, ref: str, describe_config, what: str, data_meta: dict, device: str) -> torch.nn.Module:
+    """model.init_from's pretrained model as transformers' `auto_class`, its config first passed to
+    `describe_config` (task and labels: a fresh head where they differ); a clear error when it cannot load."""
+    import transformers
 
     _quiet_transformers()
     try:
-        config = AutoConfig.from_pretrained(ref)
-        describe(config, mc, data_meta)
-        model = AutoModelForSequenceClassification.from_pretrained(ref, config=config, use_safetensors=True, ignore_mismatched_sizes=True)
+        config = transformers.AutoConfig.from_pretrained(ref)
+        describe_config(config)
+        model = getattr(transformers, auto_class).from_pretrained(ref, config=config, use_safetensors=True, ignore_mismatched_sizes=True)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = "check the directory" if Path(ref).exists() else "offline (HF_HUB_OFFLINE) or unknown hub id: pass a local model directory"
-        raise AigcError(f"cannot load model.init_from {ref} as a sequence classifier: {first}", hint) from None
+        raise AigcError(f"cannot load model.init_from {ref} as {what}: {first}", hint) from None
     if model.config.pad_token_id is None:
         model.config.pad_token_id = data_meta["pad_id"]
     return model.to(device)
 
 
-def add_adapters(model: torch.nn.Module, lora_cfg) -> torch.nn.Module:
-    """LoRA adapters (peft SEQ_CLS: the classification head is trained in full and saved with them)."""
-    from peft import LoraConfig, TaskType, get_peft_model
+def pretrained(ref: str, mc: Any, data_meta: dict, device: str) -> torch.nn.Module:
+    """model.init_from's pretrained encoder with a fresh head for data_meta's labels."""
+    return pretrained_model("AutoModelForSequenceClassification", ref, lambda config: describe(config, mc, data_meta),
+                            "a sequence classifier", data_meta, device)
 
-    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+
+def lora_model(model: torch.nn.Module, lora_cfg, task_type: str, modules_to_save) -> torch.nn.Module:
+    """`model` with finetune.lora's adapters for peft's `task_type` (its head trained in full, in modules_to_save)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(task_type=task_type, r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                         target_modules=lora_cfg.target_modules, use_rslora=lora_cfg.rslora, use_dora=lora_cfg.dora,
-                        modules_to_save=lora_cfg.modules_to_save)
+                        modules_to_save=modules_to_save)
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
         raise AigcError(f"cannot add LoRA adapters: {exc}", "set finetune.lora.target_modules to module names of this model") from None
+
+
+def add_adapters(model: torch.nn.Module, lora_cfg) -> torch.nn.Module:
+    """LoRA adapters (peft SEQ_CLS: the classification head is trained in full and saved with them)."""
+    return lora_model(model, lora_cfg, "SEQ_CLS", lora_cfg.modules_to_save)
 
 
 def load_adapter(base: torch.nn.Module, checkpoint: Path) -> torch.nn.Module:

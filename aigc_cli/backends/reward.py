@@ -9,15 +9,15 @@ computes: -log σ(r_chosen - r_rejected), the mean over the pairs; it reports th
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from aigc_cli.backends.classifier import ADAPTER_DIR, add_adapters, context_length, load, load_adapter, save  # noqa: F401 — same checkpoint shape
+from aigc_cli.backends.classifier import (  # noqa: F401 — same checkpoint shape
+    ADAPTER_DIR, add_adapters, bert_config, context_length, load, load_adapter, parameters, pretrained_model, save,
+)
 from aigc_cli.backends.gpt import _quiet_transformers
-from aigc_cli.errors import AigcError
 
 
 def describe(config, mc: Any) -> None:
@@ -28,37 +28,21 @@ def describe(config, mc: Any) -> None:
 
 
 def build(model_cfg: Any, data_meta: dict) -> torch.nn.Module:
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
     _quiet_transformers()
-    mc = model_cfg
-    config = BertConfig(vocab_size=data_meta["vocab_size"], hidden_size=mc.n_embd, num_hidden_layers=mc.n_layer,
-                        num_attention_heads=mc.n_head, intermediate_size=mc.intermediate_size or 4 * mc.n_embd,
-                        max_position_embeddings=mc.max_length, hidden_dropout_prob=mc.dropout,
-                        attention_probs_dropout_prob=mc.dropout, pad_token_id=data_meta["pad_id"], type_vocab_size=1)
-    describe(config, mc)
+    config = bert_config(model_cfg, data_meta)
+    describe(config, model_cfg)
     return BertForSequenceClassification(config)
 
 
-def pretrained_reward_model(ref: str, mc: Any, data_meta: dict, device: str) -> torch.nn.Module:
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    _quiet_transformers()
-    try:
-        config = AutoConfig.from_pretrained(ref)
+def pretrained(ref: str, mc: Any, data_meta: dict, device: str) -> torch.nn.Module:
+    def describe_config(config):
         describe(config, mc)
         if getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = data_meta["pad_id"]  # a causal LM's head reads the last non-pad token
-        model = AutoModelForSequenceClassification.from_pretrained(ref, config=config, use_safetensors=True, ignore_mismatched_sizes=True)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = "check the directory" if Path(ref).exists() else "offline (HF_HUB_OFFLINE) or unknown hub id: pass a local model directory"
-        raise AigcError(f"cannot load model.init_from {ref} as a reward model: {first}", hint) from None
-    return model.to(device)
 
-
-def parameters(model: torch.nn.Module, part: str) -> Iterable[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
+    return pretrained_model("AutoModelForSequenceClassification", ref, describe_config, "a reward model", data_meta, device)
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:

@@ -100,6 +100,24 @@ def prepare(cfg: ExperimentConfig, tokenizer_dir: Path) -> ClassificationData:
     return ClassificationData(tok, names, encoded[0], encoded[1], weights)
 
 
+def model_maker(cfg: ExperimentConfig, backend, meta: dict):
+    """A labels backend's make_model: LoRA on model.init_from (its adapter when resumed), the resumed
+    weights, model.init_from's pretrained model, or a new one built from the sizes."""
+    mc = cfg.model
+
+    def make_model(previous: Path | None, device: str) -> torch.nn.Module:
+        if mc.method == "lora":
+            base = backend.pretrained(resolve_base(mc.init_from, "model.init_from"), mc, meta, device)
+            return backend.load_adapter(base, previous) if previous else backend.add_adapters(base, cfg.finetune.lora)
+        if previous is not None:
+            return load_weights(backend, previous, device)
+        if mc.init_from:
+            return backend.pretrained(resolve_base(mc.init_from, "model.init_from"), mc, meta, device)
+        return backend.build(mc, meta).to(device)
+
+    return make_model
+
+
 def classification_job(cfg: ExperimentConfig) -> TrainingJob:
     mc = cfg.model
     run_dir = Path(cfg.train.out_dir)
@@ -109,16 +127,7 @@ def classification_job(cfg: ExperimentConfig) -> TrainingJob:
     meta = {"vocab_size": len(data.tokenizer), "pad_id": data.tokenizer.pad_token_id, "labels": data.labels,
             "class_weights": data.class_weights}
 
-    def make_model(previous: Path | None, device: str) -> torch.nn.Module:
-        if mc.method == "lora":
-            base = backend.pretrained_classifier(resolve_base(mc.init_from, "model.init_from"), mc, meta, device)
-            return backend.load_adapter(base, previous) if previous else backend.add_adapters(base, cfg.finetune.lora)
-        if previous is not None:
-            return load_weights(backend, previous, device)
-        if mc.init_from:
-            return backend.pretrained_classifier(resolve_base(mc.init_from, "model.init_from"), mc, meta, device)
-        return backend.build(mc, meta).to(device)
-
+    make_model = model_maker(cfg, backend, meta)
     provenance = {"data_source": str(require_data(cfg).source), "labels": data.labels, "train_records": len(data.train),
                   "val_records": len(data.val)}
     if mc.init_from:
@@ -158,16 +167,7 @@ def tagging_job(cfg: ExperimentConfig) -> TrainingJob:
     backend = get_backend(mc.backend)
     meta = {"vocab_size": len(tok), "pad_id": tok.pad_token_id, "labels": names}
 
-    def make_model(previous: Path | None, device: str) -> torch.nn.Module:
-        if mc.method == "lora":
-            base = backend.pretrained_tagger(resolve_base(mc.init_from, "model.init_from"), mc, meta, device)
-            return backend.load_adapter(base, previous) if previous else backend.add_adapters(base, cfg.finetune.lora)
-        if previous is not None:
-            return load_weights(backend, previous, device)
-        if mc.init_from:
-            return backend.pretrained_tagger(resolve_base(mc.init_from, "model.init_from"), mc, meta, device)
-        return backend.build(mc, meta).to(device)
-
+    make_model = model_maker(cfg, backend, meta)
     provenance = {"data_source": str(require_data(cfg).source), "labels": names, "train_sentences": len(train), "val_sentences": len(val)}
     return TrainingJob(mc.backend, backend, make_model, batches[0], batches[1], mc.max_length, tokenizer_dir, provenance=provenance)
 
@@ -213,16 +213,7 @@ def reward_job(cfg: ExperimentConfig) -> TrainingJob:
     backend = get_backend(mc.backend)
     meta = {"vocab_size": len(tok), "pad_id": tok.pad_token_id}
 
-    def make_model(previous: Path | None, device: str) -> torch.nn.Module:
-        if mc.method == "lora":
-            base = backend.pretrained_reward_model(resolve_base(mc.init_from, "model.init_from"), mc, meta, device)
-            return backend.load_adapter(base, previous) if previous else backend.add_adapters(base, cfg.finetune.lora)
-        if previous is not None:
-            return load_weights(backend, previous, device)
-        if mc.init_from:
-            return backend.pretrained_reward_model(resolve_base(mc.init_from, "model.init_from"), mc, meta, device)
-        return backend.build(mc, meta).to(device)
-
+    make_model = model_maker(cfg, backend, meta)
     provenance = {"data_source": str(require_data(cfg).source), "train_pairs": len(train), "val_pairs": len(val)}
     return TrainingJob(mc.backend, backend, make_model, encode_pairs(tok, train, mc.max_length), encode_pairs(tok, val, mc.max_length),
                        mc.max_length, tokenizer_dir, provenance=provenance)
