@@ -125,12 +125,7 @@ class EncodedTexts:
     def batch(self, rows: list[int]):
         import torch
 
-        longest = max(len(self.ids[i]) for i in rows)
-        ids = torch.full((len(rows), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), longest), dtype=torch.long)
-        for j, i in enumerate(rows):
-            ids[j, :len(self.ids[i])] = torch.tensor(self.ids[i], dtype=torch.long)
-            mask[j, :len(self.ids[i])] = 1
+        ids, mask = padded_with_mask([self.ids[i] for i in rows], self.pad_id)
         labels = [self.labels[i] for i in rows]
         targets = torch.tensor(labels, dtype=torch.long if self.task == "single_label" else torch.float32)
         return (ids, mask), targets
@@ -142,6 +137,13 @@ class EncodedTexts:
 
         rows = torch.randint(len(self.ids), (batch_size,), generator=generator).tolist()
         return self.batch(own_rows(rows, shard))
+
+
+def padded_with_mask(rows: list[list[int]], pad_id: int):
+    """(ids, attention mask) of token rows, right-padded to the longest: what an encoder takes."""
+    from aigc_cli.data.packing import padded
+
+    return padded(rows, pad_id), padded([[1] * len(row) for row in rows], 0)
 
 
 def encode_texts(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:

@@ -130,16 +130,10 @@ class TaggedBatches:
         return len(self.ids)
 
     def batch(self, rows: list[int]):
-        import torch
+        from aigc_cli.data.labelled import padded_with_mask
+        from aigc_cli.data.packing import padded
 
-        longest = max(len(self.ids[i]) for i in rows)
-        ids = torch.full((len(rows), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        targets = torch.full_like(ids, IGNORE_INDEX)
-        for j, i in enumerate(rows):
-            n = len(self.ids[i])
-            ids[j, :n], mask[j, :n], targets[j, :n] = torch.tensor(self.ids[i]), 1, torch.tensor(self.targets[i])
-        return (ids, mask), targets
+        return padded_with_mask([self.ids[i] for i in rows], self.pad_id), padded([self.targets[i] for i in rows], IGNORE_INDEX)
 
     def random_batch(self, batch_size: int, block_size: int, generator, shard=(0, 1)):
         import torch

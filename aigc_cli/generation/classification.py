@@ -64,6 +64,7 @@ def predict_tags(clf: Classifier, sentences: list[list[str]], batch_size: int) -
     import torch
 
     from aigc_cli.backends.tagger import scores
+    from aigc_cli.data.labelled import padded_with_mask
     from aigc_cli.data.tagged import IGNORE_INDEX, align
 
     ids, words = align(clf.tokenizer, sentences, None, clf.max_length)
@@ -73,11 +74,7 @@ def predict_tags(clf: Classifier, sentences: list[list[str]], batch_size: int) -
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            longest = max(len(ids[i]) for i in rows)
-            batch = torch.full((len(rows), longest), pad, dtype=torch.long)
-            mask = torch.zeros_like(batch)
-            for j, i in enumerate(rows):
-                batch[j, :len(ids[i])], mask[j, :len(ids[i])] = torch.tensor(ids[i]), 1
+            batch, mask = padded_with_mask([ids[i] for i in rows], pad)
             best = scores(clf.model, batch.to(clf.device), mask.to(clf.device)).argmax(-1).cpu().tolist()
             for j, i in enumerate(rows):
                 for position, word in enumerate(words[i]):
@@ -98,6 +95,7 @@ def predict_scores(clf: Classifier, texts: list[str], batch_size: int) -> list[l
     import torch
 
     from aigc_cli.backends.classifier import scores
+    from aigc_cli.data.labelled import padded_with_mask
 
     ids = clf.tokenizer(texts, truncation=True, max_length=clf.max_length)["input_ids"]
     order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
@@ -106,12 +104,7 @@ def predict_scores(clf: Classifier, texts: list[str], batch_size: int) -> list[l
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            longest = max(len(ids[i]) for i in rows)
-            batch = torch.full((len(rows), longest), pad, dtype=torch.long)
-            mask = torch.zeros_like(batch)
-            for j, i in enumerate(rows):
-                batch[j, :len(ids[i])] = torch.tensor(ids[i])
-                mask[j, :len(ids[i])] = 1
+            batch, mask = padded_with_mask([ids[i] for i in rows], pad)
             result = scores(clf.model, batch.to(clf.device), mask.to(clf.device)).float().cpu()
             for j, i in enumerate(rows):
                 out[i] = result[j].reshape(-1).tolist()
