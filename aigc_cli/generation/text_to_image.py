@@ -11,7 +11,6 @@ manifest does not hold.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -52,19 +51,17 @@ def prompt_image_seed(seed: int, prompt: str, index: int) -> int:
 
 
 def read_prompt_lines(path: str | Path) -> list[str]:
-    """One prompt per line, or JSONL rows with a 'prompt' field (blank lines skipped)."""
-    path = Path(path)
+    """One prompt per line, or JSONL rows with a 'prompt' field (blank lines skipped): the text verbs'
+    prompts file (read_prompts_file: its checks on FIFOs, encodings, BOMs and null fields), one text per row."""
+    from aigc_cli.generation.text import read_prompts_file
+
     prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                prompts.append(str(json.loads(line)["prompt"]))
-            except (ValueError, KeyError, TypeError):
-                raise AigcError(f"{path}:{number} is not a JSON object with a 'prompt' field", "write one {\"prompt\": ...} per line, or use a .txt file") from None
-        else:
-            prompts.append(line.strip())
+    for record in read_prompts_file(path):
+        text = record.get("source", record.get("prompt"))
+        if text is None:
+            raise AigcError(f"{record['_where']} is not a JSON object with a 'prompt' field", "write one {\"prompt\": ...} per line, or use a .txt file")
+        if text.strip():
+            prompts.append(text.strip())
     if not prompts:
         raise AigcError(f"{path} holds no prompts", "write one prompt per line")
     return prompts
