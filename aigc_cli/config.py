@@ -303,6 +303,12 @@ class ExperimentConfig(Section):
         if wrong:
             kind = "images" if image else "text"
             raise ValueError(f"eval.metrics {wrong} do not apply to model.backend={self.model.backend}, which makes {kind}")
+        if BACKENDS[self.model.backend].prompted and self.data is not None:  # latent-diffusion: trained on captioned images
+            if not self.data.image.captions:
+                raise ValueError(f"model.backend={self.model.backend} learns from captions: set data.image.captions=true (and run `aigc prep CONFIG --force`)")
+            if self.data.image.size % self.model.downsampling():
+                raise ValueError(f"data.image.size={self.data.image.size} must divide by {self.model.downsampling()} for model.autoencoder_channels and model.unet_channels "
+                                 "(each level after the first halves the resolution)")
         if self.data is not None and self.data.source == "digits" and not image and not self.data.image.captions:
             raise ValueError(f"data.source 'digits' is an image set; model.backend={self.model.backend} is a text model (use {', '.join(IMAGE_BACKENDS[:-1])} or {IMAGE_BACKENDS[-1]})")
         return self
