@@ -316,11 +316,11 @@ class LatentDiffusionModelConfig(Section):
         return 2 ** (len(self.autoencoder_channels) - 1) * 2 ** (len(self.unet_channels) - 1)
 
 
-# The autoencoder trains first and its loss is validated in phase 1; phase 2 trains and validates the
-# UNet with the text encoder (training/latent_diffusion.py: two jobs through the one loop). A checkpoint
-# is a diffusers StableDiffusionPipeline directory. No cpu_bf16: not measured.
+# The autoencoder trains first and validates its own loss in phase 1; phase 2 trains the UNet with the
+# text encoder, whose diffusion loss is the model's validation loss (training/latent_diffusion.py: two
+# jobs through the one loop). A checkpoint is a diffusers StableDiffusionPipeline directory. No cpu_bf16: not measured.
 BACKENDS["latent-diffusion"] = BackendSpec(
-    "aigc_cli.backends.latent_diffusion", "image", LatentDiffusionModelConfig, parts=("autoencoder", "unet"), reconstructs=True,
+    "aigc_cli.backends.latent_diffusion", "image", LatentDiffusionModelConfig, parts=("autoencoder", "unet"), validation_part="unet", reconstructs=True,
     prompted=True, recipe="aigc_cli.training.latent_diffusion",
     files=CheckpointFiles(config="unet/config.json", fields={"sample_size": "sample_size", "in_channels": "in_channels",
                                                              "block_out_channels": "block_out_channels",
