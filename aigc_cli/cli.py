@@ -480,7 +480,7 @@ def init(directory: Annotated[str, typer.Argument(metavar="DIR", help="Folder to
          force: Annotated[bool, typer.Option("--force", help="Overwrite files that already exist.")] = False,
          as_json: JsonOpt = False, debug: DebugOpt = False,
          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False) -> None:
-    """Write a commented starter config that runs as it is (text-gpt, text-rnn, finetune-lora, image-ddpm, image-vae, image-gan).
+    """Write a commented starter config that runs as it is (text-gpt, text-rnn, finetune-lora, image-ddpm, image-vae, image-gan, text-to-image).
 
     Example: aigc init my-first --template text-gpt && aigc prep my-first/text-gpt.yaml
     """
