@@ -6,7 +6,8 @@ saving as a StableDiffusionPipeline directory are that module's. What is new is 
 from `model.*` and the two parts' losses:
 
 - autoencoder: per-pixel mean-squared reconstruction error of a posterior sample, plus kl_weight
-  times the KL to N(0, I) (summed over each image's latents, divided by its pixel count);
+  times the KL to N(0, I) (summed over each image's latents, divided by its pixel count); or, for
+  a VQModel (autoencoder_kind vq), of the quantized reconstruction plus its commitment loss;
 - unet: the latent-diffusion objective on the frozen autoencoder's latents times its scaling
   factor (measured on the training images when phase 1 ends, `set_latent_scale`), conditioned on
   the text encoder's hidden states; with train_text_encoder the text encoder learns with the UNet.
@@ -53,10 +54,15 @@ def build(model_cfg: LatentDiffusionModelConfig, data_meta: dict, tokenizer_dir:
     mc, size, channels = model_cfg, data_meta["size"], data_meta["channels"]
     if vae is None:
         levels = len(mc.autoencoder_channels)
-        vae = AutoencoderKL(in_channels=channels, out_channels=channels, block_out_channels=list(mc.autoencoder_channels),
-                            down_block_types=["DownEncoderBlock2D"] * levels, up_block_types=["UpDecoderBlock2D"] * levels,
-                            latent_channels=mc.latent_channels, norm_num_groups=mc.norm_num_groups, sample_size=size,
-                            scaling_factor=1.0)
+        shape = dict(in_channels=channels, out_channels=channels, block_out_channels=list(mc.autoencoder_channels),
+                     down_block_types=["DownEncoderBlock2D"] * levels, up_block_types=["UpDecoderBlock2D"] * levels,
+                     latent_channels=mc.latent_channels, norm_num_groups=mc.norm_num_groups, sample_size=size, scaling_factor=1.0)
+        if mc.autoencoder_kind == "vq":
+            from diffusers import VQModel
+
+            vae = VQModel(**shape, num_vq_embeddings=mc.codebook_size, vq_embed_dim=mc.latent_channels)
+        else:
+            vae = AutoencoderKL(**shape)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     step = factor * 2 ** (len(mc.unet_channels) - 1)
     if size % step:
@@ -108,10 +114,29 @@ def loss(model: TextToImage, batch, part: str) -> torch.Tensor:
     return _autoencoder_loss(model, images) if part == "autoencoder" else _diffusion_loss(model, images, ids)
 
 
+def is_vq(model: TextToImage) -> bool:
+    return type(model.vae).__name__ == "VQModel"
+
+
+def encode(model: TextToImage, images: torch.Tensor, generator: torch.Generator | None = None, mode: bool = False) -> torch.Tensor:
+    """The latents of images in [-1, 1] (unscaled): a posterior sample (or its mode) for a KL
+    autoencoder, the encoder's unquantized output for a VQModel (its decoder quantizes)."""
+    encoded = model.vae.encode(_rgb(model, images))
+    if is_vq(model):
+        return encoded.latents
+    return encoded.latent_dist.mode() if mode else encoded.latent_dist.sample(generator=generator)
+
+
 def _autoencoder_loss(model: TextToImage, images: torch.Tensor) -> torch.Tensor:
     from aigc_cli.training.loss_stats import report
 
     images = _rgb(model, images)
+    if is_vq(model):  # VQModel: reconstruction, plus its commitment and codebook terms
+        decoded = model.vae.decode(model.vae.encode(images).latents)
+        reconstruction = F.mse_loss(decoded.sample.float(), images.float())
+        commitment = decoded.commit_loss.float().mean()
+        report({"reconstruction_mse": reconstruction.detach(), "vq_loss": commitment.detach()})
+        return reconstruction + commitment
     posterior = model.vae.encode(images).latent_dist
     decoded = model.vae.decode(posterior.sample()).sample
     reconstruction = F.mse_loss(decoded.float(), images.float())
@@ -122,7 +147,7 @@ def _autoencoder_loss(model: TextToImage, images: torch.Tensor) -> torch.Tensor:
 
 def _diffusion_loss(model: TextToImage, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        latents = model.vae.encode(_rgb(model, images)).latent_dist.sample() * model.vae.config.scaling_factor
+        latents = encode(model, images) * model.vae.config.scaling_factor
     with torch.set_grad_enabled(torch.is_grad_enabled() and model.record["model"]["train_text_encoder"]):
         hidden = model.text_encoder(ids, return_dict=False)[0]
     noise = torch.randn_like(latents)
@@ -141,7 +166,7 @@ def set_latent_scale(model: TextToImage, images: torch.Tensor, seed: int) -> flo
     was_training = model.vae.training
     model.vae.eval()
     generator = torch.Generator(device=images.device).manual_seed(seed)
-    latents = torch.cat([model.vae.encode(_rgb(model, chunk)).latent_dist.sample(generator=generator) for chunk in images.split(64)])
+    latents = torch.cat([encode(model, chunk, generator) for chunk in images.split(64)])
     model.vae.train(was_training)
     scale = float(1.0 / latents.float().std().clamp_min(1e-6))
     model.vae.register_to_config(scaling_factor=scale)
@@ -157,7 +182,7 @@ def save(model: TextToImage, directory: Path) -> None:
 
 
 def load(directory: Path, device: str) -> TextToImage:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     directory = Path(directory)
@@ -165,16 +190,28 @@ def load(directory: Path, device: str) -> TextToImage:
         raise AigcError(f"{directory} is not a latent-diffusion checkpoint (no {RECORD})", "pass a checkpoint written by `aigc train` with model.backend=latent-diffusion")
     _quiet()
     record = json.loads((directory / RECORD).read_text(encoding="utf-8"))
-    model = TextToImage(UNet2DConditionModel.from_pretrained(directory / "unet"), AutoencoderKL.from_pretrained(directory / "vae"),
+    model = TextToImage(UNet2DConditionModel.from_pretrained(directory / "unet"), _autoencoder_class(directory / "vae").from_pretrained(directory / "vae"),
                         CLIPTextModel.from_pretrained(directory / "text_encoder"), CLIPTokenizer.from_pretrained(directory / "tokenizer"),
                         DDIMScheduler.from_pretrained(directory / "scheduler"), record)
     return _ready(model).to(device)
 
 
-def load_autoencoder(path: str | Path):
-    """model.autoencoder: an AutoencoderKL directory, a pipeline's (its vae/), or a checkpoint or run directory of this backend."""
-    from diffusers import AutoencoderKL
+AUTOENCODERS = ("AutoencoderKL", "VQModel")
 
+
+def _autoencoder_class(folder: Path):
+    """diffusers' class of the autoencoder saved in `folder` (its config.json's _class_name), or None."""
+    import diffusers
+
+    try:
+        name = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return getattr(diffusers, name) if name in AUTOENCODERS else None
+
+
+def load_autoencoder(path: str | Path):
+    """model.autoencoder: an AutoencoderKL or VQModel directory, a pipeline's (its vae/), or a checkpoint or run directory of this backend."""
     from aigc_cli.runs.checkpoints import latest_good_checkpoint
 
     path = Path(path).expanduser()
@@ -182,16 +219,13 @@ def load_autoencoder(path: str | Path):
         raise AigcError(f"model.autoencoder not found: {path}", "point it at an AutoencoderKL or pipeline directory")
     path = latest_good_checkpoint(path) or path
     folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        config = {}
-    if config.get("_class_name") != "AutoencoderKL":
-        raise AigcError(f"model.autoencoder {path} is not an AutoencoderKL directory (nor a pipeline with one in vae/)",
+    kind = _autoencoder_class(folder)
+    if kind is None:
+        raise AigcError(f"model.autoencoder {path} is not an AutoencoderKL or VQModel directory (nor a pipeline with one in vae/)",
                         "point it at a diffusers AutoencoderKL directory (config.json + weights) or a pipeline directory")
     _quiet()
     try:
-        return AutoencoderKL.from_pretrained(folder)
+        return kind.from_pretrained(folder)
     except (OSError, ValueError, KeyError) as exc:
         raise AigcError(f"cannot load model.autoencoder {folder}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
                         "check the directory (diffusers save_pretrained layout)") from None
@@ -211,5 +245,5 @@ def sample(model: TextToImage, noise: torch.Tensor, labels: torch.Tensor | None,
 @torch.inference_mode()
 def reconstruct(model: TextToImage, images: torch.Tensor) -> torch.Tensor:
     """The autoencoder's image of each input's posterior mean, in [-1, 1]."""
-    decoded = model.vae.decode(model.vae.encode(_rgb(model, images)).latent_dist.mode()).sample.clamp(-1, 1)
+    decoded = model.vae.decode(encode(model, images, mode=True)).sample.clamp(-1, 1)
     return as_data_channels(model, decoded)

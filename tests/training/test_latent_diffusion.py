@@ -165,3 +165,19 @@ def test_config_errors_exit_2_without_torch(tmp_path, override, message):
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "HEAVY=\n" in proc.stderr + "\n" and "Traceback" not in proc.stderr
+
+
+def test_a_vq_autoencoder_trains_and_samples(tmp_path, prepared):
+    from aigc_cli.backends import latent_diffusion
+    from aigc_cli.config import ImageGenerateConfig
+
+    config = _write(tmp_path, prepared, tmp_path / "run", model={"autoencoder_kind": "vq", "codebook_size": 16}, max_steps=2)
+    result = train_model(load_config(config), quiet=True)
+    assert "vq_loss" in _rows(tmp_path / "run" / "autoencoder")[1]
+    assert json.loads((result.checkpoint / "vae" / "config.json").read_text())["_class_name"] == "VQModel"
+    model = latent_diffusion.load(result.checkpoint, "cpu").eval()
+    latents = torch.randn((2, 2, 4, 4), generator=torch.Generator().manual_seed(1))
+    images = latent_diffusion.sample_prompts(model, latents, ["a one", "a two"], ImageGenerateConfig(num_inference_steps=2), [torch.Generator()] * 2)
+    assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
+    real = torch.rand(3, 1, 8, 8) * 2 - 1
+    assert latent_diffusion.reconstruct(model, real).shape == real.shape
