@@ -238,8 +238,10 @@ def image_info(model: TextToImage) -> dict:
 def sample(model: TextToImage, noise: torch.Tensor, labels: torch.Tensor | None, gen_cfg: Any,
            generators: list[torch.Generator]) -> torch.Tensor:
     """The ImageBackend contract (training's sample grids, FID samples): images of the empty prompt,
-    which caption dropout (data.image.caption_dropout) trains as the unconditional model."""
-    return as_data_channels(model, sample_prompts(model, noise, [""] * noise.size(0), gen_cfg, generators))
+    which caption dropout (data.image.caption_dropout) trains as the unconditional model. Guidance
+    from the empty prompt away from the empty prompt changes nothing, so it is not computed."""
+    unguided = gen_cfg.model_copy(update={"guidance_scale": 1.0})
+    return as_data_channels(model, sample_prompts(model, noise, [""] * noise.size(0), unguided, generators))
 
 
 @torch.inference_mode()
