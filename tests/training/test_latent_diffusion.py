@@ -181,3 +181,14 @@ def test_a_vq_autoencoder_trains_and_samples(tmp_path, prepared):
     assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
     real = torch.rand(3, 1, 8, 8) * 2 - 1
     assert latent_diffusion.reconstruct(model, real).shape == real.shape
+
+
+def test_aigc_train_runs_both_phases_from_the_command_line(tmp_path, prepared, cli):
+    config = _write(tmp_path, prepared, tmp_path / "run", model={"autoencoder_steps": 2}, max_steps=2)
+    result = cli("train", config, "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["checkpoint"].endswith("run/checkpoints/step-000002") and out["steps"] == 2
+    assert (tmp_path / "run" / "autoencoder" / "checkpoints" / "step-000002").is_dir()
+    again = cli("train", config)  # the run has checkpoints: a second start is refused, --resume is the way
+    assert again.exit_code == 2 and "--resume" in again.stderr
