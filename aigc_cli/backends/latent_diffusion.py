@@ -68,12 +68,13 @@ def build(model_cfg: LatentDiffusionModelConfig, data_meta: dict, tokenizer_dir:
     if size % step:
         raise AigcError(f"data.image.size={size} does not fit model.*: it must divide by {step} (the autoencoder downsamples "
                         f"{factor}×, the UNet {step // factor}× more)", f"set data.image.size to a multiple of {step} and run `aigc prep CONFIG --force`, or use fewer levels")
-    if tokenizer_dir is None:
+    if tokenizer_dir is None:  # bytes alone; the tokenizer holds its vocabulary in memory once built
         import tempfile
 
-        tokenizer_dir = Path(tempfile.mkdtemp(prefix="aigc-clip-vocab-"))
-        write_clip_tokenizer(tokenizer_dir, [])
-    tokenizer = clip_tokenizer(tokenizer_dir, mc.max_prompt_tokens)
+        with tempfile.TemporaryDirectory(prefix="aigc-clip-vocab-") as tmp:
+            tokenizer = clip_tokenizer(write_clip_tokenizer(tmp, []), mc.max_prompt_tokens)
+    else:
+        tokenizer = clip_tokenizer(tokenizer_dir, mc.max_prompt_tokens)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=mc.text_width, intermediate_size=4 * mc.text_width, num_hidden_layers=mc.text_layers,
         num_attention_heads=mc.text_heads, max_position_embeddings=mc.max_prompt_tokens, bos_token_id=tokenizer.bos_token_id,
