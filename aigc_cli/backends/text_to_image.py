@@ -369,8 +369,10 @@ def latent_shape(model: TextToImage) -> tuple[int, ...]:
 
 def sample(model: TextToImage, noise: torch.Tensor, labels: torch.Tensor | None, gen_cfg: Any,
            generators: list[torch.Generator]) -> torch.Tensor:
-    """The ImageBackend contract (training's sample grids): images of the empty prompt, unconditioned."""
-    return as_data_channels(model, sample_prompts(model, noise, [""] * noise.size(0), gen_cfg, generators))
+    """The ImageBackend contract (training's sample grids): images of the empty prompt, unconditioned; with
+    an EMA, of the EMA weights (what the checkpoint will hold)."""
+    with ema_weights(model):
+        return as_data_channels(model, sample_prompts(model, noise, [""] * noise.size(0), gen_cfg, generators))
 
 
 def _encode(model: TextToImage, texts: list[str], device) -> torch.Tensor:

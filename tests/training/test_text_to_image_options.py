@@ -118,3 +118,16 @@ def test_ema_checkpoint_samples_with_the_ema_and_resumes_exactly(tmp_path, pipel
     assert all(torch.equal(loaded[k], ema[k]) for k in ema)  # what samples is the EMA ...
     assert any(not torch.allclose(raw[k], ema[k]) for k in ema)  # ... not the last trained weights
     assert np.isfinite([float(v.abs().sum()) for v in ema.values()]).all()
+
+
+def test_full_finetune_of_unet_and_text_encoder_writes_both(tmp_path, pipeline_dir, prepared):  # noqa: F811
+    from diffusers import StableDiffusionPipeline
+
+    cfg = load_config(_write(tmp_path, prepared, pipeline_dir, tmp_path / "run", max_steps=2),
+                      ["finetune.method=full", "finetune.text_to_image.train_text_encoder=true", "train.eval_batches=1", "train.batch_size=4"])
+    result = finetune_model(cfg, quiet=True)
+    pipe, base = StableDiffusionPipeline.from_pretrained(result.checkpoint), StableDiffusionPipeline.from_pretrained(pipeline_dir)
+    for part in ("unet", "text_encoder"):
+        before = dict(getattr(base, part).named_parameters())
+        assert any(not torch.equal(p, before[n]) for n, p in getattr(pipe, part).named_parameters()), part
+    assert result.trainable_params == sum(p.numel() for m in (base.unet, base.text_encoder) for p in m.parameters())
