@@ -64,7 +64,11 @@ def finetune_pipeline(cfg: ExperimentConfig, resume: bool = False, merge: bool =
         print(f"fine-tuning the pipeline {fc.base} ({fc.method}) on {what}", file=sys.stderr, flush=True)
 
     def make_model(previous: Path | None, device: str) -> torch.nn.Module:
-        return backend.load(previous, device, trainable=True) if previous is not None else base_model.to(device)
+        if previous is None:
+            return base_model.to(device)
+        resumed = backend.load(previous, device, trainable=True)
+        _same_settings(resumed.record, base_model.record, previous)
+        return resumed
 
     job = TrainingJob(BACKEND, backend, make_model, train, val, 0, None, train.meta["inputs"],
                       provenance={"base_model": str(Path(fc.base).resolve()), "method": fc.method,
@@ -76,6 +80,17 @@ def finetune_pipeline(cfg: ExperimentConfig, resume: bool = False, merge: bool =
     total = sum(p.numel() for p in final.parameters())
     return FinetuneResult(result.run_dir, result.checkpoint, result.val_loss, trainable, total, 0, None, fc.method,
                           result.stats, "none", 0, "dreambooth" if dreambooth else "captioned-images")
+
+
+def _same_settings(resumed: dict, wanted: dict, checkpoint: Path) -> None:
+    """--resume continues the run the checkpoint holds: a changed training setting would silently not apply."""
+    defaults = {"method": None, "text_encoder": False, "ema_decay": 0.0, "snr_gamma": None, "prior_loss_weight": None}  # (records before these keys)
+    value = lambda record, key: record.get(key, defaults[key])  # noqa: E731
+    changed = [k for k in defaults if value(resumed, k) != value(wanted, k)]
+    if changed:
+        was = ", ".join(f"{k} {value(resumed, k)!r} (now {value(wanted, k)!r})" for k in changed)
+        raise AigcError(f"--resume: {checkpoint} was trained with {was}",
+                        "resume with the run's own settings (its config.yaml), or start a new run in another train.out_dir")
 
 
 def dreambooth_images(cfg: ExperimentConfig, quiet: bool):

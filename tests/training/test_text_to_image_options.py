@@ -131,3 +131,15 @@ def test_full_finetune_of_unet_and_text_encoder_writes_both(tmp_path, pipeline_d
         before = dict(getattr(base, part).named_parameters())
         assert any(not torch.equal(p, before[n]) for n, p in getattr(pipe, part).named_parameters()), part
     assert result.trainable_params == sum(p.numel() for m in (base.unet, base.text_encoder) for p in m.parameters())
+
+
+def test_resume_with_changed_settings_is_refused(tmp_path, pipeline_dir, prepared):  # noqa: F811
+    import pytest
+
+    from aigc_cli.errors import AigcError
+
+    path = _write(tmp_path, prepared, pipeline_dir, tmp_path / "run", max_steps=1)
+    finetune_model(load_config(path, ["train.eval_batches=1", "train.batch_size=2"]), quiet=True)
+    with pytest.raises(AigcError, match="snr_gamma None"):
+        finetune_model(load_config(path, ["train.eval_batches=1", "train.batch_size=2", "train.max_steps=2",
+                                          "finetune.text_to_image.snr_gamma=5"]), resume=True, quiet=True)
