@@ -167,12 +167,13 @@ def _make_trainable(unet, text_encoder, record: dict) -> None:
 def _add_adapter(module, lora: dict, what: str, hint: str) -> None:
     """peft LoRA layers injected into `module` (diffusers' ModelMixin.add_adapter does exactly this for the
     UNet; transformers' add_adapter would want a newer peft, so the text encoder gets peft's own call)."""
+    from diffusers import ModelMixin
     from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], init_lora_weights="gaussian",
                         target_modules=lora["target_modules"])
     try:
-        if what == "UNet":
+        if isinstance(module, ModelMixin):  # a diffusers model (the UNet): its own add_adapter
             module.add_adapter(config)
         else:
             inject_adapter_in_model(config, module, adapter_name="default")
