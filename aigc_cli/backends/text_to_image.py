@@ -31,7 +31,9 @@ from aigc_cli.errors import AigcError
 
 RECORD = "aigc_text_to_image.json"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
-TRAINING_WEIGHTS = "aigc_training_weights.safetensors"  # with EMA: the raw trained weights, for --resume
+# With EMA: the raw trained weights, for --resume (in a sub-folder: `aigc info` counts the checkpoint's
+# top-level *.safetensors as its parameters, and these are a second copy of the trained ones).
+TRAINING_WEIGHTS = "training/raw_weights.safetensors"
 DEFAULT_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # the UNet's attention projections, as diffusers' LoRA script
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP's attention projections, as diffusers' train_dreambooth_lora.py
 SAMPLERS = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", "dpm-solver++": "DPMSolverMultistepScheduler",
@@ -273,6 +275,7 @@ def save(model: TextToImage, directory: Path) -> None:
     if model.ema is not None:
         from safetensors.torch import save_file
 
+        (directory / TRAINING_WEIGHTS).parent.mkdir(exist_ok=True)
         save_file({name: p.detach().contiguous() for name, p in model.trained()}, str(directory / TRAINING_WEIGHTS))
     record = {**model.record, "ema_updates": model.ema_updates, "base_relative": os.path.relpath(model.record["base"], directory.resolve())}
     (directory / RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -104,7 +104,7 @@ def test_ema_checkpoint_samples_with_the_ema_and_resumes_exactly(tmp_path, pipel
     cfg_b = _write(tmp_path / "b", prepared, pipeline_dir, tmp_path / "b" / "run", max_steps=3)
     finetune_model(load_config(cfg_b, extra), quiet=True)
     resumed = finetune_model(load_config(cfg_b, extra + ["train.max_steps=6"]), resume=True, quiet=True)
-    for name in ("pytorch_lora_weights.safetensors", "aigc_training_weights.safetensors"):
+    for name in ("pytorch_lora_weights.safetensors", "training/raw_weights.safetensors"):
         a, b = load_file(straight.checkpoint / name), load_file(resumed.checkpoint / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
@@ -118,6 +118,9 @@ def test_ema_checkpoint_samples_with_the_ema_and_resumes_exactly(tmp_path, pipel
     assert all(torch.equal(loaded[k], ema[k]) for k in ema)  # what samples is the EMA ...
     assert any(not torch.allclose(raw[k], ema[k]) for k in ema)  # ... not the last trained weights
     assert np.isfinite([float(v.abs().sum()) for v in ema.values()]).all()
+    from aigc_cli.runs.inspection import count_parameters
+
+    assert count_parameters(straight.checkpoint) == sum(v.numel() for v in ema.values())  # `aigc info` counts the weights once
 
 
 def test_full_finetune_of_unet_and_text_encoder_writes_both(tmp_path, pipeline_dir, prepared):  # noqa: F811
