@@ -207,9 +207,13 @@ def check_eval(config_path: str | None, cfg: ExperimentConfig, checkpoint: str |
     prepared data for loss/perplexity, the checkpoint for image metrics sampled from it. Returns
     the checkpoint to score (None when no metric needs one)."""
     ec = cfg.eval
-    image = config_path is not None and cfg.model.backend in IMAGE_BACKENDS
-    if image and ec.generations and not Path(ec.generations).exists():  # images: a folder of PNGs
+    # Images (an image backend's metrics, or clip_score of any checkpoint's prompted images): a folder of PNGs.
+    image = config_path is not None and (cfg.model.backend in IMAGE_BACKENDS or "clip_score" in ec.metrics)
+    if image and ec.generations and not Path(ec.generations).exists():
         raise AigcError(f"--predictions not found: {ec.generations}", "pass the folder `aigc generate` wrote")
+    if image and cfg.model.backend not in IMAGE_BACKENDS and set(ec.metrics) != {"clip_score"}:
+        raise AigcError(f"clip_score scores a folder of images; eval.metrics {sorted(set(ec.metrics) - {'clip_score'})} score text",
+                        "evaluate clip_score on its own (eval.metrics=[clip_score])")
     for path, what in [(None if image else ec.generations, "--predictions")] + [(r, "--references") for r in _references(ec.references)]:
         if path:
             existing_file(path, what)
@@ -222,7 +226,7 @@ def check_eval(config_path: str | None, cfg: ExperimentConfig, checkpoint: str |
         needs_model = names & {"loss", "psnr", "ssim"} or (names & {"fid", "kid", "coverage"} and not ec.generations)
     else:
         needs_model = names & set(MODEL_METRICS) or "prediction_perplexity" in names
-    if names & set(MODEL_METRICS) or image:
+    if names & set(MODEL_METRICS) or (image and names - {"clip_score"}):
         prepared_data(config_path, cfg)
     return trained_checkpoint(config_path, checkpoint, cfg.train.out_dir) if needs_model else None
 

@@ -21,7 +21,8 @@ SECTIONS = [("data", schema.DataConfig), ("data.cleaning", schema.CleaningConfig
             ("data.image", schema.ImageDataConfig),
             *((f"model (backend: {name})", entry.config) for name, entry in BACKENDS.items() if entry.config),
             ("train", schema.TrainConfig), ("finetune", schema.FinetuneConfig), ("finetune.lora", schema.LoraConfig), ("finetune.columns", schema.ChatColumnsConfig),
-            ("finetune.preference", schema.PreferenceConfig),
+            ("finetune.preference", schema.PreferenceConfig), ("finetune.text_to_image", schema.TextToImageFinetuneConfig),
+            ("finetune.text_to_image.dreambooth", schema.DreamBoothConfig),
             ("generate", schema.GenerateConfig), ("generate.few_shot", schema.FewShotConfig),
             ("generate.images", schema.ImageGenerateConfig), ("eval", schema.EvalConfig)]
 

@@ -44,18 +44,24 @@ def write_clip_tokenizer(directory: Path) -> None:
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
 
 
-def tiny_text_to_image_pipeline(directory: Path, seed: int = 0) -> Path:
+def tiny_text_to_image_pipeline(directory: Path, seed: int = 0, unet_channels: tuple[int, ...] = (4, 8), layers_per_block: int = 1,
+                                cross_attention_levels: tuple[int, ...] = (1,), vae_channels: tuple[int, ...] = (4, 8),
+                                norm_num_groups: int = 2) -> Path:
+    """diffusers' test pipeline by default; the keyword arguments make a larger one of the same shape
+    (the benchmark's): UNet channels per level, cross-attention at the named levels (0 is the top)."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(block_out_channels=(4, 8), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                                cross_attention_dim=32, norm_num_groups=2)
+    levels = range(len(unet_channels))
+    unet = UNet2DConditionModel(block_out_channels=tuple(unet_channels), layers_per_block=layers_per_block, sample_size=32, in_channels=4,
+                                out_channels=4, cross_attention_dim=32, norm_num_groups=norm_num_groups,
+                                down_block_types=tuple("CrossAttnDownBlock2D" if i in cross_attention_levels else "DownBlock2D" for i in levels),
+                                up_block_types=tuple("CrossAttnUpBlock2D" if i in cross_attention_levels else "UpBlock2D" for i in reversed(levels)))
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False)
-    vae = AutoencoderKL(block_out_channels=[4, 8], in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
-                        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=2)
+    vae = AutoencoderKL(block_out_channels=list(vae_channels), in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * len(vae_channels),
+                        up_block_types=["UpDecoderBlock2D"] * len(vae_channels), latent_channels=4, norm_num_groups=2)
     write_clip_tokenizer(directory / "_tok")
     tokenizer = CLIPTokenizer(str(directory / "_tok" / "vocab.json"), str(directory / "_tok" / "merges.txt"), model_max_length=16)
     text_encoder = CLIPTextModel(CLIPTextConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,

@@ -1,5 +1,7 @@
 """`text-to-image`: a Stable-Diffusion-style pipeline directory (diffusers: unet/, vae/, text_encoder/,
-tokenizer/, scheduler/) fine-tuned by `aigc finetune` — LoRA on the UNet through peft, or the full UNet.
+tokenizer/, scheduler/) fine-tuned by `aigc finetune` — LoRA on the UNet through peft, or the full UNet;
+optionally the CLIP text encoder too (finetune.text_to_image.train_text_encoder), an EMA of the trained
+weights (ema_decay) and min-SNR loss weighting (snr_gamma).
 
 Training is the latent-diffusion objective of diffusers' train_text_to_image(_lora).py: encode the
 images with the frozen VAE (times its scaling factor), noise the latents to a random timestep of a
@@ -7,14 +9,17 @@ DDPMScheduler with the pipeline's schedule, predict the noise (or v) with the UN
 the frozen CLIP text encoder's hidden states, mean-squared error.
 
 A LoRA checkpoint is `pytorch_lora_weights.safetensors` as `StableDiffusionPipeline.save_lora_weights`
-writes it (so `pipe.load_lora_weights(dir)` loads it unchanged) plus RECORD naming the base
-pipeline; a full fine-tune's checkpoint is a whole pipeline directory (`from_pretrained` loads it).
+writes it, the UNet's layers under unet., the text encoder's under text_encoder. (so
+`pipe.load_lora_weights(dir)` loads both unchanged), plus RECORD naming the base pipeline; a full
+fine-tune's checkpoint is a whole pipeline directory (`from_pretrained` loads it). With EMA those
+files hold the EMA weights — what samples — and TRAINING_WEIGHTS the raw ones, for --resume.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +31,19 @@ from aigc_cli.errors import AigcError
 
 RECORD = "aigc_text_to_image.json"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+# With EMA: the raw trained weights, for --resume (in a sub-folder: `aigc info` counts the checkpoint's
+# top-level *.safetensors as its parameters, and these are a second copy of the trained ones).
+TRAINING_WEIGHTS = "training/raw_weights.safetensors"
 DEFAULT_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]  # the UNet's attention projections, as diffusers' LoRA script
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP's attention projections, as diffusers' train_dreambooth_lora.py
 SAMPLERS = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", "dpm-solver++": "DPMSolverMultistepScheduler",
             "euler": "EulerDiscreteScheduler"}
 
 
 class TextToImage(nn.Module):
-    """The pipeline's parts; only the UNet (its adapters, or all of it) trains."""
+    """The pipeline's parts; the UNet (its adapters, or all of it) trains, and with
+    record["text_encoder"] the text encoder too. With record["ema_decay"], `ema` holds the moving
+    average of every trained weight (name → tensor), updated after each step."""
 
     def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, record: dict):
         super().__init__()
@@ -42,11 +53,56 @@ class TextToImage(nn.Module):
 
         self.noise_scheduler = DDPMScheduler.from_config(scheduler.config)
         self.vae.requires_grad_(False)
-        self.text_encoder.requires_grad_(False)
+        self.ema: dict[str, torch.Tensor] | None = None
+        self.ema_updates = 0  # a Python int: reading a device tensor every step would sync the GPU
 
     @property
     def vae_scale(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def trained(self) -> list[tuple[str, nn.Parameter]]:
+        """The trainable weights by name ("unet.…", "text_encoder.…"): what the optimizer and the EMA see."""
+        parts = [("unet", self.unet)] + ([("text_encoder", self.text_encoder)] if self.record.get("text_encoder") else [])
+        return [(f"{prefix}.{name}", p) for prefix, module in parts for name, p in module.named_parameters() if p.requires_grad]
+
+    def start_ema(self) -> None:
+        self.ema = {name: p.detach().clone() for name, p in self.trained()}
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """diffusers' EMAModel.step (no warm-up power, update_after_step 0): after update k the decay is
+        min(ema_decay, (1 + s) / (10 + s)) with s = k - 1, and 0 (a plain copy) at the first."""
+        names, params = zip(*self.trained())
+        self._ema_on(params[0].device)
+        self.ema_updates += 1
+        s = self.ema_updates - 1
+        decay = 0.0 if s <= 0 else min(self.record["ema_decay"], (1 + s) / (10 + s))
+        torch._foreach_lerp_([self.ema[n] for n in names], [p.detach() for p in params], 1.0 - decay)
+
+    def _ema_on(self, device) -> None:
+        first = next(iter(self.ema.values()))
+        if first.device != device:  # the model moved after the EMA was taken (.to(device) moves parameters, not this dict)
+            self.ema = {n: t.to(device) for n, t in self.ema.items()}
+
+
+@contextmanager
+def ema_weights(model: TextToImage):
+    """The EMA weights in place of the trained ones for the duration (what is saved for sampling); a no-op without EMA."""
+    if model.ema is None:
+        yield
+        return
+    trained = model.trained()
+    model._ema_on(trained[0][1].device)
+    kept = {name: p.detach().clone() for name, p in trained}
+    with torch.no_grad():
+        for name, p in trained:
+            p.copy_(model.ema[name])
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, p in trained:
+                p.copy_(kept[name])
 
 
 def is_pipeline_dir(path: str | Path) -> bool:
@@ -77,32 +133,54 @@ def _parts(directory: Path):
         raise AigcError(f"cannot load the pipeline {directory}: {first}", "check the directory (diffusers save_pretrained layout)") from None
 
 
-def start(base: str | Path, method: str, lora_cfg, image: dict) -> TextToImage:
-    """The base pipeline ready to fine-tune: LoRA adapters on the UNet (method lora) or the whole UNet trainable (full).
-    `image` is the prepared data's {size, channels}."""
+def start(base: str | Path, method: str, lora_cfg, image: dict, t2i_cfg=None) -> TextToImage:
+    """The base pipeline ready to fine-tune: LoRA adapters on the UNet (method lora) or the whole UNet trainable (full),
+    and the text encoder likewise with t2i_cfg.train_text_encoder. `image` is the prepared data's {size, channels}."""
     base = Path(base).resolve()
     unet, vae, text_encoder, tokenizer, scheduler = _parts(base)
-    record = {"base": str(base), "method": method, "size": image["size"], "data_channels": image["channels"]}
+    record = {"base": str(base), "method": method, "size": image["size"], "data_channels": image["channels"],
+              "text_encoder": bool(t2i_cfg and t2i_cfg.train_text_encoder), "ema_decay": t2i_cfg.ema_decay if t2i_cfg else 0.0,
+              "snr_gamma": t2i_cfg.snr_gamma if t2i_cfg else None}
     if method == "lora":
-        record["lora"] = {"r": lora_cfg.r, "alpha": lora_cfg.alpha, "dropout": lora_cfg.dropout,
-                          "target_modules": lora_cfg.target_modules or DEFAULT_TARGETS}
-        _add_adapter(unet, record["lora"])
-    else:
-        unet.requires_grad_(True)
+        adapter = {"r": lora_cfg.r, "alpha": lora_cfg.alpha, "dropout": lora_cfg.dropout}
+        record["lora"] = {**adapter, "target_modules": lora_cfg.target_modules or DEFAULT_TARGETS}
+        if record["text_encoder"]:
+            record["text_encoder_lora"] = {**adapter, "target_modules": TEXT_ENCODER_TARGETS}
+    _make_trainable(unet, text_encoder, record)
     model = TextToImage(unet, vae, text_encoder, tokenizer, scheduler, record)
     _check_size(model, image["size"])
+    if record["ema_decay"]:
+        model.start_ema()
     return model
 
 
-def _add_adapter(unet, lora: dict) -> None:
-    from peft import LoraConfig
-
+def _make_trainable(unet, text_encoder, record: dict) -> None:
     unet.requires_grad_(False)
+    text_encoder.requires_grad_(False)
+    if record["method"] == "lora":
+        _add_adapter(unet, record["lora"], "UNet", "finetune.lora.target_modules to module names of the UNet (e.g. to_q, to_k, to_v, to_out.0)")
+        if record.get("text_encoder"):
+            _add_adapter(text_encoder, record["text_encoder_lora"], "text encoder", "use a CLIP text encoder (q_proj, k_proj, v_proj, out_proj)")
+    else:
+        unet.requires_grad_(True)
+        text_encoder.requires_grad_(bool(record.get("text_encoder")))
+
+
+def _add_adapter(module, lora: dict, what: str, hint: str) -> None:
+    """peft LoRA layers injected into `module` (diffusers' ModelMixin.add_adapter does exactly this for the
+    UNet; transformers' add_adapter would want a newer peft, so the text encoder gets peft's own call)."""
+    from diffusers import ModelMixin
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], init_lora_weights="gaussian",
+                        target_modules=lora["target_modules"])
     try:
-        unet.add_adapter(LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                                    init_lora_weights="gaussian", target_modules=lora["target_modules"]))
+        if isinstance(module, ModelMixin):  # a diffusers model (the UNet): its own add_adapter
+            module.add_adapter(config)
+        else:
+            inject_adapter_in_model(config, module, adapter_name="default")
     except ValueError as exc:
-        raise AigcError(f"cannot add LoRA adapters to the UNet: {exc}", "set finetune.lora.target_modules to module names of the UNet (e.g. to_q, to_k, to_v, to_out.0)") from None
+        raise AigcError(f"cannot add LoRA adapters to the {what}: {exc}", f"set {hint}") from None
 
 
 def _check_size(model: TextToImage, size: int) -> None:
@@ -125,7 +203,7 @@ def tokenize(model: TextToImage, texts: list[str]) -> torch.Tensor:
 
 
 def parameters(model: TextToImage, part: str):
-    return [p for p in model.unet.parameters() if p.requires_grad]
+    return [p for _, p in model.trained()]
 
 
 def _rgb(model: TextToImage, images: torch.Tensor) -> torch.Tensor:
@@ -134,9 +212,25 @@ def _rgb(model: TextToImage, images: torch.Tensor) -> torch.Tensor:
 
 
 def loss(model: TextToImage, batch, part: str) -> torch.Tensor:
+    """The latent-diffusion MSE (min-SNR weighted with record["snr_gamma"]). A DreamBooth batch with
+    prior preservation is ((images, is_class), ids): instance loss + prior_loss_weight × class loss."""
     images, ids = batch
+    is_class = None
+    if isinstance(images, (tuple, list)):
+        images, is_class = images
+    prediction, target, steps = predict_noise(model, images, ids)
+    if is_class is None or not bool(is_class.any()):
+        return weighted_mse(model, prediction, target, steps)
+    own = ~is_class
+    prior = F.mse_loss(prediction[is_class].float(), target[is_class].float())
+    return weighted_mse(model, prediction[own], target[own], steps[own]) + model.record.get("prior_loss_weight", 1.0) * prior
+
+
+def predict_noise(model: TextToImage, images: torch.Tensor, ids: torch.Tensor):
+    """(the UNet's prediction, its target, the timesteps) for one batch: train_text_to_image.py's step."""
     with torch.no_grad():
         latents = model.vae.encode(_rgb(model, images).to(model.vae.dtype)).latent_dist.sample() * model.vae.config.scaling_factor
+    with torch.set_grad_enabled(torch.is_grad_enabled() and bool(model.record.get("text_encoder"))):
         hidden = model.text_encoder(ids, return_dict=False)[0]
     noise = torch.randn_like(latents)
     sched = model.noise_scheduler
@@ -144,22 +238,58 @@ def loss(model: TextToImage, batch, part: str) -> torch.Tensor:
     noisy = sched.add_noise(latents, noise, steps)
     prediction = model.unet(noisy, steps, hidden, return_dict=False)[0]
     target = sched.get_velocity(latents, noise, steps) if sched.config.prediction_type == "v_prediction" else noise
-    return F.mse_loss(prediction.float(), target.float())
+    return prediction, target, steps
+
+
+def weighted_mse(model: TextToImage, prediction: torch.Tensor, target: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    gamma = model.record.get("snr_gamma")
+    if gamma is None:
+        return F.mse_loss(prediction.float(), target.float())
+    per_example = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=list(range(1, prediction.dim())))
+    return (per_example * snr_weights(model.noise_scheduler, steps, gamma)).mean()
+
+
+def snr_weights(scheduler, steps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ weights (Hang et al. 2023) as train_text_to_image.py computes them: min(SNR, γ)/SNR for
+    epsilon prediction, min(SNR, γ)/(SNR + 1) for v; SNR(t) = ᾱ_t / (1 - ᾱ_t)."""
+    alphas = scheduler.alphas_cumprod.to(steps.device)[steps].float()
+    snr = alphas / (1.0 - alphas)
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / (snr + 1.0) if scheduler.config.prediction_type == "v_prediction" else clipped / snr
+
+
+def after_step(model: TextToImage) -> None:
+    if model.ema is not None:
+        model.update_ema()
 
 
 def save(model: TextToImage, directory: Path) -> None:
+    """The sampling weights (the EMA where there is one) as diffusers writes them; with EMA the raw trained
+    weights beside them (TRAINING_WEIGHTS), so --resume continues both."""
     directory = Path(directory)
-    if model.record["method"] == "lora":
-        from diffusers import StableDiffusionPipeline
-        from diffusers.utils import convert_state_dict_to_diffusers
-        from peft.utils import get_peft_model_state_dict
+    with ema_weights(model):
+        if model.record["method"] == "lora":
+            _save_lora(model, directory)
+        else:
+            _pipeline(model).save_pretrained(directory)
+    if model.ema is not None:
+        from safetensors.torch import save_file
 
-        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model.unet))
-        StableDiffusionPipeline.save_lora_weights(directory, unet_lora_layers=layers, safe_serialization=True)
-    else:
-        _pipeline(model).save_pretrained(directory)
-    relative = os.path.relpath(model.record["base"], directory.resolve())
-    (directory / RECORD).write_text(json.dumps({**model.record, "base_relative": relative}, indent=2) + "\n", encoding="utf-8")
+        (directory / TRAINING_WEIGHTS).parent.mkdir(exist_ok=True)
+        save_file({name: p.detach().contiguous() for name, p in model.trained()}, str(directory / TRAINING_WEIGHTS))
+    record = {**model.record, "ema_updates": model.ema_updates, "base_relative": os.path.relpath(model.record["base"], directory.resolve())}
+    (directory / RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def _save_lora(model: TextToImage, directory: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(model.unet))}
+    if model.record.get("text_encoder"):
+        layers["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(model.text_encoder))
+    StableDiffusionPipeline.save_lora_weights(directory, safe_serialization=True, **layers)
 
 
 def _pipeline(model: TextToImage):
@@ -183,26 +313,45 @@ def load(directory: Path, device: str, trainable: bool = False) -> TextToImage:
         raise AigcError(f"{directory} is not a text-to-image checkpoint (no {RECORD})", "pass a checkpoint written by `aigc finetune` on a pipeline")
     record = json.loads((directory / RECORD).read_text(encoding="utf-8"))
     record.pop("base_relative", None)
+    updates = record.pop("ema_updates", 0)
     if record["method"] != "lora":
         unet, vae, text_encoder, tokenizer, scheduler = _parts(directory)
-        unet.requires_grad_(trainable)
-        return TextToImage(unet, vae, text_encoder, tokenizer, scheduler, record).to(device)
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_unet_state_dict_to_peft
-    from peft import set_peft_model_state_dict
+        _make_trainable(unet, text_encoder, record)
+    else:
+        base = _base_dir(directory, record)
+        unet, vae, text_encoder, tokenizer, scheduler = _parts(base)
+        record["base"] = str(base)
+        _make_trainable(unet, text_encoder, record)
+        _load_lora(directory, unet, text_encoder, record, base)
+    model = TextToImage(unet, vae, text_encoder, tokenizer, scheduler, record)
+    if trainable and record.get("ema_decay"):  # the files hold the EMA; the raw weights are beside them
+        from safetensors.torch import load_file
 
-    base = _base_dir(directory, record)
-    unet, vae, text_encoder, tokenizer, scheduler = _parts(base)
-    record["base"] = str(base)
-    _add_adapter(unet, record["lora"])
-    state, _ = StableDiffusionPipeline.lora_state_dict(directory, weight_name=LORA_WEIGHTS)
-    unet_state = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")})
-    result = set_peft_model_state_dict(unet, unet_state, adapter_name="default")
-    if getattr(result, "unexpected_keys", None):
-        raise AigcError(f"the LoRA weights in {directory} do not fit the base pipeline {base}", "use the base the adapter was trained on")
+        model.start_ema()
+        model.ema_updates = updates
+        raw = load_file(str(directory / TRAINING_WEIGHTS))
+        with torch.no_grad():
+            for name, p in model.trained():
+                p.copy_(raw[name])
     if not trainable:
         unet.requires_grad_(False)
-    return TextToImage(unet, vae, text_encoder, tokenizer, scheduler, record).to(device)
+        text_encoder.requires_grad_(False)
+    return model.to(device)
+
+
+def _load_lora(directory: Path, unet, text_encoder, record: dict, base: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft, convert_unet_state_dict_to_peft
+    from peft import set_peft_model_state_dict
+
+    state, _ = StableDiffusionPipeline.lora_state_dict(directory, weight_name=LORA_WEIGHTS)
+    part = lambda prefix: {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}  # noqa: E731
+    results = [set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(part("unet.")), adapter_name="default")]
+    if record.get("text_encoder"):  # as diffusers' training scripts load it back (training_utils._set_state_dict_into_text_encoder)
+        te_state = convert_state_dict_to_peft(convert_state_dict_to_diffusers(part("text_encoder.")))
+        results.append(set_peft_model_state_dict(text_encoder, te_state, adapter_name="default"))
+    if any(getattr(result, "unexpected_keys", None) for result in results):
+        raise AigcError(f"the LoRA weights in {directory} do not fit the base pipeline {base}", "use the base the adapter was trained on")
 
 
 def image_info(model: TextToImage) -> dict:
@@ -224,8 +373,10 @@ def latent_shape(model: TextToImage) -> tuple[int, ...]:
 
 def sample(model: TextToImage, noise: torch.Tensor, labels: torch.Tensor | None, gen_cfg: Any,
            generators: list[torch.Generator]) -> torch.Tensor:
-    """The ImageBackend contract (training's sample grids): images of the empty prompt, unconditioned."""
-    return as_data_channels(model, sample_prompts(model, noise, [""] * noise.size(0), gen_cfg, generators))
+    """The ImageBackend contract (training's sample grids): images of the empty prompt, unconditioned; with
+    an EMA, of the EMA weights (what the checkpoint will hold)."""
+    with ema_weights(model):
+        return as_data_channels(model, sample_prompts(model, noise, [""] * noise.size(0), gen_cfg, generators))
 
 
 def _encode(model: TextToImage, texts: list[str], device) -> torch.Tensor:

@@ -95,18 +95,25 @@ def _evaluate(cfg: ExperimentConfig, checkpoint, log, config_free: bool) -> Eval
     gates = load_gates(ec.fail_under, ec.fail_above, ec.max_drop, ec.baseline, produced)  # before any slow work
     metrics: dict[str, float] = {}
     details: dict = {}
-    if cfg.model.backend in IMAGE_BACKENDS:
+    if "clip_score" in ec.metrics:
+        metrics, details = _clip_score(ec, log)
+    if cfg.model.backend in IMAGE_BACKENDS and set(ec.metrics) - {"clip_score"}:
         from aigc_cli.evaluation.images import evaluate_images  # (config validation matched metrics to the backend)
 
-        metrics, details = evaluate_images(cfg, checkpoint, log)
+        image_metrics, image_details = evaluate_images(cfg, checkpoint, log)
+        metrics.update(image_metrics)
+        scored = [d["scored"] for d in (details, image_details) if d.get("scored")]
+        details.update(image_details, scored="; ".join(scored))
     elif set(MODEL_METRICS) & set(ec.metrics):
         if config_free:
             raise AigcError(f"{[m for m in ec.metrics if m in MODEL_METRICS]} score a checkpoint on prepared data",
                             "pass the experiment config too: aigc eval CONFIG --checkpoint DIR")
-        metrics, details = evaluate_language_model(cfg, checkpoint)
-        details["scored"] = (f"{details['checkpoint']} on the {details['split']} split of {details['prepared_data']}: "
-                             f"{details['windows']:,} windows of {details['context']} tokens ({details['tokens']:,} tokens)")
-        log(f"scored {details['scored']}")
+        lm_metrics, lm_details = evaluate_language_model(cfg, checkpoint)
+        lm_details["scored"] = (f"{lm_details['checkpoint']} on the {lm_details['split']} split of {lm_details['prepared_data']}: "
+                                f"{lm_details['windows']:,} windows of {lm_details['context']} tokens ({lm_details['tokens']:,} tokens)")
+        log(f"scored {lm_details['scored']}")
+        metrics.update(lm_metrics)
+        details.update(lm_details, scored="; ".join(d["scored"] for d in (details, lm_details) if d.get("scored")))
     inputs = [{"role": "prepared data", **i} for i in details.pop("inputs", None) or []]
     signatures: dict[str, str] = {}
     text_names = [m for m in ec.metrics if m in TEXT_METRICS]
@@ -120,6 +127,22 @@ def _evaluate(cfg: ExperimentConfig, checkpoint, log, config_free: bool) -> Eval
         inputs += text_inputs
     metrics = {name: metrics[name] for name in produced if name in metrics} | metrics
     return _report(cfg, config_free, metrics, details, signatures, inputs, gates, text_names)
+
+
+def _clip_score(ec: EvalConfig, log) -> tuple[dict, dict]:
+    from aigc_cli.evaluation.clip_score import SKIPPED, clip_score
+
+    if not ec.generations:
+        raise AigcError("clip_score scores images written by `aigc generate --prompt`, and eval.generations names none",
+                        "set eval.generations to that --out folder")
+    if not ec.clip_model:
+        log(f"clip_score {SKIPPED}")
+        return {}, {"clip_score": SKIPPED, "scored": f"clip_score {SKIPPED}"}
+    result = clip_score(ec.generations, ec.clip_model)
+    scored = f"clip_score of {result['clip_images']:,} images in {ec.generations} against their prompts ({ec.clip_model})"
+    log(f"scored {scored}")
+    return {"clip_score": result["clip_score"]}, {"clip_model": str(ec.clip_model), "generations": str(ec.generations),
+                                                  "clip_images": result["clip_images"], "scored": scored}
 
 
 def _report(cfg, config_free, metrics, details, signatures, inputs, gates: Gates, text_names) -> EvalResult:

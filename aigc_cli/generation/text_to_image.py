@@ -11,6 +11,7 @@ manifest does not hold.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -94,7 +95,7 @@ def generate_from_prompts(cfg: ExperimentConfig, checkpoint: Path, prompts: list
 
                             log(f"sampling {len(prompts)} prompt(s) × {per_prompt} image(s) from {checkpoint} with seed {seed}")
                             model = load_model(checkpoint, modality="image")
-                        done = _sample(model, prompt, indices, seed, gc)
+                        done = sample_prompt_batch(model, prompt, indices, seed, gc)
                         for name, key, pixels in zip(batch_names, batch_keys, done):
                             data = png_bytes(pixels)
                             write_bytes_atomic(out_dir / name, data)
@@ -102,6 +103,7 @@ def generate_from_prompts(cfg: ExperimentConfig, checkpoint: Path, prompts: list
                     names += batch_names
                     keys += batch_keys
                     images += list(done)
+            _remove_stale_images(out_dir, set(names))
             grid = out_dir / "grid.png"
             save_png(make_grid(np.stack(images), gc.grid_columns or per_prompt), grid)
             write_json_atomic(out_dir / "samples.json", {
@@ -110,6 +112,17 @@ def generate_from_prompts(cfg: ExperimentConfig, checkpoint: Path, prompts: list
             write_provenance(out_dir, cfg, checkpoint=str(checkpoint))
             manifest.finish(keys)
     return PromptedImages(out_dir, [out_dir / n for n in names], grid, prompts)
+
+
+def _remove_stale_images(out_dir: Path, current: set[str]) -> None:
+    """Images of an earlier run in this folder with more prompts or images go (before samples.json and the
+    manifest are rewritten without them): a fresh folder would not have them, and nothing may count them as current."""
+    for old in out_dir.glob("p*_*.png"):
+        if _PROMPT_IMAGE.fullmatch(old.name) and old.name not in current:
+            old.unlink()
+
+
+_PROMPT_IMAGE = re.compile(r"p\d{3,}_\d{3,}\.png")
 
 
 def _finished(manifest: OutputManifest, key: str, path: Path):
@@ -121,7 +134,8 @@ def _finished(manifest: OutputManifest, key: str, path: Path):
     return read_png(path)
 
 
-def _sample(loaded, prompt: str, indices: range, seed: int, gc) -> np.ndarray:
+def sample_prompt_batch(loaded, prompt: str, indices: range, seed: int, gc) -> np.ndarray:
+    """Images `indices` of `prompt` as uint8 (N, C, H, W): what `aigc generate` runs per batch (and the benchmark times)."""
     import torch
 
     backend = loaded.backend

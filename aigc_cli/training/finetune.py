@@ -233,6 +233,9 @@ def _finetune(cfg: ExperimentConfig, resume: bool, merge: bool, quiet: bool) -> 
         from aigc_cli.training.text_to_image import finetune_pipeline
 
         return finetune_pipeline(cfg, resume, merge, quiet)
+    if fc.text_to_image.model_fields_set:
+        raise AigcError("finetune.text_to_image applies to Stable-Diffusion-style pipelines, but finetune.base is not one",
+                        "point finetune.base at a diffusers pipeline directory (model_index.json, unet/, text_encoder/), or remove finetune.text_to_image")
     device = pick_device(tc.device)
     quantized = fc.quantization != "none"
     if quantized:

@@ -73,3 +73,22 @@ def test_samplers_guidance_and_negative_prompt_change_the_images(tmp_path, run_d
     assert base.exit_code == 0 and other.exit_code == 0, other.stderr
     a, b = read_png(tmp_path / "base" / "p000_000.png"), read_png(tmp_path / "other" / "p000_000.png")
     assert not np.array_equal(a, b)
+
+
+def test_a_smaller_rerun_leaves_no_stale_images(tmp_path, run_dir, cli):
+    cfg, out = _config(tmp_path, run_dir), tmp_path / "same"
+    first = cli("generate", cfg, "--prompt", "a bold seven", "--prompt", "a thin one", "--num", "3", "--out", out)
+    assert first.exit_code == 0, first.stderr
+    kept = read_png(out / "p000_001.png")
+    (out / "notes.png").write_bytes(b"not ours")  # a file aigc did not name is left alone
+    again = cli("generate", cfg, "--prompt", "a bold seven", "--num", "2", "--out", out, "--json")
+    assert again.exit_code == 0, again.stderr
+    assert sorted(p.name for p in out.glob("p*.png")) == ["p000_000.png", "p000_001.png"]
+    assert (out / "notes.png").is_file()
+    samples = json.loads((out / "samples.json").read_text())
+    assert samples["files"] == ["p000_000.png", "p000_001.png"] and samples["prompts"] == ["a bold seven"]
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["file"] for r in manifest] == ["p000_000.png", "p000_001.png"]
+    assert json.loads(again.stdout)["count"] == 2
+    assert np.array_equal(read_png(out / "p000_001.png"), kept)  # the same batch, reused from the manifest
+    assert "sampling" not in again.stderr  # nothing was left to sample: the model was not loaded
