@@ -295,7 +295,7 @@ def generate(config: ConfigArg, overrides: OverridesArg = None, checkpoint: Chec
         from aigc_cli.preflight import text_to_image_checkpoint
 
         t2i = text_to_image_checkpoint(config, cfg, checkpoint, prompts_file)
-        if t2i is not None:  # a pipeline fine-tuned by `aigc finetune`: images from prompts, --num per prompt
+        if t2i is not None:  # a text-to-image checkpoint (finetune on a pipeline, or latent-diffusion): images from prompts, --num per prompt
             from aigc_cli.generation.text_to_image import generate_from_prompts, read_prompt_lines
 
             prompts = prompt or (read_prompt_lines(prompts_file) if prompts_file else cfg.generate.prompts)
@@ -480,7 +480,7 @@ def init(directory: Annotated[str, typer.Argument(metavar="DIR", help="Folder to
          force: Annotated[bool, typer.Option("--force", help="Overwrite files that already exist.")] = False,
          as_json: JsonOpt = False, debug: DebugOpt = False,
          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False) -> None:
-    """Write a commented starter config that runs as it is (text-gpt, text-rnn, finetune-lora, image-ddpm, image-vae, image-gan).
+    """Write a commented starter config that runs as it is (text-gpt, text-rnn, finetune-lora, image-ddpm, image-vae, image-gan, text-to-image).
 
     Example: aigc init my-first --template text-gpt && aigc prep my-first/text-gpt.yaml
     """

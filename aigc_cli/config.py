@@ -81,7 +81,7 @@ REFERENCE_METRICS = ("bleu", "chrf", "ter", "rouge1", "rouge2", "rougeL", "rouge
                      "accuracy", "precision", "recall", "f1")
 PREDICTION_METRICS = ("distinct1", "distinct2", "self_bleu", "repetition", "length", "prediction_perplexity")
 TEXT_METRICS = REFERENCE_METRICS + PREDICTION_METRICS
-IMAGE_METRICS = ("fid", "kid", "coverage", "psnr", "ssim")
+IMAGE_METRICS = ("fid", "kid", "coverage", "psnr", "ssim", "adherence")
 MODEL_METRICS = ("loss", "perplexity")  # a checkpoint on the prepared split (either name: loss, perplexity, bits per token)
 PROMPTED_IMAGE_METRICS = ("clip_score",)  # images of `aigc generate --prompt` against their prompts, whatever model.backend says
 METRIC_NAMES = MODEL_METRICS + TEXT_METRICS + IMAGE_METRICS + PROMPTED_IMAGE_METRICS
@@ -297,7 +297,7 @@ class EvalConfig(Section):
     split: Literal["val", "train"] = Field("val", description="Prepared split to score.")
     batch_size: int = Field(16, ge=1, description="Windows scored per forward pass.")
     max_batches: Optional[int] = Field(None, ge=1, description="Score at most this many batches of block_size windows (null: the whole split).")
-    metrics: list[Literal[METRIC_NAMES]] = Field(default_factory=lambda: ["loss"], description="loss (or perplexity): loss, perplexity and bits per token of a checkpoint on a prepared split. Against references: bleu, chrf, ter (sacrebleu), rouge1/rouge2/rougeL/rougeLsum (rouge-score), cider (CIDEr-D), accuracy/precision/recall/f1 (labels). Predictions alone: distinct1, distinct2, self_bleu, repetition, length, prediction_perplexity (the predictions' perplexity under --checkpoint: a fluency score). Images: fid/kid (generated vs held-out real), coverage (class shares of the samples by the eval classifier), psnr/ssim (vae reconstructions of the held-out images). Text-to-image: clip_score (torchmetrics CLIPScore of eval.generations' images against their prompts; needs eval.clip_model, else skipped and said so).")
+    metrics: list[Literal[METRIC_NAMES]] = Field(default_factory=lambda: ["loss"], description="loss (or perplexity): loss, perplexity and bits per token of a checkpoint on a prepared split. Against references: bleu, chrf, ter (sacrebleu), rouge1/rouge2/rougeL/rougeLsum (rouge-score), cider (CIDEr-D), accuracy/precision/recall/f1 (labels). Predictions alone: distinct1, distinct2, self_bleu, repetition, length, prediction_perplexity (the predictions' perplexity under --checkpoint: a fluency score). Images: fid/kid (generated vs held-out real), coverage (class shares of the samples by the eval classifier), psnr/ssim (vae reconstructions of the held-out images), adherence (text-to-image: the share of samples for the held-out captions whose digit, read by a classifier fitted on scikit-learn's digits, is the one the caption names; also adherence_inverted and adherence_weight for ', inverted' and thin/bold). Text-to-image: clip_score (torchmetrics CLIPScore of eval.generations' images against their prompts; needs eval.clip_model, else skipped and said so).")
     generations: Optional[str] = Field(None, description="For text metrics (`--predictions`): the JSONL written by `aigc generate`, any JSONL (predictions_field), or a text file with one item per line (.gz allowed). For fid/kid/coverage: a folder of generated images (default: sample eval.num_samples from the checkpoint).")
     references: Union[str, list[str], None] = Field(None, description="For text metrics: line-aligned reference texts (.gz allowed) or JSONL (field references_field: a string or a list of strings); a list of files gives several references per item.")
     predictions_field: str = Field("completion", description="JSONL predictions: the field holding the text (rows with `sample` > 0 are skipped, so `aigc generate` output scores its first sample).")
@@ -332,6 +332,12 @@ class ExperimentConfig(Section):
         if wrong:
             kind = "images" if image else "text"
             raise ValueError(f"eval.metrics {wrong} do not apply to model.backend={self.model.backend}, which makes {kind}")
+        if BACKENDS[self.model.backend].prompted and self.data is not None:  # latent-diffusion: trained on captioned images
+            if not self.data.image.captions:
+                raise ValueError(f"model.backend={self.model.backend} learns from captions: set data.image.captions=true (and run `aigc prep CONFIG --force`)")
+            if self.data.image.size % self.model.downsampling():
+                raise ValueError(f"data.image.size={self.data.image.size} must divide by {self.model.downsampling()} for model.autoencoder_channels and model.unet_channels "
+                                 "(each level after the first halves the resolution)")
         if self.data is not None and self.data.source == "digits" and not image and not self.data.image.captions:
             raise ValueError(f"data.source 'digits' is an image set; model.backend={self.model.backend} is a text model (use {', '.join(IMAGE_BACKENDS[:-1])} or {IMAGE_BACKENDS[-1]})")
         return self

@@ -89,13 +89,14 @@ def check_finetune(cfg: ExperimentConfig, resume: bool = False) -> None:
 
 
 def text_to_image_checkpoint(config_path: str, cfg: ExperimentConfig, checkpoint: str | None, prompts_file: str | None) -> Path | None:
-    """The checkpoint `aigc generate` reads when it is a text-to-image one (None: another kind)."""
-    from aigc_cli.backends import backend_of_checkpoint
+    """The checkpoint `aigc generate` reads when it samples images from prompts (text-to-image,
+    latent-diffusion: spec.prompted); None: another kind."""
+    from aigc_cli.backends import backend_of_checkpoint, spec
 
     if prompts_file:
         existing_file(prompts_file, "prompts file", "pass an existing file to --prompts-file")
     found = trained_checkpoint(config_path, checkpoint, cfg.train.out_dir)
-    return found if backend_of_checkpoint(found) == "text-to-image" else None
+    return found if spec(backend_of_checkpoint(found)).prompted else None
 
 
 def check_generate(config_path: str, cfg: ExperimentConfig, checkpoint: str | None, prompts_file: str | None) -> Path:

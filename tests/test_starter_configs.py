@@ -15,7 +15,7 @@ from aigc_cli.starter_configs import render_template, template_names
 from tests.conftest import json_out
 
 REPO = Path(__file__).resolve().parents[1]
-TEMPLATES = ["chat-dpo", "chat-sft", "classify", "finetune-lora", "image-ddpm", "image-gan", "image-vae", "ner", "text-gpt", "text-rnn"]
+TEMPLATES = ["chat-dpo", "chat-sft", "classify", "finetune-lora", "image-ddpm", "image-gan", "image-vae", "ner", "text-gpt", "text-rnn", "text-to-image"]
 
 
 def test_the_six_templates_are_shipped():

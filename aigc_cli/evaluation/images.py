@@ -8,6 +8,8 @@
 - coverage: what that classifier makes of the samples — the share of each class, and the share
   it recognises with probability ≥ 0.9.
 - psnr / ssim: the vae's reconstructions of the held-out images against the originals.
+- adherence (a model that samples from prompts): images for the held-out captions, scored by
+  prompt_adherence.py (the digit named, and ", inverted" and thin/bold where measurable).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aigc_cli.backends import spec
 from aigc_cli.config import ExperimentConfig, require_data
 from aigc_cli.data.images import IMAGE_SUFFIXES, ImageArray, open_image, to_array
 from aigc_cli.errors import AigcError
@@ -35,7 +38,7 @@ def evaluate_images(cfg: ExperimentConfig, checkpoint: str | Path | None, log=la
     metrics: dict[str, float] = {}
     details: dict = {"prepared_data": str(data_dir), "inputs": real_val.meta.get("inputs")}
     loaded = None
-    if names & {"loss", "psnr", "ssim"} or (names & {"fid", "kid", "coverage"} and not ec.generations):
+    if names & {"loss", "psnr", "ssim", "adherence"} or (names & {"fid", "kid", "coverage"} and not ec.generations):
         loaded = load_model(checkpoint or cfg.train.out_dir, modality="image")
         details.update(checkpoint=str(loaded.checkpoint), backend=loaded.backend_name)
         if loaded.info["size"] != real_val.meta["size"] or loaded.info["channels"] != real_val.meta["channels"]:
@@ -44,8 +47,11 @@ def evaluate_images(cfg: ExperimentConfig, checkpoint: str | Path | None, log=la
 
     if "loss" in names:
         # A fixed seed for the noise the loss draws, so losses of different checkpoints compare.
-        metrics["loss"] = heldout_loss(loaded, loaded.validation_part, real_val.batches(ec.batch_size), loaded.device,
+        metrics["loss"] = heldout_loss(loaded, loaded.validation_part, _loss_batches(loaded, data_dir, real_val, ec.batch_size), loaded.device,
                                        per="row", seed=cfg.train.seed + 1).mean
+    if "adherence" in names:
+        scores, details["adherence"] = _adherence(cfg, loaded, data_dir, log)
+        metrics.update(scores)
     if names & {"psnr", "ssim"}:
         originals, reconstructed = reconstruct_images(loaded, "val", cfg)
         if "psnr" in names:
@@ -88,6 +94,56 @@ def evaluate_images(cfg: ExperimentConfig, checkpoint: str | Path | None, log=la
     return metrics, details
 
 
+def _loss_batches(loaded, data_dir, real_val: ImageArray, batch_size: int):
+    """The held-out batches the loss takes: (images, labels), or (images, caption token ids) for a model that samples from prompts."""
+    if not spec(loaded.backend_name).prompted:
+        return real_val.batches(batch_size)
+    from aigc_cli.data.images import CaptionedImages
+
+    return CaptionedImages(data_dir, "val", lambda texts: loaded.backend.tokenize(loaded.model, texts)).batches(batch_size)
+
+
+def _adherence(cfg: ExperimentConfig, loaded, data_dir, log) -> tuple[dict, dict]:
+    """Prompt adherence of eval.num_samples images, one per held-out caption in order (cycling), each
+    seeded as `aigc generate` seeds image k of a prompt."""
+    from aigc_cli.data.images import CaptionedImages
+    from aigc_cli.evaluation.prompt_adherence import DigitReader, prompt_adherence
+
+    if not spec(loaded.backend_name).prompted:
+        raise AigcError(f"eval.metrics adherence scores images sampled from prompts; {loaded.checkpoint} ({loaded.backend_name}) takes none",
+                        "evaluate a latent-diffusion or text-to-image checkpoint")
+    val, train = CaptionedImages(data_dir, "val", list), CaptionedImages(data_dir, "train", list)
+    count = cfg.eval.num_samples
+    prompts = [val.captions[i % len(val.captions)] for i in range(count)]
+    log(f"sampling {count} images for held-out captions from {loaded.checkpoint} (seed {cfg.generate.seed}) to score prompt adherence")
+    images = prompted_images(loaded, prompts, cfg.generate.seed, cfg.generate.images)
+    metrics, details = prompt_adherence(images, prompts, np.asarray(train.images), train.captions, DigitReader())
+    return metrics, {**details, "seed": cfg.generate.seed, **cfg.generate.images.model_dump(mode="json", include={"sampler", "num_inference_steps", "guidance_scale"})}
+
+
+def prompted_images(loaded, prompts: list[str], seed: int, gc) -> np.ndarray:
+    """uint8 images, one per prompt; the k-th time a prompt appears its image is seeded as
+    `aigc generate` seeds that prompt's image k, so the two make the same pictures."""
+    import torch
+
+    from aigc_cli.generation.text_to_image import prompt_image_seed
+    from aigc_cli.inference.image_sampling import to_uint8
+
+    seen: dict[str, int] = {}
+    seeds = []
+    for prompt in prompts:
+        seeds.append(prompt_image_seed(seed, prompt, seen.get(prompt, 0)))
+        seen[prompt] = seen.get(prompt, 0) + 1
+    shape = tuple(loaded.backend.latent_shape(loaded.model))
+    out = []
+    for start in range(0, len(prompts), gc.batch_size):
+        generators = [torch.Generator().manual_seed(s) for s in seeds[start:start + gc.batch_size]]
+        noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(loaded.device)
+        images = loaded.backend.sample_prompts(loaded.model, noise, prompts[start:start + gc.batch_size], gc, generators, gc.negative_prompt)
+        out.append(to_uint8(loaded.backend.as_data_channels(loaded.model, images)))
+    return np.concatenate(out)
+
+
 def _what_was_scored(details: dict, names: set[str]) -> str:
     parts = []
     if "checkpoint" in details:
@@ -96,6 +152,8 @@ def _what_was_scored(details: dict, names: set[str]) -> str:
         parts.append(f"loss on the val split of {details['prepared_data']}")
     if "reconstructed_images" in details:
         parts.append(f"{details['reconstructed_images']:,} reconstructed val images")
+    if "adherence" in details:
+        parts.append(f"prompt adherence of {details['adherence']['samples']:,} images for held-out captions")
     if "generated_images" in details:
         source = details.get("generations") or f"sampled with seed {details['sampled']['seed']}"
         parts.append(f"{details['generated_images']:,} generated images ({source}) against {details.get('real_images', 0):,} "

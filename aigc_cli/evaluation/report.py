@@ -23,7 +23,8 @@ _LM = ("loss", "perplexity", "bits_per_token")
 # What each requested metric puts into the report (the rest put in their own name).
 OUTPUTS = {"loss": _LM, "perplexity": _LM, "prediction_perplexity": ("prediction_perplexity", "prediction_loss"),
            "length": ("length_mean", "length_median", "length_min", "length_max"),
-           "fid": ("fid", "fid_real_floor"), "kid": ("kid", "kid_std"), "coverage": ("confident_share", "min_class_share")}
+           "fid": ("fid", "fid_real_floor"), "kid": ("kid", "kid_std"), "coverage": ("confident_share", "min_class_share"),
+           "adherence": ("adherence", "adherence_inverted", "adherence_weight")}
 
 
 def output_names(requested: list[str]) -> list[str]:

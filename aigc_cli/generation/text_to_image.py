@@ -1,5 +1,5 @@
-"""`aigc generate --prompt TEXT` / `--prompts-file` on a text-to-image checkpoint (made by
-`aigc finetune` on a Stable-Diffusion-style pipeline): PNGs per prompt, grid.png, samples.json
+"""`aigc generate --prompt TEXT` / `--prompts-file` on a checkpoint that samples from prompts (made by
+`aigc finetune` on a Stable-Diffusion-style pipeline, or by `aigc train` with latent-diffusion): PNGs per prompt, grid.png, samples.json
 and manifest.jsonl, as image generation writes them.
 
 Image k of prompt p starts from latents drawn by its own generator, seeded from (generate.seed,
@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from aigc_cli.backends import backend_of_checkpoint
 from aigc_cli.config import ExperimentConfig
 from aigc_cli.errors import AigcError
 from aigc_cli.generation.images import make_grid, png_bytes, read_png, save_png
@@ -106,7 +107,7 @@ def generate_from_prompts(cfg: ExperimentConfig, checkpoint: Path, prompts: list
             grid = out_dir / "grid.png"
             save_png(make_grid(np.stack(images), gc.grid_columns or per_prompt), grid)
             write_json_atomic(out_dir / "samples.json", {
-                "checkpoint": str(checkpoint), "backend": "text-to-image", "seed": seed, "per_prompt": per_prompt,
+                "checkpoint": str(checkpoint), "backend": backend_of_checkpoint(checkpoint), "seed": seed, "per_prompt": per_prompt,
                 "prompts": prompts, "files": names, "params": params, "versions": software_versions()})
             write_provenance(out_dir, cfg, checkpoint=str(checkpoint))
             manifest.finish(keys)

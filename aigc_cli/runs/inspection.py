@@ -260,7 +260,8 @@ def count_parameters(directory: Path) -> int | None:
     (or, for a checkpoint with only pickled pytorch_model*.bin / adapter_model.bin weights, from
     torch.load with weights_only and mmap: shapes are read, the tensor data stays on disk)."""
 
-    files = sorted(directory.glob("*.safetensors"))
+    # A diffusers pipeline directory keeps its components' weights one level down (unet/, vae/, text_encoder/).
+    files = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*/*.safetensors"))
     if not files:
         return _count_pickled_parameters(sorted(directory.glob("*.bin")))
     return sum(_count_file_parameters(file, "the checkpoint is damaged; use another one") for file in files)

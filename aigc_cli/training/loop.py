@@ -68,6 +68,10 @@ def stats_lines(stats: dict[str, float]) -> list[str]:
 
 def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False) -> TrainResult:
     """`aigc train`: a fresh model of model.* (or model.init_from's pretrained one) on the prepared token arrays or images."""
+    if spec(cfg.model.backend).recipe:  # several jobs in sequence (latent diffusion: the autoencoder, then the UNet)
+        import importlib
+
+        return importlib.import_module(spec(cfg.model.backend).recipe).train_model(cfg, resume, quiet)
     if spec(cfg.model.backend).modality == "labels":  # a classifier reads labelled records, not prepared token arrays
         from aigc_cli.training.classification import label_job
 

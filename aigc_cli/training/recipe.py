@@ -49,6 +49,7 @@ class TrainingJob:
     inputs: list[dict] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
     verb: str = "train"  # for the resume hint: `aigc <verb> CONFIG --resume`
+    parts: tuple[str, ...] | None = None  # the backend's parts this job trains (None: all; latent diffusion trains one per phase)
 
 
 @dataclass
@@ -88,8 +89,13 @@ class Run:
         return {"image": "images", "labels": "examples"}.get(self.declared.modality, "tokens")
 
     @property
+    def parts(self) -> tuple[str, ...]:
+        """The parts this run optimises, in the declared order."""
+        return self.job.parts or self.declared.parts
+
+    @property
     def validation_part(self) -> str:
-        return self.declared.validation_part
+        return self.declared.validation_part if self.declared.validation_part in self.parts else self.parts[0]
 
     @property
     def val_loss_name(self) -> str:
@@ -123,7 +129,7 @@ def setup(cfg: ExperimentConfig, job: TrainingJob, resume: bool = False, quiet: 
     state = read_training_state(previous) if previous is not None else None
     model = job.make_model(previous, device)
     model.train()
-    parts = spec(job.backend_name).parts
+    parts = job.parts or spec(job.backend_name).parts
     parallel = ParallelModel(job.backend, model, procs, device, tc.compile, parts=parts)
     optimizers = {part: make_optimizer(job.backend.parameters(model, part), tc, device, parallel.sharded) for part in parts}
     run = Run(cfg, job, device, procs, amp_dtype, model, parallel, optimizers, batch_generator, checkpoint=previous)

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from aigc_cli.backends import (BACKENDS, DDPMModelConfig, DecodesPadded, GANModelConfig, GPTModelConfig, Reconstructs,
-                               RNNModelConfig, StartsFromPretrained, UpdatesAfterStep, VAEModelConfig, get_backend, protocols, spec)
+from aigc_cli.backends import (BACKENDS, DDPMModelConfig, DecodesPadded, GANModelConfig, GPTModelConfig, LatentDiffusionModelConfig,
+                               Reconstructs, RNNModelConfig, SamplesFromPrompts, StartsFromPretrained, UpdatesAfterStep, VAEModelConfig,
+                               get_backend, protocols, spec)
 from aigc_cli.runs.checkpoints import write_checkpoint
 from aigc_cli.config import GenerateConfig, ImageGenerateConfig, LoraConfig, TrainConfig
 from aigc_cli.data.tokenization import build_char_tokenizer, save_tokenizer
@@ -29,6 +30,8 @@ TINY = {  # sections smaller than their defaults, to keep the test fast
     "ddpm": DDPMModelConfig(block_out_channels=[8, 8], attention_levels=[1], num_train_timesteps=10),
     "vae": VAEModelConfig(channels=[4, 8], latent_dim=4),
     "gan": GANModelConfig(latent_dim=8, generator_channels=4, discriminator_channels=4),
+    "latent-diffusion": LatentDiffusionModelConfig(autoencoder_channels=[4, 8], latent_channels=2, unet_channels=[8, 16], norm_num_groups=2,
+                                                   attention_head_dim=4, text_width=16, text_heads=2, text_layers=1, num_train_timesteps=10),
 }
 
 
@@ -74,7 +77,7 @@ def _batch(name: str, tokenizer, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
     g = torch.Generator().manual_seed(seed)
     if spec(name).modality == "image":
         images = torch.rand(4, IMAGE_DATA["channels"], IMAGE_DATA["size"], IMAGE_DATA["size"], generator=g) * 2 - 1
-        if name == "text-to-image":  # captions as token ids, not class labels
+        if spec(name).prompted:  # captions as token ids, not class labels
             return images, torch.randint(0, 50, (4, 16), generator=g)
         return images, torch.randint(0, len(IMAGE_DATA["classes"]), (4,), generator=g)
     ids = torch.randint(0, tokenizer.get_vocab_size(), (4, 17), generator=g)
@@ -127,7 +130,7 @@ def test_module_implements_exactly_what_its_spec_declares(name):
                 got = inspect.signature(vars(module)[member]).parameters
                 assert list(got)[:len(expected)] == expected, f"{name}.{member}{inspect.signature(vars(module)[member])}"
                 assert all(p.default is not p.empty for p in list(got.values())[len(expected):]), f"{name}.{member}: extra arguments need defaults"
-    for ability in (UpdatesAfterStep, Reconstructs, DecodesPadded, StartsFromPretrained):
+    for ability in (UpdatesAfterStep, Reconstructs, DecodesPadded, StartsFromPretrained, SamplesFromPrompts):
         assert isinstance(module, ability) == (ability in wanted), f"{name}: {ability.__name__} implemented but not declared, or declared but missing"
     if declared.config is not None:
         assert declared.config.model_fields["backend"].default == name, "the section's backend tag is the registry name"

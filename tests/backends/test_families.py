@@ -24,10 +24,11 @@ MODEL_CONFIGS = {
 
 def test_every_registered_backend_is_covered():
     # lora cannot be built from scratch (it adapts a base model): tests/training/test_finetune.py covers it;
-    # text-to-image adapts a diffusers pipeline: tests/training/test_text_to_image_finetune.py; classifier, tagger
+    # text-to-image adapts a diffusers pipeline: tests/training/test_text_to_image_finetune.py; latent-diffusion
+    # trains in two phases: tests/training/test_latent_diffusion.py; classifier, tagger
     # and reward: tests/training/test_classification.py, test_tagging.py, test_reward.py; the image backends run through the same loop in tests/cli/test_images.py; bigram (a lookup table
     # that learns at its own pace) and every other backend in tests/backends/test_contract.py.
-    assert {backend for backend, _ in MODEL_CONFIGS.values()} == set(BACKENDS) - {"lora", "text-to-image", "ddpm", "vae", "gan", "bigram", "classifier", "tagger", "reward"}
+    assert {backend for backend, _ in MODEL_CONFIGS.values()} == set(BACKENDS) - {"lora", "text-to-image", "latent-diffusion", "ddpm", "vae", "gan", "bigram", "classifier", "tagger", "reward"}
 
 
 def _batch(seed=0):
