@@ -207,7 +207,9 @@ def aigc_sft_tokens(batches, pad_id: int):
 
 
 def aigc_dpo_pairs(batches, pad_id: int) -> int:
-    return sum((inputs[0] if isinstance(inputs, tuple) else inputs).size(0) // 2 for inputs, _ in batches)
+    """Pairs in aigc's preference batches: a row each when shared-prompt rows ((ids, positions,
+    segments), [B, W]), two ([2B, T], chosen rows then rejected) otherwise."""
+    return sum(inputs[0].size(0) if isinstance(inputs, tuple) else inputs.size(0) // 2 for inputs, _ in batches)
 
 
 # ----------------------------------------------------------------------------- aigc
