@@ -73,7 +73,12 @@ def pair_logps(model: torch.nn.Module, inputs, targets: torch.Tensor) -> tuple[t
         return sequence_logps(_logits(model, inputs), targets)
     ids, positions, segments = inputs
     mask = shared_prompt_mask(segments, getattr(model.config, "_attn_implementation", None))
-    per_token, scored = token_logps(model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=False).logits, targets)
+    # No logits where no row scores anything: the prompt positions every row of the batch shares.
+    skip = int((segments == SHARED).all(0).long().cumprod(0).sum())
+    logits = model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=False,
+                   logits_to_keep=torch.arange(skip, ids.size(1), device=ids.device)).logits
+    targets, segments = targets[:, -logits.size(1):], segments[:, -logits.size(1):]  # a model that keeps all: nothing cut
+    per_token, scored = token_logps(logits, targets)
     chosen, rejected = segments == CHOSEN, segments == REJECTED
     logps = torch.cat([torch.where(chosen, per_token, 0.0).sum(-1), torch.where(rejected, per_token, 0.0).sum(-1)])
     return logps, torch.cat([(scored & chosen).sum(-1), (scored & rejected).sum(-1)])
