@@ -62,8 +62,13 @@ def _both_ways(model, pairs=PAIRS):
     return separate, shared
 
 
-@pytest.mark.parametrize("make", [tiny_gpt2, lambda: with_adapters(tiny_gpt2()), tiny_llama, lambda: tiny_llama("eager")],
-                         ids=["gpt2", "gpt2-lora", "llama-sdpa", "llama-eager"])
+def eager(model):
+    model.config._attn_implementation = "eager"
+    return model
+
+
+@pytest.mark.parametrize("make", [tiny_gpt2, lambda: eager(tiny_gpt2()), lambda: with_adapters(tiny_gpt2()), tiny_llama,
+                                  lambda: tiny_llama("eager")], ids=["gpt2", "gpt2-eager", "gpt2-lora", "llama-sdpa", "llama-eager"])
 def test_log_probs_and_gradients_equal_the_separate_rows(make):
     model = make()
     (separate, separate_tokens), (shared, shared_tokens) = _both_ways(model)
