@@ -132,14 +132,24 @@ class ChatExamples:
         return self.examples.random_batch(batch_size, block_size, generator, shard)
 
 
+# Segments of a shared-prompt row (PreferenceExamples(shared_prompt=True)): what each position holds.
+SHARED, CHOSEN, REJECTED, PADDING = 0, 1, 2, 3
+
+
 class PreferenceExamples:
     """Preference pairs as [2B, T] batches: rows 0..B-1 prompt + chosen, rows B..2B-1 prompt +
     rejected, right-padded to one width and shifted like PairExamples; targets are IGNORE_INDEX on
     the prompt and the padding. Both sequences are cut to max_length + 1 tokens from the end; a pair
-    where either reply has no token left, or both became the same tokens, is dropped (`dropped`)."""
+    where either reply has no token left, or both became the same tokens, is dropped (`dropped`).
 
-    def __init__(self, pairs: list[PreferencePair], tokenizer, template: ChatTemplate, max_length: int, pad_id: int):
-        self.pad_id, self.truncated, self.rows = pad_id, 0, []
+    shared_prompt: one row per pair instead, [prompt | chosen | rejected] (`shared_prompt_rows`):
+    the prompt is computed once for both replies. The batch's inputs are then (ids, position ids,
+    segments), all [B, W]; the rejected reply's positions restart where the prompt ends and its
+    tokens must not attend to the chosen ones (training/preference.py makes that mask)."""
+
+    def __init__(self, pairs: list[PreferencePair], tokenizer, template: ChatTemplate, max_length: int, pad_id: int,
+                 shared_prompt: bool = False):
+        self.pad_id, self.truncated, self.rows, self.shared_prompt = pad_id, 0, [], shared_prompt
         for pair in pairs:
             chosen, rejected = (conversation_labels(tokenizer, template, pair.prompt + reply, "assistant", pair.where, len(pair.prompt))
                                 for reply in (pair.chosen, pair.rejected))
@@ -155,7 +165,9 @@ class PreferenceExamples:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, indices):
+        if self.shared_prompt:
+            return shared_prompt_rows([self.rows[i] for i in indices], self.pad_id)
         sequences = [self.rows[i][0] for i in indices] + [self.rows[i][1] for i in indices]
         ids, labels = padded([s[0] for s in sequences], self.pad_id), padded([s[1] for s in sequences], IGNORE_INDEX)
         return ids[:, :-1], labels[:, 1:]
@@ -166,3 +178,34 @@ class PreferenceExamples:
         from aigc_cli.data.batches import own_rows
 
         return self.batch(own_rows(torch.randint(len(self.rows), (batch_size,), generator=generator).tolist(), shard))
+
+
+def shared_prompt_rows(pairs: list[tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]], pad_id: int):
+    """Pairs ((chosen ids, labels), (rejected ids, labels)), unshifted, as one row each:
+    ((ids, position ids, segments), targets), all int64 [B, W], right-padded. Shifted like
+    PreferenceExamples' rows, each pair's [2, T] inputs x and targets y become
+    x[:m] | x_chosen[m:] | x_rejected[m:], where the first m inputs are the same in both and
+    none of their targets is scored (m stops before the reply's first label); positions are each
+    sequence's own (the rejected part restarts at m), so with attention that lets a token see
+    SHARED positions and its own segment only, every scored log-prob is the one the [2B, T] layout
+    gives. Padding: segment PADDING, position 0, target IGNORE_INDEX."""
+    import torch
+
+    rows = []
+    for (chosen, chosen_labels), (rejected, rejected_labels) in pairs:
+        first_label = min(_first_label(chosen_labels), _first_label(rejected_labels))
+        common = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
+        m = max(0, min(common, first_label - 1))  # input j is shared when its token is and its target labels[j+1] is not scored
+        chosen_part, rejected_part = range(m, len(chosen) - 1), range(m, len(rejected) - 1)
+        ids = chosen[:m] + [chosen[j] for j in chosen_part] + [rejected[j] for j in rejected_part]
+        targets = [IGNORE_INDEX] * m + [chosen_labels[j + 1] for j in chosen_part] + [rejected_labels[j + 1] for j in rejected_part]
+        positions = list(range(m)) + list(chosen_part) + list(rejected_part)
+        segments = [SHARED] * m + [CHOSEN] * len(chosen_part) + [REJECTED] * len(rejected_part)
+        rows.append((ids, positions, segments, targets))
+    width = max(len(r[0]) for r in rows)
+    return ((padded([r[0] for r in rows], pad_id, width), padded([r[1] for r in rows], 0, width),
+             padded([r[2] for r in rows], PADDING, width)), padded([r[3] for r in rows], IGNORE_INDEX, width))
+
+
+def _first_label(labels: list[int]) -> int:
+    return next(i for i, t in enumerate(labels) if t != IGNORE_INDEX)

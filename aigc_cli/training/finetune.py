@@ -165,7 +165,7 @@ def method_fits_format(fc: FinetuneConfig, fmt: str) -> None:
                         "use a preference method (finetune.method dpo, orpo or simpo), or give conversations for supervised fine-tuning")
 
 
-def _examples(fc: FinetuneConfig, fmt: str, tokenizer, max_length: int, packing: bool) -> FinetuneData:
+def _examples(fc: FinetuneConfig, fmt: str, tokenizer, max_length: int, packing: bool, shared_prompt: bool = False) -> FinetuneData:
     preference = fc.method in PREFERENCE_METHODS
     if fmt == "pairs":
         train = read_pair_records(fc.train_file, fc.source_file, fc.target_file, fc.prompt_field, fc.response_field, "finetune.train")
@@ -183,8 +183,8 @@ def _examples(fc: FinetuneConfig, fmt: str, tokenizer, max_length: int, packing:
     if val is None:
         train, val = _held_out(train, fc, "preference pair" if preference else "conversation")
     template = prepare_chat_template(tokenizer, fc.chat_template)
-    if preference:  # one forward over chosen + rejected: no packing, each pair padded to its longer sequence
-        make = lambda pairs: PreferenceExamples(pairs, tokenizer, template, max_length, tokenizer.eos_token_id)
+    if preference:  # one forward over chosen + rejected: a [prompt | chosen | rejected] row per pair, or both padded
+        make = lambda pairs: PreferenceExamples(pairs, tokenizer, template, max_length, tokenizer.eos_token_id, shared_prompt)
         return FinetuneData(fmt, make(train), make(val), template)
     make = lambda conversations: ChatExamples(conversations, tokenizer, template, fc.train_on, max_length, tokenizer.eos_token_id, packing)
     return FinetuneData(fmt, make(train), make(val), template)
@@ -209,6 +209,20 @@ def _packing(fc: FinetuneConfig, model: torch.nn.Module, quiet: bool) -> bool:
     if not quiet:
         print(f"finetune.packing: a {model.config.model_type} model here does not keep packed examples apart by their position ids "
               "(its attention would cross from one example into the next), so examples are padded, not packed", file=sys.stderr, flush=True)
+    return False
+
+
+def _shared_prompt(model: torch.nn.Module, quiet: bool) -> bool:
+    """Preference pairs go as one [prompt | chosen | rejected] row each where the model scores such
+    rows as it scores the two sequences (training/preference.shares_prompts), else as [2B, T]."""
+    from aigc_cli.training.preference import shares_prompts
+
+    if shares_prompts(model):
+        return True
+    if not quiet:
+        print(f"preference pairs: this {model.config.model_type} model does not take a 4D attention mask with position ids "
+              "as given, so chosen and rejected are two padded rows each (their prompt computed twice), not one shared-prompt row",
+              file=sys.stderr, flush=True)
     return False
 
 
@@ -248,7 +262,8 @@ def _finetune(cfg: ExperimentConfig, resume: bool, merge: bool, quiet: bool) -> 
     context = getattr(base_model.config, "n_positions", None) or getattr(base_model.config, "max_position_embeddings", None) or 1024
     max_length = min(fc.max_length or context, context)
     packing = fc.method not in PREFERENCE_METHODS and _packing(fc, base_model, quiet)  # preference pairs: one padded forward over chosen + rejected
-    data = _examples(fc, fmt, tokenizer, max_length, packing)
+    shared_prompt = fc.method in PREFERENCE_METHODS and _shared_prompt(base_model, quiet)
+    data = _examples(fc, fmt, tokenizer, max_length, packing, shared_prompt)
     if data.template is not None:
         prepare_for_chat(base_model, tokenizer, data.template)
     if not quiet:

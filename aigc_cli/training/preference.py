@@ -1,9 +1,11 @@
 """Preference tuning (finetune.method dpo | orpo | simpo) as one more loss of the training loop.
 
-A batch is [2B, T] (aigc_cli/data/chat.py's PreferenceExamples): rows 0..B-1 the chosen
-sequences, rows B..2B-1 the rejected ones, targets -100 on prompt and padding. The objective runs
-the policy once over all 2B rows, turns the logits into each reply's summed log-probability
-(`sequence_logps`), and hands those to one loss function per method. Each loss function is
+A batch is [2B, T] (aigc_cli/data/chat_examples.py's PreferenceExamples): rows 0..B-1 the chosen
+sequences, rows B..2B-1 the rejected ones, targets -100 on prompt and padding; or, where the model
+allows it (`shares_prompts`), one [prompt | chosen | rejected] row per pair, the prompt computed
+once for both replies (a 4D attention mask keeps the rejected reply from seeing the chosen one).
+The objective runs the policy once over the batch, turns the logits into each reply's summed
+log-probability (`pair_logps`), and hands those to one loss function per method. Each loss function is
 written out from its paper and matches TRL 1.16's implementation to 1e-5 on the same model,
 batch and β (tests/training/test_preference.py calls TRL's own code):
 
@@ -33,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from aigc_cli.config import PREFERENCE_METHODS, FinetuneConfig, PreferenceConfig
+from aigc_cli.data.chat_examples import CHOSEN, REJECTED, SHARED
 from aigc_cli.training.loss_stats import report
 
 IGNORE_INDEX = -100
@@ -44,15 +47,85 @@ _LOGPROB_CHUNK = 1 << 24  # float32 log-prob elements made at once (64 MiB): a 1
 
 def sequence_logps(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: the sum of log p(target) over the positions whose target is not -100, in float32
-    whatever the logits' dtype, and how many such positions there are. As many rows at a time as
-    fit in _LOGPROB_CHUNK float32 elements: a small vocabulary goes in one pass, a large one
-    does not make the whole batch's float32 log-softmax at once."""
+    whatever the logits' dtype, and how many such positions there are."""
+    per_token, scored = token_logps(logits, targets)
+    return per_token.sum(-1), scored.sum(-1)
+
+
+def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(target) at every position (float32, 0 where the target is -100) and where it is scored.
+    As many rows at a time as fit in _LOGPROB_CHUNK float32 elements: a small vocabulary goes in one
+    pass, a large one does not make the whole batch's float32 log-softmax at once."""
     scored = targets != IGNORE_INDEX
     picked = targets.masked_fill(~scored, 0).unsqueeze(-1)
     rows = max(1, _LOGPROB_CHUNK // max(1, logits.size(1) * logits.size(2)))
     per_token = torch.cat([torch.log_softmax(chunk.float(), dim=-1).gather(-1, ids).squeeze(-1)
                            for chunk, ids in zip(logits.split(rows), picked.split(rows))])
-    return torch.where(scored, per_token, 0.0).sum(-1), scored.sum(-1)
+    return torch.where(scored, per_token, 0.0), scored
+
+
+def pair_logps(model: torch.nn.Module, inputs, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each reply's summed log-prob and scored-token count under `model`, [2B] each: the B chosen,
+    then the B rejected. One forward either way: over a [2B, T] batch, or over shared-prompt rows
+    ((ids, positions, segments), data/chat_examples.shared_prompt_rows), [B, W], where each reply
+    sums its own segment's positions."""
+    if not isinstance(inputs, tuple):
+        return sequence_logps(_logits(model, inputs), targets)
+    ids, positions, segments = inputs
+    mask = shared_prompt_mask(segments, getattr(model.config, "_attn_implementation", None))
+    # No logits where no row scores anything: the prompt positions every row of the batch shares.
+    skip = int((segments == SHARED).all(0).long().cumprod(0).sum())
+    logits = model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=False,
+                   logits_to_keep=torch.arange(skip, ids.size(1), device=ids.device)).logits
+    targets, segments = targets[:, -logits.size(1):], segments[:, -logits.size(1):]  # a model that keeps all: nothing cut
+    per_token, scored = token_logps(logits, targets)
+    chosen, rejected = segments == CHOSEN, segments == REJECTED
+    logps = torch.cat([torch.where(chosen, per_token, 0.0).sum(-1), torch.where(rejected, per_token, 0.0).sum(-1)])
+    return logps, torch.cat([(scored & chosen).sum(-1), (scored & rejected).sum(-1)])
+
+
+def shared_prompt_mask(segments: torch.Tensor, implementation: str | None) -> torch.Tensor:
+    """The [B, 1, W, W] attention mask of shared-prompt rows, in the form transformers passes on
+    as it is (a 4D mask): causal, and a position sees the SHARED prompt and its own segment only,
+    so the rejected reply never sees the chosen one (padding sees itself: no row is all masked).
+    Boolean (True = attend), as sdpa takes it; additive float for eager attention, which adds the
+    mask to its scores."""
+    width = segments.size(1)
+    causal = torch.ones(width, width, dtype=torch.bool, device=segments.device).tril()
+    query, key = segments[:, :, None], segments[:, None, :]
+    allowed = (causal & ((key == SHARED) | (key == query)))[:, None]
+    if implementation == "eager":
+        return torch.zeros(allowed.shape, device=segments.device).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    return allowed
+
+
+def shares_prompts(model: torch.nn.Module) -> bool:
+    """Whether `model` scores shared-prompt rows as it scores separate sequences: a 4D attention
+    mask and position ids taken as given (transformers' sdpa and eager attention do; flash
+    attention, a sliding window shorter than the row or a forward that ignores the mask does not).
+    Checked by running one tiny pair both ways."""
+    from aigc_cli.data.chat_examples import shared_prompt_rows
+
+    device = next(model.parameters()).device
+    vocab = model.get_input_embeddings().num_embeddings
+    prompt, chosen, rejected = [1, 2, 3, 4], [5, 6, 7], [8, 9]
+    sequences = [[(t * 7 + 1) % vocab for t in prompt + reply] for reply in (chosen, rejected)]
+    pair = [(ids, [IGNORE_INDEX] * len(prompt) + ids[len(prompt):]) for ids in sequences]
+    shared_inputs, shared_targets = shared_prompt_rows([tuple(pair)], 0)
+    width = max(map(len, sequences))
+    rows = torch.tensor([ids + [0] * (width - len(ids)) for ids in sequences], device=device)
+    labels = torch.tensor([labels + [IGNORE_INDEX] * (width - len(labels)) for _, labels in pair], device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            separate = pair_logps(model, rows[:, :-1], labels[:, 1:])[0]
+            shared = pair_logps(model, tuple(t.to(device) for t in shared_inputs), shared_targets.to(device))[0]
+    except (TypeError, ValueError, RuntimeError):  # a forward that refuses position ids or a 4D mask
+        return False
+    finally:
+        model.train(was_training)
+    return bool(torch.allclose(shared, separate, atol=1e-4, rtol=1e-4))
 
 
 # ----------------------------------------------------------------------------- the losses
@@ -145,9 +218,9 @@ def preference_loss_fn(pc: PreferenceConfig, method: str, reference: torch.nn.Mo
 
     def loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], part: str) -> torch.Tensor:
         inputs, targets = batch
-        pairs = inputs.size(0) // 2
         with _without_dropout(model) if pc.disable_dropout else nullcontext():
-            logps, tokens = sequence_logps(_logits(model, inputs), targets)  # chosen and rejected in one forward
+            logps, tokens = pair_logps(model, inputs, targets)  # chosen and rejected in one forward
+        pairs = logps.size(0) // 2
         chosen, rejected, chosen_tokens, rejected_tokens = logps[:pairs], logps[pairs:], tokens[:pairs], tokens[pairs:]
         if method == "orpo":
             result = orpo_loss(chosen, rejected, chosen_tokens, rejected_tokens, pc.orpo_lambda)
@@ -174,13 +247,13 @@ def reference_logps(model: torch.nn.Module, reference: torch.nn.Module | None, i
     """Each row's summed log-prob under the reference, without dropout and without gradient: the frozen
     `reference`, or (None) `model`'s base with its adapters disabled."""
     if reference is not None:
-        if next(reference.parameters()).device != inputs.device:
-            reference.to(inputs.device)  # under torchrun "cuda" is each process's own GPU only once training starts
-        return sequence_logps(_logits(reference, inputs), targets)[0]
+        if next(reference.parameters()).device != targets.device:
+            reference.to(targets.device)  # under torchrun "cuda" is each process's own GPU only once training starts
+        return pair_logps(reference, inputs, targets)[0]
     if not hasattr(model, "disable_adapter"):
         raise ValueError("a DPO reference is needed: pass a frozen model, or train LoRA adapters (a peft model)")
     with model.disable_adapter(), _without_dropout(model):
-        return sequence_logps(_logits(model, inputs), targets)[0]
+        return pair_logps(model, inputs, targets)[0]
 
 
 def frozen_reference(base_model: torch.nn.Module) -> torch.nn.Module:

@@ -26,7 +26,9 @@ is on; aigc does not checkpoint).
        Metric: conversation tokens per second — every token of the packed conversations, padding
        not counted, counted the same on both sides (a conversation of n tokens counts n).
   DPO  aigc: finetune.method dpo, preference.weights lora (the reference is the model with its
-       adapters disabled), loss_type sigmoid, one forward over the [2B, T] chosen + rejected batch.
+       adapters disabled), loss_type sigmoid, one forward over a [prompt | chosen | rejected] row
+       per pair (the prompt computed once for both replies; a 4D mask keeps the rejected reply
+       from seeing the chosen one; the same log-probs as two sequences, tested).
        TRL: `DPOTrainer(peft_config=LoraConfig(...))`, loss_type sigmoid, which also takes its
        reference from the adapter-disabled model. Same beta, LoRA r, alpha, dropout 0 and target
        modules (c_attn, c_proj, c_fc). Metric: preference pairs per second.
@@ -207,7 +209,9 @@ def aigc_sft_tokens(batches, pad_id: int):
 
 
 def aigc_dpo_pairs(batches, pad_id: int) -> int:
-    return sum((inputs[0] if isinstance(inputs, tuple) else inputs).size(0) // 2 for inputs, _ in batches)
+    """Pairs in aigc's preference batches: a row each when shared-prompt rows ((ids, positions,
+    segments), [B, W]), two ([2B, T], chosen rows then rejected) otherwise."""
+    return sum(inputs[0].size(0) if isinstance(inputs, tuple) else inputs.size(0) // 2 for inputs, _ in batches)
 
 
 # ----------------------------------------------------------------------------- aigc
@@ -363,8 +367,10 @@ def result_row(kind: str, setup: Setup, shape: str, got: dict[str, list[float]])
         return harness.row("chat", what, "tokens/s", aigc, "TRL SFTTrainer (packing bfd, padding-free, assistant_only_loss)", trl, 1.1, note)
     what = (f"DPO pairs/s (LoRA r {LORA['r']} on c_attn/c_proj/c_fc, reference = adapters disabled, sigmoid, β {BETA}, "
             f"max_length {setup.size['dpo_length']}, batch {setup.size['dpo_batch']} pairs, {shape})")
-    note = ("preference pairs per second of the steps after warm-up; both run one forward over [chosen; rejected], right-padded "
-            "to the batch's longest sequence, and one gradient-free reference forward with the adapters disabled; TRL's "
+    note = ("preference pairs per second of the steps after warm-up; both run one policy forward and one gradient-free reference "
+            "forward with the adapters disabled per step: aigc over one [prompt | chosen | rejected] row per pair (the prompt "
+            "computed once, no logits at the prompt positions every row shares), TRL over [chosen; rejected] rows, each with "
+            "its prompt, right-padded to the batch's longest; the losses are the same (tested against TRL's code); TRL's "
             "completion also scores the newline chatml writes after <|im_end|> (one token per reply); aigc's rows are drawn "
             "at random, TRL's in shuffled epochs; TRL's default gradient checkpointing is turned off (aigc does not "
             f"checkpoint); {spread}")
