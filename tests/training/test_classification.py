@@ -159,3 +159,42 @@ def test_chinese_texts_with_the_char_tokenizer(cli, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["text"] for r in rows] == ["这个电影很好", "服务糟糕"] and all(set(r["probabilities"]) == {"正面", "负面"} for r in rows)
     assert "正面" in json_out(cli("eval", config, "--json"))["classification_report"]
+
+
+def _causal_lm_base(directory, architecture: str, texts: list[str]) -> str:
+    """An aigc gpt-backend model directory (gpt.build + save_pretrained, its char tokenizer beside it)."""
+    import torch
+
+    from aigc_cli.backends import GPTModelConfig, gpt
+    from aigc_cli.data.tokenization import build_char_tokenizer, eos_id, save_tokenizer
+
+    tok = build_char_tokenizer("".join(texts))
+    torch.manual_seed(0)
+    mc = GPTModelConfig(architecture=architecture, n_layer=1, n_head=2, n_embd=32, block_size=64, dropout=0.0)
+    gpt.build(mc, {"vocab_size": tok.get_vocab_size(), "eos_id": eos_id(tok)}).save_pretrained(directory)
+    save_tokenizer(tok, directory, 64)
+    return str(directory)
+
+
+@pytest.mark.parametrize("architecture, head", [("gpt2", "GPT2ForSequenceClassification"), ("llama", "LlamaForSequenceClassification")])
+def test_a_causal_lm_base_gets_a_classification_head(cli, tmp_path, architecture, head):
+    """model.init_from an aigc gpt/llama model: transformers' *ForSequenceClassification reading the
+    last non-pad token (config.pad_token_id set), which pipeline() loads with the same probabilities."""
+    from transformers import pipeline
+
+    rows = _records(240)
+    base = _causal_lm_base(tmp_path / "base", architecture, [r["text"] for r in rows])
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = _experiment(tmp_path, {"init_from": base}, train={"max_steps": 40, "eval_every": 40, "learning_rate": 3e-3})
+    out = json_out(cli("train", config, "--json"))
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "step-000040" / "config.json").read_text())
+    assert saved["architectures"] == [head] and saved["pad_token_id"] is not None
+    assert saved["id2label"] == {"0": "neg", "1": "pos"}
+    assert out["stats"]["val_accuracy"] > 0.8
+
+    texts = ["the film was good", "awful food so", "a day lovely"]
+    json_out(cli("generate", config, *[arg for t in texts for arg in ("--prompt", t)], "--json"))
+    ours = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    theirs = pipeline("text-classification", model=out["checkpoint"], top_k=None)(texts)
+    for mine, other in zip(ours, theirs):
+        assert {d["label"]: d["score"] for d in other} == pytest.approx(mine["probabilities"], abs=1e-5)
