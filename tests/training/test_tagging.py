@@ -155,3 +155,32 @@ def test_lora_tagger_trains_saves_resumes_and_loads_in_pipeline(cli, tmp_path):
     with torch.inference_mode():
         assert torch.allclose(merged(**ids).logits, with_adapter(**ids).logits, atol=1e-5)
         assert not torch.allclose(merged(**ids).logits, AutoModelForTokenClassification.from_pretrained(base).eval()(**ids).logits, atol=1e-3)
+
+
+def test_balanced_class_weights_weigh_rare_tags_up(tmp_path):
+    """model.class_weights balanced: n / (K × count) per tag over the training words, in config.json,
+    and the loss is the weighted cross-entropy over the tagged (not -100) tokens."""
+    import torch
+    import torch.nn.functional as F
+
+    from aigc_cli.backends import tagger
+    from aigc_cli.config import ExperimentConfig
+    from aigc_cli.training.classification import tagging_job
+
+    source = tmp_path / "data.jsonl"
+    source.write_text("".join(json.dumps({"tokens": w, "tags": t}) + "\n" for w, t in _sentences(60)))
+    cfg = ExperimentConfig.model_validate({"data": {"source": str(source), "val_fraction": 0.2, "tokenizer": {"kind": "char"}},
+                                           "model": {"backend": "tagger", "n_layer": 1, "n_embd": 16, "n_head": 2, "class_weights": "balanced"},
+                                           "train": {"out_dir": str(tmp_path / "run")}})
+    job = tagging_job(cfg)
+    model = job.make_model(None, "cpu").eval()  # no dropout: the two forwards below agree
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    counts = [sum(t == i for row in job.train_data.targets for t in row) for i in range(len(names))]  # (no sentence is cut)
+    total = sum(counts)
+    assert model.config.aigc_class_weights == pytest.approx([total / (len(names) * c) for c in counts])
+    assert model.config.aigc_class_weights[names.index("O")] < 1 < model.config.aigc_class_weights[names.index("I-LOC")]
+
+    (ids, mask), targets = job.train_data.random_batch(8, 0, torch.Generator().manual_seed(0))
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    expected = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), weight=torch.tensor(model.config.aigc_class_weights), ignore_index=-100)
+    assert tagger.loss(model, ((ids, mask), targets), "model").item() == pytest.approx(expected.item(), rel=1e-5)
