@@ -206,3 +206,12 @@ def test_a_causal_lm_base_gets_a_classification_head(cli, tmp_path, architecture
     theirs = pipeline("text-classification", model=out["checkpoint"], top_k=None)(texts)
     for mine, other in zip(ours, theirs):
         assert {d["label"]: d["score"] for d in other} == pytest.approx(mine["probabilities"], abs=1e-5)
+
+
+def test_the_train_summary_names_only_what_a_classifier_writes(cli, tmp_path):
+    """A classifier writes no train_samples/ (sample_every_eval is for text and images): the summary says so."""
+    result = cli("train", _experiment(tmp_path, train={"max_steps": 2, "eval_every": 2, "log_every": 1}))
+    assert result.exit_code == 0, result.stderr
+    summary = result.stdout + result.stderr
+    assert "metrics.jsonl" in summary and "train_samples" not in summary
+    assert not (tmp_path / "run" / "train_samples").exists()
