@@ -160,7 +160,7 @@ class ClassifierModelConfig(Section):
     intermediate_size: Optional[int] = Field(None, ge=1, description="MLP width (default 4×n_embd).")
     max_length: int = Field(128, ge=4, description="Texts are cut to this many tokens (random init: also the position table's size).")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout of the encoder built from sizes (a pretrained one keeps its own).")
-    init_from: Optional[str] = Field(None, description="A pretrained encoder to fine-tune instead of random weights: a local Hugging Face model directory (BERT, RoBERTa, ... or a checkpoint of this backend) or a hub id when online; its tokenizer is used (data.tokenizer is then ignored). A fresh classification head is put on it.")
+    init_from: Optional[str] = Field(None, description="A pretrained model to fine-tune instead of random weights: a local Hugging Face model directory (an encoder: BERT, RoBERTa, ... or a checkpoint of this backend; or a causal LM: GPT-2, Llama, a checkpoint of aigc's gpt backend, whose head reads the last non-pad token, config.pad_token_id set to the tokenizer's pad) or a hub id when online; its tokenizer is used (data.tokenizer is then ignored). A fresh classification head is put on it.")
     method: Literal["full", "lora"] = Field("full", description="full: train every weight; lora: LoRA adapters (rank etc. from finetune.lora; peft task type SEQ_CLS) with the head trained in full. lora needs init_from. Checkpoints hold the merged model (loads anywhere) and the adapter in adapter/.")
 
     @model_validator(mode="after")
@@ -179,6 +179,7 @@ BACKENDS["classifier"] = BackendSpec("aigc_cli.backends.classifier", "labels", C
 class TaggerModelConfig(Section):
     backend: Literal["tagger"] = Field("tagger", description="Token classification (transformers AutoModelForTokenClassification) for BIO/IOB2 tags, e.g. named entities: the encoder as for classifier, a tag per word. data.source is a CoNLL-style column file (a token per line, its tag in the last column, a blank line between sentences; .conll/.txt/.tsv) or JSONL/CSV/Parquet records with data.tokens_field and data.tags_field lists. Each word's first sub-word token carries its tag, the others -100 (not scored). Trained by `aigc train` (no prep); `aigc generate` tags words and gives entity spans; `aigc eval` reports entity-level precision/recall/F1 (seqeval's definition).")
     labels: Optional[list[str]] = Field(None, description="The tags in id order (null: those in the training data, O first, then sorted). Written into config.json as id2label/label2id.")
+    class_weights: Literal["none", "balanced"] = Field("none", description="Rare tags: balanced weighs each tag's loss by n_tagged_words / (n_tags × its count), scikit-learn's 'balanced', so a tag on a few words in thousands (numbers among prose) is learned; none: every word alike.")
     n_layer: int = Field(2, ge=1, description="Encoder layers (random init; with init_from, the model's own).")
     n_head: int = Field(2, ge=1, description="Attention heads (n_embd must divide by it).")
     n_embd: int = Field(64, ge=1, description="Hidden size.")

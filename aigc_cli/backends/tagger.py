@@ -29,6 +29,7 @@ def describe(config, mc: Any, data_meta: dict) -> None:
     config.id2label = dict(enumerate(labels))
     config.label2id = {name: i for i, name in enumerate(labels)}
     config.aigc_max_length = mc.max_length
+    config.aigc_class_weights = data_meta.get("class_weights")
 
 
 def build(model_cfg: Any, data_meta: dict) -> torch.nn.Module:
@@ -56,7 +57,9 @@ def loss(model: torch.nn.Module, batch: tuple[Any, torch.Tensor], part: str) -> 
     out = model(input_ids=ids, attention_mask=mask).logits.float()
     scored = targets != IGNORE_INDEX
     report({"accuracy": ((out.argmax(-1) == targets) & scored).sum() / scored.sum().clamp(min=1)})
-    return F.cross_entropy(out.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+    weights = getattr(_config(model), "aigc_class_weights", None)  # model.class_weights balanced
+    weights = torch.tensor(weights, dtype=torch.float32, device=out.device) if weights else None
+    return F.cross_entropy(out.flatten(0, 1), targets.flatten(), weight=weights, ignore_index=IGNORE_INDEX)
 
 
 def scores(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -126,11 +126,27 @@ def _word_tag(word: str) -> str:
     return "O"
 
 
+def _split_punctuation(word: str) -> list[str]:
+    """CoNLL-style tokens of a word: opening brackets and quotes, then the word, then closing
+    punctuation, each its own token ("(1)." → "(", "1", ")", "."); a call's "()" and `backticks` stay
+    on the word. A tagger reads a word's first sub-token, so "(1)" would otherwise look like "(the"."""
+    lead = re.match(r"[(\[{\"']*", word).group()
+    rest = word[len(lead):]
+    tail = ""
+    while rest and (rest[-1] in ".,;:!?\"'" or (rest[-1] in ")]}" and "(" not in rest and "[" not in rest and "{" not in rest)):
+        tail, rest = rest[-1] + tail, rest[:-1]
+    return [*lead, *([rest] if rest else []), *tail]
+
+
 def python_comment_tags() -> list[tuple[list[str], list[str]]]:
-    """(words, tags) of every standard-library summary sentence: identifiers (B-ID: snake_case,
-    camelCase, dotted names, calls, `quoted` names), numbers (B-NUM) and Python constants and quoted
-    keywords (B-KW), by rule."""
-    return [(words, [_word_tag(w) for w in words]) for words in (p["target"].split() for p in python_function_summaries())]
+    """(tokens, tags) of every standard-library summary sentence, punctuation split off the words
+    (_split_punctuation): identifiers (B-ID: snake_case, camelCase, dotted names, calls, `quoted`
+    names), numbers (B-NUM) and Python constants and quoted keywords (B-KW), by rule."""
+    out = []
+    for summary in python_function_summaries():
+        tokens = [t for w in summary["target"].split() for t in _split_punctuation(w)]
+        out.append((tokens, [_word_tag(t) for t in tokens]))
+    return out
 
 
 BUILTIN_CORPORA: dict[str, Callable[[], Iterator[str]]] = {"python-docs": python_docs}

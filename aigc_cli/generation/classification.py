@@ -178,9 +178,8 @@ def generate_predictions(cfg: ExperimentConfig, checkpoint: Path, texts: list[st
                 else:
                     values = predict_scores(clf, [texts[i] for i in todo], gc.batch_size)
                     rows = [prediction_row(texts[i], v, clf.labels, clf.task, clf.thresholds) for i, v in zip(todo, values)]
-                for i, row in zip(todo, rows):
-                    if keys[i] not in manifest.done:
-                        manifest.add({"key": keys[i], "row": row})
+                finished = {keys[i]: {"key": keys[i], "row": row} for i, row in zip(todo, rows) if keys[i] not in manifest.done}
+                manifest.add_all(list(finished.values()))  # one fsync, not one per text
             manifest.finish(keys)
             rows = [manifest.done[k]["row"] for k in keys]
         write_text_atomic(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

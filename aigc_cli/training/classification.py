@@ -165,7 +165,9 @@ def tagging_job(cfg: ExperimentConfig) -> TrainingJob:
     batches = [TaggedBatches(*align(tok, [s.words for s in part], [[index[t] for t in s.tags] for s in part], mc.max_length), tok.pad_token_id)
                for part in (train, val)]
     backend = get_backend(mc.backend)
-    meta = {"vocab_size": len(tok), "pad_id": tok.pad_token_id, "labels": names}
+    weights = (labelled.class_weights([index[t] for s in train for t in s.tags], len(names), "single_label")
+               if mc.class_weights == "balanced" else None)
+    meta = {"vocab_size": len(tok), "pad_id": tok.pad_token_id, "labels": names, "class_weights": weights}
 
     make_model = model_maker(cfg, backend, meta)
     provenance = {"data_source": str(require_data(cfg).source), "labels": names, "train_sentences": len(train), "val_sentences": len(val)}

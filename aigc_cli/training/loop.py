@@ -173,8 +173,9 @@ def train(run: Run, stop: StopSignals, quiet: bool = False) -> TrainResult:
                 throughput.restart()
             progress.update(done, loss=train_loss, lr=lr, **{{"tokens": "tok/s", "images": "img/s"}.get(run.unit, "ex/s"): per_s})
 
+    wrote_samples = tc.sample_every_eval and run.declared.modality != "labels"  # a classifier writes no samples
     return TrainResult(run.run_dir, run.checkpoint, val_loss, tc.max_steps, per_s, run.unit, run.skipped, run.val_loss_name,
-                       tc.sample_every_eval, {**train_stats, **val_stats})
+                       wrote_samples, {**train_stats, **val_stats})
 
 
 class Throughput:

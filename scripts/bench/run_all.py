@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import harness  # noqa: E402
 
-BENCHMARKS = ["startup", "prep", "train", "generate", "ddpm", "eval", "serve", "qlora_memory", "chat", "text_to_image"]  # eval.py: sacrebleu + rouge-score vs aigc eval
+BENCHMARKS = ["startup", "prep", "train", "generate", "ddpm", "eval", "serve", "qlora_memory", "chat", "text_to_image", "classify"]  # eval.py: sacrebleu + rouge-score vs aigc eval
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -23,7 +23,8 @@ def test_every_benchmark_runs_one_iteration(tmp_path):
         assert f"| {name} | " in table, f"no result row from scripts/bench/{name}.py"
     assert "failed" not in table
     for expected in ("training tokens/s", "generation tokens/s", "training steps/s", "sampling images/s", "prep MB/s", "`aigc --help`",
-                     "SFT conversation tokens/s", "DPO pairs/s"):
+                     "SFT conversation tokens/s", "DPO pairs/s",
+                     "classifier training examples/s", "classifier prediction examples/s"):
         assert expected in table
 
 

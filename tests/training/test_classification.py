@@ -136,26 +136,82 @@ def test_errors(cli, tmp_path):
     assert missing_field.exit_code == 2 and "no 'sentiment' field" in missing_field.stderr
 
 
+def chinese_reviews(n: int, seed: int = 1) -> list[dict]:
+    """Short Chinese reviews (subject, adverb, an opinion word, a tail) labelled 正面/负面 by the opinion."""
+    rng = random.Random(seed)
+    good, bad = ["很好", "不错", "满意", "好吃", "喜欢", "推荐", "精彩", "舒服"], ["很差", "糟糕", "失望", "难吃", "讨厌", "后悔", "无聊", "太贵"]
+    subjects, adverbs = ["这个电影", "今天的饭菜", "酒店服务", "这本书", "新手机", "那家店", "快递", "音乐会"], ["真的", "非常", "有点", "实在", "", "还是"]
+    tails = ["。", "！", "，下次再说。", "，朋友也这么说。", ""]
+    rows = []
+    for _ in range(n):
+        label = rng.choice(["正面", "负面"])
+        opinion = rng.choice(good if label == "正面" else bad)
+        rows.append({"text": rng.choice(subjects) + rng.choice(adverbs) + opinion + rng.choice(tails), "label": label})
+    return rows
+
+
 def test_chinese_texts_with_the_char_tokenizer(cli, tmp_path):
     """Not English-only: a classifier on CJK text, one token per character, Chinese label names in
-    config.json and the predictions. (How well it learns is not asserted: at this size and step
-    count the char model had not yet left the majority class.)"""
+    config.json and the predictions, and it learns (held-out accuracy)."""
     from transformers import AutoTokenizer
 
-    rng = random.Random(1)
-    good, bad, filler = ["很好", "不错", "满意"], ["很差", "糟糕", "失望"], ["这个", "电影", "今天", "饭菜", "服务", "真的"]
-    rows = []
-    for _ in range(120):
-        label = rng.choice(["正面", "负面"])
-        words = [rng.choice(filler) for _ in range(3)]
-        words.insert(rng.randrange(4), rng.choice(good if label == "正面" else bad))
-        rows.append({"text": "".join(words), "label": label})
+    rows = chinese_reviews(400)
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    config = _experiment(tmp_path, data={"tokenizer": {"kind": "char"}}, train={"max_steps": 10, "eval_every": 10})
+    config = _experiment(tmp_path, data={"tokenizer": {"kind": "char"}}, train={"max_steps": 80, "eval_every": 80})
     out = json_out(cli("train", config, "--json"))
     tok = AutoTokenizer.from_pretrained(out["checkpoint"])
     assert tok.convert_ids_to_tokens(tok("服务糟糕")["input_ids"]) == ["<|endoftext|>", "服", "务", "糟", "糕"]
-    json_out(cli("generate", config, "--prompt", "这个电影很好", "--prompt", "服务糟糕", "--json"))
+    json_out(cli("generate", config, "--prompt", "这个电影非常精彩！", "--prompt", "酒店服务实在糟糕。", "--json"))
     rows = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert [r["text"] for r in rows] == ["这个电影很好", "服务糟糕"] and all(set(r["probabilities"]) == {"正面", "负面"} for r in rows)
-    assert "正面" in json_out(cli("eval", config, "--json"))["classification_report"]
+    assert [r["text"] for r in rows] == ["这个电影非常精彩！", "酒店服务实在糟糕。"] and all(set(r["probabilities"]) == {"正面", "负面"} for r in rows)
+    assert [r["label"] for r in rows] == ["正面", "负面"]
+    report = json_out(cli("eval", config, "--json"))
+    assert "正面" in report["classification_report"] and report["metrics"]["accuracy"] > 0.9
+
+
+def _causal_lm_base(directory, architecture: str, texts: list[str]) -> str:
+    """An aigc gpt-backend model directory (gpt.build + save_pretrained, its char tokenizer beside it)."""
+    import torch
+
+    from aigc_cli.backends import GPTModelConfig, gpt
+    from aigc_cli.data.tokenization import build_char_tokenizer, eos_id, save_tokenizer
+
+    tok = build_char_tokenizer("".join(texts))
+    torch.manual_seed(0)
+    mc = GPTModelConfig(architecture=architecture, n_layer=1, n_head=2, n_embd=32, block_size=64, dropout=0.0)
+    gpt.build(mc, {"vocab_size": tok.get_vocab_size(), "eos_id": eos_id(tok)}).save_pretrained(directory)
+    save_tokenizer(tok, directory, 64)
+    return str(directory)
+
+
+@pytest.mark.parametrize("architecture, head", [("gpt2", "GPT2ForSequenceClassification"), ("llama", "LlamaForSequenceClassification")])
+def test_a_causal_lm_base_gets_a_classification_head(cli, tmp_path, architecture, head):
+    """model.init_from an aigc gpt/llama model: transformers' *ForSequenceClassification reading the
+    last non-pad token (config.pad_token_id set), which pipeline() loads with the same probabilities."""
+    from transformers import pipeline
+
+    rows = _records(240)
+    base = _causal_lm_base(tmp_path / "base", architecture, [r["text"] for r in rows])
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = _experiment(tmp_path, {"init_from": base}, train={"max_steps": 40, "eval_every": 40, "learning_rate": 3e-3})
+    out = json_out(cli("train", config, "--json"))
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "step-000040" / "config.json").read_text())
+    assert saved["architectures"] == [head] and saved["pad_token_id"] is not None
+    assert saved["id2label"] == {"0": "neg", "1": "pos"}
+    assert out["stats"]["val_accuracy"] > 0.8
+
+    texts = ["the film was good", "awful food so", "a day lovely"]
+    json_out(cli("generate", config, *[arg for t in texts for arg in ("--prompt", t)], "--json"))
+    ours = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    theirs = pipeline("text-classification", model=out["checkpoint"], top_k=None)(texts)
+    for mine, other in zip(ours, theirs):
+        assert {d["label"]: d["score"] for d in other} == pytest.approx(mine["probabilities"], abs=1e-5)
+
+
+def test_the_train_summary_names_only_what_a_classifier_writes(cli, tmp_path):
+    """A classifier writes no train_samples/ (sample_every_eval is for text and images): the summary says so."""
+    result = cli("train", _experiment(tmp_path, train={"max_steps": 2, "eval_every": 2, "log_every": 1}))
+    assert result.exit_code == 0, result.stderr
+    summary = result.stdout + result.stderr
+    assert "metrics.jsonl" in summary and "train_samples" not in summary
+    assert not (tmp_path / "run" / "train_samples").exists()

@@ -103,3 +103,84 @@ def test_train_generate_eval_and_pipeline(cli, tmp_path, fmt):
 
     tagged = pipeline("token-classification", model=out["checkpoint"])("Alice went to Rome")
     assert tagged and {t["entity"] for t in tagged} <= set(labels.values())
+
+
+def test_lora_tagger_trains_saves_resumes_and_loads_in_pipeline(cli, tmp_path):
+    """LoRA (peft TOKEN_CLS) on a pretrained tagger: the checkpoint's top level is the merged model,
+    which pipeline("token-classification") loads and which tags as aigc does; adapter/ is the peft
+    adapter with the head in modules_to_save, which on the base gives the merged model's logits."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
+
+    source = tmp_path / "data.jsonl"
+    source.write_text("".join(json.dumps({"tokens": w, "tags": t}) + "\n" for w, t in _sentences(200)))
+
+    def experiment(name: str, model: dict, train: dict) -> str:
+        raw = {"data": {"source": str(source), "val_fraction": 0.2},
+               "model": {"backend": "tagger", "n_layer": 1, "n_embd": 32, "n_head": 2, "max_length": 64, "dropout": 0.0, **model},
+               "train": {"out_dir": str(tmp_path / name), "batch_size": 16, "learning_rate": 3e-3, "warmup_steps": 2, "weight_decay": 0.0,
+                         "eval_batches": 2, "log_every": 5, **train},
+               "finetune": {"lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query", "value"]}}}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        return str(path)
+
+    base = json_out(cli("train", experiment("base", {}, {"max_steps": 30, "eval_every": 30}), "--json"))["checkpoint"]
+    config = experiment("lora", {"init_from": base, "method": "lora"}, {"max_steps": 20, "eval_every": 10, "save_every": 10})
+    first = json_out(cli("train", config, "train.max_steps=10", "--json"))
+    resumed = json_out(cli("train", config, "--resume", "--json"))
+    assert first["checkpoint"].endswith("step-000010") and resumed["checkpoint"].endswith("step-000020")
+    checkpoint = tmp_path / "lora" / "checkpoints" / "step-000020"
+    adapter = json.loads((checkpoint / "adapter" / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "TOKEN_CLS" and adapter["r"] == 4 and "classifier" in adapter["modules_to_save"]
+    assert not (checkpoint / "adapter_config.json").exists()  # the top level is a plain transformers model
+
+    json_out(cli("generate", config, "--prompt", "Alice went to New York", "--json"))
+    [row] = [json.loads(line) for line in (tmp_path / "lora" / "predictions.jsonl").read_text().splitlines()]
+    assert row["tags"][0] == "B-PER" and row["entities"], row  # it learned (base 30 steps + LoRA 20)
+    tagged = pipeline("token-classification", model=str(checkpoint))("Alice went to New York")
+    # pipeline() tags every sub-word token (characters here); each word's first one is aigc's tag for it
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+    starts, offset = [], 0
+    for word in row["tokens"]:
+        starts.append(offset)
+        offset += len(word) + 1
+    by_start = {t["start"]: t["entity"] for t in tagged}
+    assert [by_start.get(s, "O") for s in starts] == row["tags"]
+
+    merged = AutoModelForTokenClassification.from_pretrained(checkpoint).eval()
+    with_adapter = PeftModel.from_pretrained(AutoModelForTokenClassification.from_pretrained(base), checkpoint / "adapter").eval()
+    ids = tok("Alice went to Rome", return_tensors="pt")
+    with torch.inference_mode():
+        assert torch.allclose(merged(**ids).logits, with_adapter(**ids).logits, atol=1e-5)
+        assert not torch.allclose(merged(**ids).logits, AutoModelForTokenClassification.from_pretrained(base).eval()(**ids).logits, atol=1e-3)
+
+
+def test_balanced_class_weights_weigh_rare_tags_up(tmp_path):
+    """model.class_weights balanced: n / (K × count) per tag over the training words, in config.json,
+    and the loss is the weighted cross-entropy over the tagged (not -100) tokens."""
+    import torch
+    import torch.nn.functional as F
+
+    from aigc_cli.backends import tagger
+    from aigc_cli.config import ExperimentConfig
+    from aigc_cli.training.classification import tagging_job
+
+    source = tmp_path / "data.jsonl"
+    source.write_text("".join(json.dumps({"tokens": w, "tags": t}) + "\n" for w, t in _sentences(60)))
+    cfg = ExperimentConfig.model_validate({"data": {"source": str(source), "val_fraction": 0.2, "tokenizer": {"kind": "char"}},
+                                           "model": {"backend": "tagger", "n_layer": 1, "n_embd": 16, "n_head": 2, "class_weights": "balanced"},
+                                           "train": {"out_dir": str(tmp_path / "run")}})
+    job = tagging_job(cfg)
+    model = job.make_model(None, "cpu").eval()  # no dropout: the two forwards below agree
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    counts = [sum(t == i for row in job.train_data.targets for t in row) for i in range(len(names))]  # (no sentence is cut)
+    total = sum(counts)
+    assert model.config.aigc_class_weights == pytest.approx([total / (len(names) * c) for c in counts])
+    assert model.config.aigc_class_weights[names.index("O")] < 1 < model.config.aigc_class_weights[names.index("I-LOC")]
+
+    (ids, mask), targets = job.train_data.random_batch(8, 0, torch.Generator().manual_seed(0))
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    expected = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), weight=torch.tensor(model.config.aigc_class_weights), ignore_index=-100)
+    assert tagger.loss(model, ((ids, mask), targets), "model").item() == pytest.approx(expected.item(), rel=1e-5)
