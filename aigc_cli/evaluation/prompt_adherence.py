@@ -92,7 +92,7 @@ def check_digit_prompts(prompts: list[str], where: str = "the prompts") -> None:
     """Some prompt names a digit: else there is nothing to score (checked before any image is sampled)."""
     if not any(parse_prompt(p).digit is not None for p in prompts):
         example = f" (e.g. {prompts[0][:60]!r})" if prompts else ""
-        raise AigcError(f"eval.metrics adherence: no one of {where}{example} names a digit (zero ... nine), so prompt adherence cannot be measured",
+        raise AigcError(f"eval.metrics adherence: no prompt names a digit (zero ... nine) in {where}{example}, so prompt adherence cannot be measured",
                         "adherence scores models trained on the built-in captioned digits (data.source=digits, data.image.captions=true); use clip_score or fid for other captions")
 
 
