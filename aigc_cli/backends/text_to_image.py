@@ -317,6 +317,23 @@ def _pipeline(model: TextToImage):
                                    scheduler=model.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
+def merge_pipeline(checkpoint: Path, directory: Path) -> None:
+    """`aigc finetune --merge`: the base pipeline with the checkpoint's LoRA (UNet, and text encoder where
+    trained) fused into its weights by diffusers itself (load_lora_weights, fuse_lora, unload_lora_weights),
+    written as a whole pipeline directory that StableDiffusionPipeline.from_pretrained loads without peft."""
+    from diffusers import StableDiffusionPipeline
+
+    record = json.loads((Path(checkpoint) / RECORD).read_text(encoding="utf-8"))
+    if record.get("method") != "lora":
+        raise AigcError(f"--merge fuses LoRA weights; {checkpoint} is a full fine-tune, already a whole pipeline", f"use {checkpoint}")
+    with diffusers_errors_unlogged():
+        pipe = StableDiffusionPipeline.from_pretrained(_base_dir(Path(checkpoint), record), safety_checker=None, requires_safety_checker=False)
+        pipe.load_lora_weights(checkpoint)
+        pipe.fuse_lora(lora_scale=1.0)
+        pipe.unload_lora_weights()  # the fused weights stay; the peft layers (and the adapter) go
+    pipe.save_pretrained(directory)
+
+
 def _base_dir(directory: Path, record: dict) -> Path:
     for candidate in (Path(record["base"]), (directory / record.get("base_relative", "")).resolve()):
         if is_pipeline_dir(candidate):
