@@ -176,6 +176,9 @@ class DreamBoothConfig(Section):
     def _complete(self):
         if self.instance_prompt is None and (self.instance_dir or self.class_prompt or self.class_dir):
             raise ValueError("finetune.text_to_image.dreambooth: set instance_prompt (DreamBooth trains on instance_dir with it)")
+        for key in ("instance_prompt", "class_prompt"):
+            if getattr(self, key) is not None and not getattr(self, key).strip():
+                raise ValueError(f"finetune.text_to_image.dreambooth.{key} is empty: give the prompt the images are trained with (e.g. 'a photo of sks dog')")
         if self.instance_prompt is not None and not self.instance_dir:
             raise ValueError("finetune.text_to_image.dreambooth.instance_prompt needs instance_dir, the folder of instance images")
         if self.class_dir and not self.class_prompt:

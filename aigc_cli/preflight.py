@@ -60,10 +60,34 @@ def check_train(config_path: str, cfg: ExperimentConfig, resume: bool = False) -
         return
     data_dir = prepared_data(config_path, cfg)
     writable_run_dir(Path(cfg.train.out_dir))
+    if getattr(cfg.model, "autoencoder", None):  # latent-diffusion on a trained autoencoder: its folder is one
+        _autoencoder_source(cfg.model.autoencoder)
     # model.init_from: the model exists, its sizes and context fit model.*, the prepared vocabulary is its own.
     cfg, _ = pretrained_start(cfg, data_dir, resume)
     if resume:
         _resume_fits(cfg, data_dir, ("model",))  # with init_from, model.* as filled in from the model, as config.yaml holds it
+
+
+def _autoencoder_source(path: str) -> None:
+    from aigc_cli.data.image_folders import autoencoder_folder
+    from aigc_cli.runs.checkpoints import latest_good_checkpoint
+
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise AigcError(f"model.autoencoder not found: {folder}", "point it at an AutoencoderKL or pipeline directory")
+    autoencoder_folder(latest_good_checkpoint(folder) or folder)
+
+
+def _dreambooth_folders(cfg: ExperimentConfig) -> None:
+    """DreamBooth's instance images are there, and its class images folder can be read or filled."""
+    from aigc_cli.data.image_folders import image_files, writable_folder
+
+    db = cfg.finetune.text_to_image.dreambooth
+    if db.instance_prompt is None:
+        return
+    image_files(db.instance_dir, "finetune.text_to_image.dreambooth.instance_dir")
+    if db.class_prompt is not None:
+        writable_folder(db.class_dir or Path(cfg.train.out_dir) / "class_images", "finetune.text_to_image.dreambooth.class_dir")
 
 
 def check_finetune(cfg: ExperimentConfig, resume: bool = False) -> None:
@@ -83,6 +107,7 @@ def check_finetune(cfg: ExperimentConfig, resume: bool = False) -> None:
         elif value:
             existing_file(value, f"finetune.{key}")
     writable_run_dir(Path(cfg.train.out_dir))
+    _dreambooth_folders(cfg)
     if resume:
         # The chat template and the format decide the tokenizer the run saved and its new tokens.
         _resume_fits(cfg, None, ("finetune.base", "finetune.method", "finetune.lora", "finetune.template", "finetune.format", "finetune.chat_template", "finetune.quantization"))

@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from aigc_cli.backends import LatentDiffusionModelConfig
-from aigc_cli.backends.text_to_image import (TextToImage, _pipeline, _rgb, as_data_channels, latent_shape,  # noqa: F401
+from aigc_cli.backends.text_to_image import (TextToImage, _pipeline, diffusers_errors_unlogged, _rgb, as_data_channels, latent_shape,  # noqa: F401
                                              sample_prompts, tokenize)
+from aigc_cli.data.image_folders import AUTOENCODERS, autoencoder_folder
 from aigc_cli.errors import AigcError
 
 RECORD = "aigc_latent_diffusion.json"
@@ -197,9 +198,6 @@ def load(directory: Path, device: str) -> TextToImage:
     return _ready(model).to(device)
 
 
-AUTOENCODERS = ("AutoencoderKL", "VQModel")
-
-
 def _autoencoder_class(folder: Path):
     """diffusers' class of the autoencoder saved in `folder` (its config.json's _class_name), or None."""
     import diffusers
@@ -219,15 +217,13 @@ def load_autoencoder(path: str | Path):
     if not path.exists():
         raise AigcError(f"model.autoencoder not found: {path}", "point it at an AutoencoderKL or pipeline directory")
     path = latest_good_checkpoint(path) or path
-    folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
-    kind = _autoencoder_class(folder)
-    if kind is None:
-        raise AigcError(f"model.autoencoder {path} is not an AutoencoderKL or VQModel directory (nor a pipeline with one in vae/)",
-                        "point it at a diffusers AutoencoderKL directory (config.json + weights) or a pipeline directory")
+    folder, name = autoencoder_folder(path)
+    kind = getattr(__import__("diffusers"), name)
     _quiet()
     try:
-        return kind.from_pretrained(folder)
-    except (OSError, ValueError, KeyError) as exc:
+        with diffusers_errors_unlogged():
+            return kind.from_pretrained(folder)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:  # missing/garbage weights, a config of wrong fields
         raise AigcError(f"cannot load model.autoencoder {folder}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
                         "check the directory (diffusers save_pretrained layout)") from None
 

@@ -110,6 +110,20 @@ def is_pipeline_dir(path: str | Path) -> bool:
     return (path / "model_index.json").is_file() and (path / "unet").is_dir() and (path / "text_encoder").is_dir()
 
 
+@contextmanager
+def diffusers_errors_unlogged():
+    """diffusers logs a failed load ("An error occurred while trying to fetch ...") before raising; aigc turns
+    the exception into its one line, so the log line would only say the same thing twice."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
 def _parts(directory: Path):
     from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
     from diffusers.utils import logging as diffusers_logging
@@ -119,15 +133,19 @@ def _parts(directory: Path):
 
     diffusers_logging.disable_progress_bar()
     _quiet_transformers()
-    if not is_pipeline_dir(directory):
-        raise AigcError(f"{directory} is not a Stable-Diffusion-style pipeline directory (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)",
-                        "point finetune.base at a local diffusers pipeline directory")
+    from aigc_cli.data.image_folders import check_pipeline
+
+    check_pipeline(directory)
     index = json.loads((directory / "model_index.json").read_text(encoding="utf-8"))
-    scheduler_class = getattr(__import__("diffusers"), index["scheduler"][1])
+    scheduler_class = getattr(__import__("diffusers"), index["scheduler"][1], None)
+    if scheduler_class is None or not hasattr(scheduler_class, "from_pretrained"):
+        raise AigcError(f"cannot load the pipeline {directory}: model_index.json names the scheduler {index['scheduler'][1]!r}, which diffusers does not have",
+                        "name a diffusers scheduler class there (e.g. DDIMScheduler)")
     try:
-        return (UNet2DConditionModel.from_pretrained(directory / "unet"), AutoencoderKL.from_pretrained(directory / "vae"),
-                CLIPTextModel.from_pretrained(directory / "text_encoder"), CLIPTokenizer.from_pretrained(directory / "tokenizer"),
-                scheduler_class.from_pretrained(directory / "scheduler"))
+        with diffusers_errors_unlogged():
+            return (UNet2DConditionModel.from_pretrained(directory / "unet"), AutoencoderKL.from_pretrained(directory / "vae"),
+                    CLIPTextModel.from_pretrained(directory / "text_encoder"), CLIPTokenizer.from_pretrained(directory / "tokenizer"),
+                    scheduler_class.from_pretrained(directory / "scheduler"))
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise AigcError(f"cannot load the pipeline {directory}: {first}", "check the directory (diffusers save_pretrained layout)") from None
@@ -297,6 +315,23 @@ def _pipeline(model: TextToImage):
 
     return StableDiffusionPipeline(unet=model.unet, vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
                                    scheduler=model.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def merge_pipeline(checkpoint: Path, directory: Path) -> None:
+    """`aigc finetune --merge`: the base pipeline with the checkpoint's LoRA (UNet, and text encoder where
+    trained) fused into its weights by diffusers itself (load_lora_weights, fuse_lora, unload_lora_weights),
+    written as a whole pipeline directory that StableDiffusionPipeline.from_pretrained loads without peft."""
+    from diffusers import StableDiffusionPipeline
+
+    record = json.loads((Path(checkpoint) / RECORD).read_text(encoding="utf-8"))
+    if record.get("method") != "lora":
+        raise AigcError(f"--merge fuses LoRA weights; {checkpoint} is a full fine-tune, already a whole pipeline", f"use {checkpoint}")
+    with diffusers_errors_unlogged():
+        pipe = StableDiffusionPipeline.from_pretrained(_base_dir(Path(checkpoint), record), safety_checker=None, requires_safety_checker=False)
+        pipe.load_lora_weights(checkpoint)
+        pipe.fuse_lora(lora_scale=1.0)
+        pipe.unload_lora_weights()  # the fused weights stay; the peft layers (and the adapter) go
+    pipe.save_pretrained(directory)
 
 
 def _base_dir(directory: Path, record: dict) -> Path:

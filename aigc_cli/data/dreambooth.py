@@ -18,18 +18,17 @@ from aigc_cli.errors import AigcError
 
 def read_image_folder(folder: str | Path, size: int, channels: int, what: str) -> np.ndarray:
     """Every image under `folder` (sorted by path) as uint8 (N, C, size, size), resized and centre-cropped."""
-    from aigc_cli.data.images import IMAGE_SUFFIXES, open_image, to_array
+    from aigc_cli.data.image_folders import image_files
+    from aigc_cli.data.images import open_image, to_array
 
-    folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-    if not files:
-        raise AigcError(f"{what}: no images (.png, .jpg, ...) under {folder}", f"point {what} at a folder of images")
+    files = image_files(folder, what)
     arrays = []
     for path in files:
         try:
             arrays.append(to_array(open_image(path), size, channels))
         except Exception as exc:  # noqa: BLE001 — any decoding failure is the user's file
-            raise AigcError(f"{what}: cannot read {path}: {exc}", "remove or replace the file") from None
+            raise AigcError(f"{what}: cannot read {path} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'})",
+                            "remove or replace that file (every image of the folder is trained on)") from None
     return np.stack(arrays)
 
 
@@ -37,14 +36,19 @@ def class_image_names(count: int) -> list[str]:
     return [f"class_{i:05d}.png" for i in range(count)]
 
 
-def ensure_class_images(folder: Path, wanted: int, generate: Callable[[list[int]], np.ndarray], log: Callable[[str], None]) -> None:
+def ensure_class_images(folder: Path, wanted: int, generate: Callable[[list[int]], np.ndarray], log: Callable[[str], None],
+                        what: str = "finetune.text_to_image.dreambooth.class_dir") -> None:
     """Fill `folder` up to `wanted` images (train_dreambooth.py: only the missing ones are generated);
     `generate(indices)` returns uint8 (n, C, H, W) images for those indices, each written atomically."""
     from aigc_cli.data.images import IMAGE_SUFFIXES
     from aigc_cli.generation.images import png_bytes
     from aigc_cli.runs.atomic_files import write_bytes_atomic
 
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # FileExistsError (a file in the way) included
+        raise AigcError(f"{what} {folder} cannot be created ({exc.strerror or type(exc).__name__})",
+                        f"point {what} at a folder you can write, or fill it with the class images beforehand") from None
     have = sum(1 for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if have >= wanted:
         return

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,7 @@ def prepare_images(cfg: ExperimentConfig, force: bool = False, log: Callable[[st
 def _prepare_images(cfg: ExperimentConfig, force: bool = False, log: Callable[[str], None] = print) -> ImageResult:
     data = require_data(cfg)
     out = Path(data.prepared_dir)
-    items, classes, inputs = _list_source(data)
+    items, classes, inputs, bad_lines = _list_source(data)
     fingerprint = _fingerprint(data, inputs)
     existing = read_meta(out, META_FORMAT)
     if reusable_output(out, existing, fingerprint, force):
@@ -112,7 +113,8 @@ def _prepare_images(cfg: ExperimentConfig, force: bool = False, log: Callable[[s
                 if want_captions:
                     captions[split].append(item.caption)
         if want_captions and counts["train"] + counts["val"] == 0 and skipped_captions:
-            raise AigcError(f"data.source {data.source}: no image has a usable caption ({len(skipped_captions)} without one, e.g. {skipped_captions[0]})",
+            lines = f"; {len(bad_lines)} metadata.jsonl line(s) unusable, e.g. {bad_lines[0]}" if bad_lines else ""
+            raise AigcError(f"data.source {data.source}: no image has a usable caption ({len(skipped_captions)} without one, e.g. {skipped_captions[0]}{lines})",
                             "give captions in metadata.jsonl (file_name, text) or a .txt file beside each image, or set data.image.captions=false")
         if counts["train"] == 0:
             why = f" ({len(skipped)} could not be read, e.g. {skipped[0]})" if skipped else ""
@@ -139,6 +141,8 @@ def _prepare_images(cfg: ExperimentConfig, force: bool = False, log: Callable[[s
             "captions": want_captions,
             "skipped_captions": len(skipped_captions),
             "skipped_caption_examples": skipped_captions[:20],
+            "skipped_metadata_lines": len(bad_lines),
+            "skipped_metadata_line_examples": bad_lines[:20],
             "split": {"method": "random", "val_fraction": data.val_fraction, "seed": data.seed},
             "inputs": inputs,
             "fingerprint": fingerprint,
@@ -150,6 +154,8 @@ def _prepare_images(cfg: ExperimentConfig, force: bool = False, log: Callable[[s
         log(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}")
     if skipped_captions:
         log(f"skipped {len(skipped_captions)} image(s) without a usable caption, e.g. {skipped_captions[0]}")
+    if bad_lines:
+        log(f"skipped {len(bad_lines)} unusable metadata.jsonl line(s), e.g. {bad_lines[0]}")
     return ImageResult(out, meta, reused=False)
 
 
@@ -194,9 +200,10 @@ def _to_8_bit(image):
     return Image.fromarray(scaled, mode="L")
 
 
-def _list_source(data: DataConfig) -> tuple[list[SourceImage], list[str] | None, list[dict]]:
+def _list_source(data: DataConfig) -> tuple[list[SourceImage], list[str] | None, list[dict], list[str]]:
+    """(the images, class names or None, the inputs' record, the metadata.jsonl lines that name no image of the folder)."""
     if data.source == BUILTIN_DIGITS:
-        return _digits(data.image.captions, data.seed)
+        return (*_digits(data.image.captions, data.seed), [])
     root = Path(data.source)
     if not root.exists():
         raise AigcError(f"data.source not found: {root}", "point it at a folder of PNG/JPEG images, or use `digits`")
@@ -220,10 +227,9 @@ def _list_source(data: DataConfig) -> tuple[list[SourceImage], list[str] | None,
         digest.update(rel.encode() + b"\0" + bytes.fromhex(sha256_file(path)))
         label = index[rel.split("/")[0]] if classes else 0
         items.append(SourceImage(rel, label, lambda path=path: open_image(path)))
-    if data.image.captions:
-        _attach_captions(root, files, items, digest)
+    bad_lines = _attach_captions(root, files, items, digest) if data.image.captions else []
     inputs = [{"path": str(root), "files": len(files), "sha256": digest.hexdigest()}]
-    return items, classes, inputs
+    return items, classes, inputs, bad_lines
 
 
 def open_image(path: Path):
@@ -235,28 +241,32 @@ def open_image(path: Path):
         return image.copy()
 
 
-def _attach_captions(root: Path, files: list[Path], items: list[SourceImage], digest) -> None:
+def _attach_captions(root: Path, files: list[Path], items: list[SourceImage], digest) -> list[str]:
     """Each image's caption: its line in a metadata.jsonl of its folder or above (diffusers'
-    imagefolder: `file_name` relative to that file, `text`), else a non-empty .txt beside it (kohya)."""
-    from_metadata: dict[Path, str | None] = {}
-    problems: dict[Path, str] = {}
+    imagefolder: `file_name` relative to that file, `text`), else a non-empty .txt beside it (kohya).
+    Returns the metadata lines that caption nothing (not JSON, no file_name, a name outside the
+    metadata file's folder or of no image there), as "FILE:LINE: why", for prep to count and report."""
+    from_metadata: dict[str, str | None] = {}
+    problems: dict[str, str] = {}
+    bad_lines: list[str] = []
+    images = {_lexical(path) for path in files}  # names as listed, symlinks not followed: a link is matched by its own name
     for meta_path in sorted(root.rglob("metadata.jsonl")):
         digest.update(meta_path.relative_to(root).as_posix().encode() + b"\0" + bytes.fromhex(sha256_file(meta_path)))
+        where = meta_path.relative_to(root).as_posix()
         for number, line in enumerate(meta_path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-                target = (meta_path.parent / record["file_name"]).resolve()
-            except (ValueError, KeyError, TypeError):
-                continue  # a line naming no file cannot be matched to an image; images left without text are counted
-            text = record.get("text") if isinstance(record, dict) else None
+            target, why = _metadata_target(meta_path, line, images)
+            if target is None:
+                bad_lines.append(f"{where}:{number}: {why}"[:200])
+                continue
+            text = json.loads(line).get("text")
             if isinstance(text, str) and text.strip():
                 from_metadata[target] = text.strip()
             else:
                 problems[target] = f"metadata.jsonl line {number} has no text"
     for path, item in zip(files, items):
-        key = path.resolve()
+        key = _lexical(path)
         side = path.with_suffix(".txt")
         if key in from_metadata:
             item.caption = from_metadata[key]
@@ -266,6 +276,29 @@ def _attach_captions(root: Path, files: list[Path], items: list[SourceImage], di
             item.caption, item.caption_problem = (text, None) if text else (None, f"{side.name} is empty")
         else:
             item.caption_problem = problems.get(key, "no caption (not in metadata.jsonl, no .txt beside it)")
+    return bad_lines
+
+
+def _lexical(path: Path) -> str:
+    return os.path.normpath(os.path.abspath(path))
+
+
+def _metadata_target(meta_path: Path, line: str, images: set[str]) -> tuple[str | None, str]:
+    """(the image a metadata.jsonl line captions, "") or (None, why it captions none)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None, "not JSON"
+    name = record.get("file_name") if isinstance(record, dict) else None
+    if not isinstance(name, str) or not name.strip():
+        return None, "no file_name" if isinstance(record, dict) else f"a JSON {type(record).__name__}, not an object"
+    folder = _lexical(meta_path.parent)
+    target = _lexical(Path(folder) / name)
+    if os.path.isabs(name) or not target.startswith(folder + os.sep):
+        return None, f"file_name {name!r} is outside the folder of metadata.jsonl"
+    if target not in images:
+        return None, f"file_name {name!r} names no image of the folder"
+    return target, ""
 
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

@@ -67,6 +67,7 @@ def clip_score(folder: str | Path, clip_model: str | Path, batch_size: int = 32)
     if not Path(clip_model, "config.json").is_file():
         raise AigcError(f"eval.clip_model {clip_model} is not a CLIP model directory (no config.json)",
                         "point it at a local directory saved by CLIPModel.save_pretrained with its CLIPProcessor")
+    _clip_config(clip_model)
     from transformers import CLIPModel, CLIPProcessor
 
     EmbeddingTensors = _embedding_tensors()
@@ -85,3 +86,19 @@ def clip_score(folder: str | Path, clip_model: str | Path, batch_size: int = 32)
         images = torch.from_numpy(np.repeat(pixels, 3, axis=1) if pixels.shape[1] == 1 else pixels)
         metric.update(images, prompts[start:start + batch_size])
     return {"clip_score": float(metric.compute()), "clip_images": len(files)}
+
+
+def _clip_config(clip_model: str | Path) -> None:
+    """A whole CLIP model (text and vision towers, model_type "clip"): a text encoder alone, a pipeline
+    or another model would load with random weights filled in, or fail deep inside transformers."""
+    import json
+
+    try:
+        config = json.loads(Path(clip_model, "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = None
+    kind = config.get("model_type") if isinstance(config, dict) else None
+    if kind != "clip":
+        found = f"its config.json is for model_type {kind!r}" if kind else "its config.json is not a model config"
+        raise AigcError(f"eval.clip_model {clip_model} is not a CLIP model (CLIPModel: text and vision): {found}",
+                        "point it at a local directory saved by CLIPModel.save_pretrained with its CLIPProcessor (e.g. a copy of openai/clip-vit-base-patch16)")

@@ -107,7 +107,7 @@ def _adherence(cfg: ExperimentConfig, loaded, data_dir, log) -> tuple[dict, dict
     """Prompt adherence of eval.num_samples images, one per held-out caption in order (cycling), each
     seeded as `aigc generate` seeds image k of a prompt."""
     from aigc_cli.data.images import CaptionedImages
-    from aigc_cli.evaluation.prompt_adherence import DigitReader, prompt_adherence
+    from aigc_cli.evaluation.prompt_adherence import DigitReader, check_digit_prompts, prompt_adherence
 
     if not spec(loaded.backend_name).prompted:
         raise AigcError(f"eval.metrics adherence scores images sampled from prompts; {loaded.checkpoint} ({loaded.backend_name}) takes none",
@@ -115,6 +115,7 @@ def _adherence(cfg: ExperimentConfig, loaded, data_dir, log) -> tuple[dict, dict
     val, train = CaptionedImages(data_dir, "val", list), CaptionedImages(data_dir, "train", list)
     count = cfg.eval.num_samples
     prompts = [val.captions[i % len(val.captions)] for i in range(count)]
+    check_digit_prompts(prompts, f"the held-out captions of {data_dir}")
     log(f"sampling {count} images for held-out captions from {loaded.checkpoint} (seed {cfg.generate.seed}) to score prompt adherence")
     images = prompted_images(loaded, prompts, cfg.generate.seed, cfg.generate.images)
     metrics, details = prompt_adherence(images, prompts, np.asarray(train.images), train.captions, DigitReader())

@@ -88,17 +88,23 @@ def ink_thirds(images_u8: np.ndarray, digits: np.ndarray) -> dict[int, tuple[flo
     return {int(d): tuple(np.quantile(mass[digits == d], [1 / 3, 2 / 3])) for d in np.unique(digits)}
 
 
+def check_digit_prompts(prompts: list[str], where: str = "the prompts") -> None:
+    """Some prompt names a digit: else there is nothing to score (checked before any image is sampled)."""
+    if not any(parse_prompt(p).digit is not None for p in prompts):
+        example = f" (e.g. {prompts[0][:60]!r})" if prompts else ""
+        raise AigcError(f"eval.metrics adherence: no prompt names a digit (zero ... nine) in {where}{example}, so prompt adherence cannot be measured",
+                        "adherence scores models trained on the built-in captioned digits (data.source=digits, data.image.captions=true); use clip_score or fid for other captions")
+
+
 def prompt_adherence(images_u8: np.ndarray, prompts: list[str], reference_u8: np.ndarray, reference_captions: list[str],
                      reader: DigitReader) -> tuple[dict[str, float], dict]:
     """(metrics, details) for images generated from `prompts` (one prompt per image), against the
     reference images and captions (the prepared training split) for the attribute levels."""
     if len(images_u8) != len(prompts):
         raise AigcError(f"{len(images_u8)} images for {len(prompts)} prompts", "this is a bug in the caller; report it")
+    check_digit_prompts(prompts)
     wanted = [parse_prompt(p) for p in prompts]
     named = np.array([w.digit is not None for w in wanted])
-    if not named.any():
-        raise AigcError("no prompt names a digit (zero ... nine), so prompt adherence cannot be measured",
-                        "score prompts from the built-in captioned digits (data.source=digits, data.image.captions=true)")
     features, inverted = reader_form(images_u8)
     read = reader.model.predict(features)
     digit = np.array([w.digit if w.digit is not None else -1 for w in wanted])

@@ -55,10 +55,17 @@ def prompt_image_seed(seed: int, prompt: str, index: int) -> int:
 def read_prompt_lines(path: str | Path) -> list[str]:
     """One prompt per line, or JSONL rows with a 'prompt' field (blank lines skipped): the text verbs'
     prompts file (read_prompts_file: its checks on FIFOs, encodings, BOMs and null fields), one text per row."""
+    from aigc_cli.data.records import is_jsonl, read_jsonl
     from aigc_cli.generation.text import read_prompts_file
 
+    records = read_prompts_file(path)
+    if is_jsonl(path):  # read_prompts_file writes every field as text (for templates); a prompt must be one already
+        for where, row in read_jsonl(path, "each line must be a JSON object with a 'prompt' field", objects_only=False):
+            text = row.get("prompt") if isinstance(row, dict) else row
+            if text is not None and not isinstance(text, str):
+                raise AigcError(f"{where}: the prompt is a JSON {type(text).__name__}, not a string", "write each prompt as text: {\"prompt\": \"a photo of ...\"}")
     prompts = []
-    for record in read_prompts_file(path):
+    for record in records:
         text = record.get("source", record.get("prompt"))
         if text is None:
             raise AigcError(f"{record['_where']} is not a JSON object with a 'prompt' field", "write one {\"prompt\": ...} per line, or use a .txt file")
@@ -69,8 +76,19 @@ def read_prompt_lines(path: str | Path) -> list[str]:
     return prompts
 
 
+def check_prompts(prompts: list) -> None:
+    """Every prompt is text with something in it: an empty one (an unset shell variable in --prompt "$P")
+    would quietly sample unconditioned images under a name that says otherwise."""
+    for number, prompt in enumerate(prompts, 1):
+        if not isinstance(prompt, str) or not prompt.strip():
+            which = "the prompt" if len(prompts) == 1 else f"prompt {number} of {len(prompts)}"
+            raise AigcError(f"{which} is empty" if isinstance(prompt, str) else f"{which} is not text ({prompt!r})",
+                            "give --prompt the text to draw (or generate.prompts a list of texts)")
+
+
 def generate_from_prompts(cfg: ExperimentConfig, checkpoint: Path, prompts: list[str], per_prompt: int,
                           log: Callable[[str], None] = lambda _: None, force: bool = False) -> PromptedImages:
+    check_prompts(prompts)
     gc, seed = cfg.generate.images, cfg.generate.seed
     out_dir = Path(cfg.generate.out or Path(cfg.train.out_dir) / "samples")
     if out_dir.exists() and not out_dir.is_dir():

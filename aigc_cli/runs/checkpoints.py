@@ -268,7 +268,10 @@ def resolve_base(base: str | None, key: str = "finetune.base") -> str:
     path = Path(base).expanduser()
     if path.exists():
         path = latest_good_checkpoint(path) or path  # a run directory means its latest intact checkpoint
-        if (path / "model_index.json").is_file() and (path / "unet").is_dir():  # a diffusers pipeline (text-to-image)
+        if (path / "model_index.json").exists():  # a diffusers pipeline (text-to-image): whole, or said what it lacks
+            from aigc_cli.data.image_folders import check_pipeline
+
+            check_pipeline(path, key)
             return str(path.resolve())
         if not (path / "config.json").is_file():
             raise AigcError(f"{key} {base} is not a model directory (no config.json)",

@@ -38,13 +38,15 @@ def train_model(cfg: ExperimentConfig, resume: bool = False, quiet: bool = False
     run_dir = Path(cfg.train.out_dir)
     with exclusive_lock(run_dir, "run directory"):
         data_dir = Path(require_data(cfg).prepared_dir)
+        # model.autoencoder loaded before anything is written: a folder it cannot load leaves no run directory behind
+        given = get_backend(BACKEND).load_autoencoder(cfg.model.autoencoder) if cfg.model.autoencoder and not list_checkpoints(run_dir) else None
         tokenizer_dir = _tokenizer(cfg, data_dir, run_dir / "tokenizer")
         autoencoder = None
         if not cfg.model.autoencoder and not list_checkpoints(run_dir):  # phase 2 has not started: phase 1 first (or again)
             autoencoder = _autoencoder_phase(cfg, data_dir, tokenizer_dir, resume, quiet)
         if not quiet:
             print(f"latent diffusion, phase 2 of 2: the UNet and text encoder, {cfg.train.max_steps} steps in {run_dir}", file=sys.stderr, flush=True)
-        return run_training(cfg, _unet_job(cfg, data_dir, tokenizer_dir, autoencoder), resume, quiet)
+        return run_training(cfg, _unet_job(cfg, data_dir, tokenizer_dir, autoencoder, given), resume, quiet)
 
 
 def _tokenizer(cfg: ExperimentConfig, data_dir: Path, directory: Path) -> Path:
@@ -104,7 +106,7 @@ def _autoencoder_phase(cfg: ExperimentConfig, data_dir: Path, tokenizer_dir: Pat
     return run_training(cfg.model_copy(update={"train": phase}), job, resume, quiet).checkpoint
 
 
-def _unet_job(cfg: ExperimentConfig, data_dir: Path, tokenizer_dir: Path, autoencoder: Path | None) -> TrainingJob:
+def _unet_job(cfg: ExperimentConfig, data_dir: Path, tokenizer_dir: Path, autoencoder: Path | None, given_vae=None) -> TrainingJob:
     """Phase 2: from phase 1's checkpoint (or model.autoencoder's), the latent scale measured, the autoencoder frozen."""
     mc = cfg.model
     backend = get_backend(BACKEND)
@@ -117,7 +119,7 @@ def _unet_job(cfg: ExperimentConfig, data_dir: Path, tokenizer_dir: Path, autoen
             if autoencoder is not None:
                 model = load_weights(backend, autoencoder, device)
             else:  # model.autoencoder: fresh UNet and text encoder on a trained autoencoder
-                model = backend.build(mc, train.meta, tokenizer_dir, vae=backend.load_autoencoder(mc.autoencoder)).to(device)
+                model = backend.build(mc, train.meta, tokenizer_dir, vae=given_vae if given_vae is not None else backend.load_autoencoder(mc.autoencoder)).to(device)
             count = min(SCALE_IMAGES, len(train))
             images = torch.from_numpy(train.images[:count].copy()).float().div_(127.5).sub_(1.0).to(device)
             backend.set_latent_scale(model, images, cfg.train.seed)

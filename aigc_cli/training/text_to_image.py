@@ -33,9 +33,9 @@ def finetune_pipeline(cfg: ExperimentConfig, resume: bool = False, merge: bool =
     if fc.quantization != "none" or fc.lora.dora or fc.lora.loraplus_lr_ratio or fc.lora.modules_to_save:
         raise AigcError("finetune.quantization, lora.dora, lora.loraplus_lr_ratio and lora.modules_to_save are not supported on text-to-image pipelines",
                         "leave them at their defaults")
-    if merge:
-        raise AigcError("--merge is not supported for text-to-image LoRA yet",
-                        "load the LoRA onto the base with StableDiffusionPipeline.load_lora_weights (then fuse_lora), or use finetune.method=full")
+    if merge and fc.method != "lora":
+        raise AigcError("--merge fuses LoRA weights into the pipeline; a full fine-tune's checkpoint is already a whole pipeline",
+                        "drop --merge (the checkpoint loads with StableDiffusionPipeline.from_pretrained)")
     backend = get_backend(BACKEND)
     dreambooth = fc.text_to_image.dreambooth.instance_prompt is not None
     if dreambooth:
@@ -78,7 +78,14 @@ def finetune_pipeline(cfg: ExperimentConfig, resume: bool = False, merge: bool =
     final = backend.load(result.checkpoint, "cpu", trainable=True)
     trainable = sum(p.numel() for p in backend.parameters(final, "unet"))
     total = sum(p.numel() for p in final.parameters())
-    return FinetuneResult(result.run_dir, result.checkpoint, result.val_loss, trainable, total, 0, None, fc.method,
+    merged = None
+    if merge:
+        from aigc_cli.runs.atomic_files import staging_dir
+
+        merged = Path(result.run_dir) / "merged"
+        with staging_dir(merged, replace=True) as tmp:
+            backend.merge_pipeline(result.checkpoint, tmp)
+    return FinetuneResult(result.run_dir, result.checkpoint, result.val_loss, trainable, total, 0, merged, fc.method,
                           result.stats, "none", 0, "dreambooth" if dreambooth else "captioned-images")
 
 
