@@ -333,7 +333,8 @@ BACKENDS["latent-diffusion"] = BackendSpec(
 
 # Made by `aigc finetune` from a Stable-Diffusion-style pipeline directory (finetune.base), never by
 # `aigc train`. A checkpoint is diffusers' LoRA weights file (or, fully fine-tuned, a pipeline) plus
-# aigc_text_to_image.json naming the base pipeline. No cpu_bf16: not measured. ema: after_step updates
+# aigc_text_to_image.json naming the base pipeline. No cpu_bf16: LoRA fine-tune steps ran 0.60× as fast in
+# bf16 as in fp32 at the same loss (scripts/bench/text_to_image.py's pipeline, docs/benchmarks.md). ema: after_step updates
 # the EMA of finetune.text_to_image.ema_decay (a no-op when it is 0).
 BACKENDS["text-to-image"] = BackendSpec(
     "aigc_cli.backends.text_to_image", "image", None, parts=("unet",), prompted=True, ema=True,
