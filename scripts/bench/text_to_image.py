@@ -136,6 +136,9 @@ def train_plain(args, base: Path, folder: Path, workdir: Path, in_memory: bool =
     from tqdm.auto import tqdm
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)  # run_all runs TRL/Trainer benchmarks first in this process: their state is not this script's
     accelerator = Accelerator(gradient_accumulation_steps=1, mixed_precision="no", cpu=True)
     set_seed(0)
     noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
