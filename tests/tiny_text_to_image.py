@@ -8,17 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
-
-def _bytes_to_unicode() -> list[str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
+from aigc_cli.data.clip_vocabulary import bytes_to_unicode
 
 WORDS = ("a", "thin", "bold", "inverted", "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -27,7 +17,7 @@ def write_clip_tokenizer(directory: Path) -> None:
     """A byte-level CLIP BPE vocabulary: every byte (alone and word-final), merges spelling the
     digit captions' words, and the start/end tokens."""
     directory.mkdir(parents=True, exist_ok=True)
-    chars = _bytes_to_unicode()
+    chars = list(bytes_to_unicode().values())
     vocab = chars + [c + "</w>" for c in chars]
     merges = []
     for word in WORDS:

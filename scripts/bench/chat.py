@@ -318,15 +318,6 @@ def run_trl(setup: Setup, kind: str, steps: int, warmup: int, out_dir: Path) -> 
     return clock.rate(warmup)
 
 
-def quiet_libraries() -> None:
-    import datasets
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-
-
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     args = parse_args(argv)
@@ -335,7 +326,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import torch
 
-    quiet_libraries()
+    harness.quiet_libraries()
     rows = []
     with tempfile.TemporaryDirectory(prefix="aigc-bench-chat-") as tmp:
         setup = make_setup(Path(tmp), args)

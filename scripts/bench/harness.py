@@ -151,3 +151,15 @@ def busy_processes(threshold: float = 20.0, own_pids: set[int] | None = None) ->
             command = " ".join(p.info["cmdline"] or [p.info["name"] or "?"])[:80]
             busy.append(f"{share:.0f}% {command}")
     return busy
+
+
+def quiet_libraries() -> None:
+    """Offline, and no progress bars or library notes in the benchmark's output."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ.setdefault(name, "1")
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
